@@ -1,0 +1,158 @@
+"""The `archbench` console script. Heavy libraries are imported inside the commands, so --help is instant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.errors import ArchbenchError
+
+
+def _options(params: dict[str, Any], progress: bool = True) -> Any:
+    from benchmarks.params import settings
+    from benchmarks.train import RunOptions
+
+    conf = settings(params)
+    return RunOptions(
+        data_dir=conf["data_dir"],
+        results_dir=Path(conf["results_dir"]),
+        state_dir=Path(conf["state_dir"]),
+        mlflow_experiment=conf["mlflow_experiment"],
+        progress_bar=progress,
+    )
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from datamodules import DATAMODULES
+    from lightning_modules import MODELS
+
+    from benchmarks.params import experiment_from_params, load_params, raw_experiments
+
+    params = load_params(args.params)
+    print("models:      " + ", ".join(sorted(MODELS)))
+    print("datasets:    " + ", ".join(sorted(DATAMODULES)))
+    print("experiments:")
+    for name, (profile, _) in raw_experiments(params).items():
+        exp = experiment_from_params(params, name)
+        print(f"  {name:<28} {profile:<8} {exp.model} on {exp.data}, seeds {list(exp.seeds)}")
+    print("studies:     " + ", ".join(sorted(params.get("studies") or {})))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from benchmarks.params import experiment_from_params, load_params
+    from benchmarks.train import run_experiment
+
+    params = load_params(args.params)
+    exp = experiment_from_params(params, args.experiment)
+    opts = _options(params, progress=not args.no_progress)
+    opts.resume = not args.restart
+    summary = run_experiment(exp, opts, seeds=[args.seed] if args.seed is not None else None)
+    for key, stats in summary["summary"].items():
+        print(f"{exp.name} {key}: {stats['mean']:.4f} ± {stats['std']:.4f} (n={stats['n']})")
+    return 0
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    from benchmarks.params import experiment_from_params, experiment_names, load_params
+    from benchmarks.report import write_report
+    from benchmarks.train import run_experiment
+
+    params = load_params(args.params)
+    opts = _options(params, progress=not args.no_progress)
+    names = experiment_names(params, args.profile)
+    exps = [experiment_from_params(params, n) for n in names]  # validate all before training any
+    for exp in exps:
+        run_experiment(exp, opts)
+    write_report(opts.results_dir, params)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from benchmarks.params import load_params
+    from benchmarks.prepare import prepare
+
+    params = load_params(args.params)
+    prepare(params, args.profile, Path(args.out))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from benchmarks.params import load_params
+    from benchmarks.tune import run_study
+
+    params = load_params(args.params)
+    best = run_study(params, args.study, _options(params, progress=not args.no_progress), n_trials=args.n_trials)
+    print(f"best {best['metric']} = {best['value']:.4f} with {best['params']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmarks.params import load_params, settings
+    from benchmarks.report import write_report
+
+    params = load_params(args.params)
+    out = write_report(Path(settings(params)["results_dir"]), params)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from benchmarks.speed import main as speed_main
+
+    return speed_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="archbench", description="Reproducible, experiment-tracked benchmarks of classic neural architectures."
+    )
+    parser.add_argument("--params", default=None, help="params file (default: params.yaml or $ARCHBENCH_PARAMS)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="list models, datasets, experiments and studies").set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train one experiment (all its seeds, or --seed N)")
+    p.add_argument("experiment")
+    p.add_argument("--seed", type=int, default=None, help="run only this seed")
+    p.add_argument("--restart", action="store_true", help="ignore a resumable checkpoint and start over")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("suite", help="train every experiment of a profile, then write the report")
+    p.add_argument("--profile", choices=["default", "full"], default="default")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_suite)
+
+    p = sub.add_parser("prepare", help="locate, verify and describe the datasets a profile uses")
+    p.add_argument("--profile", choices=["default", "full"], default="default")
+    p.add_argument("--out", default="results/data", help="folder for the per-dataset manifests")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("tune", help="run (or continue) an Optuna study defined in params.yaml")
+    p.add_argument("study")
+    p.add_argument("--n-trials", type=int, default=None, help="override the study's n_trials")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_tune)
+
+    sub.add_parser("report", help="write results/report/ (leaderboard, plots)").set_defaults(func=cmd_report)
+
+    p = sub.add_parser("speed", help="time the suite's cells against torch.nn.LSTM / nn.RNN")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options for the speed benchmark (see: archbench speed --help)")
+    p.set_defaults(func=cmd_speed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ArchbenchError as exc:
+        print(f"archbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

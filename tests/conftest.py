@@ -1,0 +1,69 @@
+"""Shared fixtures: a throwaway project directory with a tiny params.yaml, so tests train for a few
+batches on the CPU and never touch the real mlflow.db, optuna.db or results/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "datasets"
+
+# Tiny overrides of the real experiments: same names, same models and data, a few batches each.
+TINY = {
+    "experiments": {
+        "hello_elman": {"trainer": {"max_epochs": 2}, "seeds": [0, 1]},
+        "hello_lstm": {"trainer": {"max_epochs": 2}, "seeds": [0, 1]},
+        "words_elman": {"data_args": {"limit": 256, "batch_size": 64}, "model_args": {"hidden_size": 16},
+                        "trainer": {"max_epochs": 2}, "seeds": [0]},
+        "words_lstm": {"data_args": {"limit": 256, "batch_size": 64}, "model_args": {"hidden_size": 16},
+                       "trainer": {"max_epochs": 2}, "seeds": [0]},
+    },
+    "studies": {
+        "lstm_depth": {"n_trials": 4, "trainer": {"max_epochs": 2, "limit_train_batches": 3, "limit_val_batches": 2}},
+    },
+}
+
+
+def tiny_params() -> dict[str, Any]:
+    from benchmarks.params import deep_merge
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return deep_merge(params, TINY)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp working directory holding a tiny params.yaml; tracking stores are created inside it."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE", "ARCHBENCH_PARAMS"):
+        monkeypatch.delenv(var, raising=False)
+    if SHARED_DATA.is_dir():
+        monkeypatch.setenv("ARCHBENCH_DATA_DIR", str(SHARED_DATA))
+    return tmp_path
+
+
+def write_params(path: Path, params: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_options(project_dir: Path, **overrides: Any) -> Any:
+    from benchmarks.train import RunOptions
+
+    base = dict(project_dir=project_dir, results_dir=project_dir / "results", state_dir=project_dir / ".archbench",
+                progress_bar=False)
+    return RunOptions(**(base | overrides))
+
+
+def env_for_subprocess() -> dict[str, str]:
+    """The current environment with the venv's bin first, so `archbench` and `dvc` resolve to this install."""
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env

@@ -1,0 +1,102 @@
+"""The path of one number: Lightning -> MLflow -> results/, reproducibly, with failures and resumption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.params import experiment_from_params, load_params
+from benchmarks.train import run_experiment, run_seed, seed_state_dir
+from tests.conftest import run_options
+
+
+def _client(project: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def _runs(project: Path) -> list:
+    client = _client(project)
+    exp = client.get_experiment_by_name("archbench")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_same_seed_same_metrics(project: Path) -> None:
+    """Reproducibility: the same experiment, seed and code give identical metrics on the CPU."""
+    exp = experiment_from_params(load_params(), "words_lstm")
+    first = run_seed(exp, 0, run_options(project, resume=False))
+    second = run_seed(exp, 0, run_options(project, resume=False))
+    assert first["metrics"] == second["metrics"]
+    assert first["run_id"] != second["run_id"]
+    other = run_seed(exp, 1, run_options(project, resume=False))
+    assert other["metrics"] != first["metrics"]
+
+
+def test_mlflow_run_holds_params_metrics_samples_and_checkpoints(project: Path) -> None:
+    exp = experiment_from_params(load_params(), "hello_elman")
+    summary = run_experiment(exp, run_options(project))
+    runs = _runs(project)
+    assert len(runs) == len(exp.seeds) == 2
+    client = _client(project)
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        params = run.data.params
+        for key in ("seed", "data_hash", "git_commit", "version.torch", "version.lightning", "exp.model_args.cell",
+                    "hidden_size", "lr"):
+            assert key in params, key
+        assert {"train/loss", "val/loss", "test/loss", "test/bpc"} <= set(run.data.metrics)
+        history = client.get_metric_history(run.info.run_id, "val/loss")
+        assert len(history) == exp.trainer["max_epochs"]  # one point per epoch
+        samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+        assert any(p.endswith(".txt") for p in samples)
+        ckpts = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+        assert {"best.ckpt", "last.ckpt"} <= ckpts
+    metrics = json.loads((project / "results" / "hello_elman" / "metrics.json").read_text())
+    assert metrics["summary"]["test/loss"]["n"] == 2
+    assert metrics["summary"] == summary["summary"]
+    assert (project / "results" / "hello_elman" / "curves" / "seed_1.csv").is_file()
+    text = (project / "results" / "hello_elman" / "seeds" / "seed_0" / "samples" / "samples.txt").read_text()
+    assert text.strip() and set(text) <= set("\nehlo")
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_a_run_that_raises_ends_failed(project: Path) -> None:
+    import lightning.pytorch as pl
+
+    class Explode(pl.Callback):
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            raise Boom("injected")
+
+    exp = experiment_from_params(load_params(), "hello_elman")
+    with pytest.raises(Boom):
+        run_seed(exp, 0, run_options(project, extra_callbacks=[Explode()]))
+    (run,) = _runs(project)
+    assert run.info.status == "FAILED"
+
+
+def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project: Path) -> None:
+    import lightning.pytorch as pl
+
+    class KillAfterFirstEpoch(pl.Callback):
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.current_epoch == 0:
+                trainer.save_checkpoint(trainer.checkpoint_callback.dirpath + "/last.ckpt")
+                raise Boom("killed")
+
+    exp = experiment_from_params(load_params(), "hello_lstm")
+    with pytest.raises(Boom):
+        run_seed(exp, 0, run_options(project, extra_callbacks=[KillAfterFirstEpoch()]))
+    state = seed_state_dir(exp, 0, run_options(project))
+    assert (state / "ckpt" / "last.ckpt").is_file()
+    resumed = run_seed(exp, 0, run_options(project))
+    runs = _runs(project)
+    assert len(runs) == 1 and runs[0].info.run_id == resumed["run_id"] and runs[0].info.status == "FINISHED"
+    assert resumed["timing"]["epochs"] == exp.trainer["max_epochs"]
+    fresh = run_seed(exp, 0, run_options(project, resume=False))
+    assert fresh["metrics"]["test/loss"] == pytest.approx(resumed["metrics"]["test/loss"], rel=1e-5)

@@ -93,8 +93,10 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
         extra | {"seed": seed, "data_hash": data_hash, "git_commit": git_commit(opts.project_dir), "config_hash": exp.config_hash()}
         | package_versions()
     )
+    # A model may choose what "best" means (a GAN keeps the best validation FID); the default is val/loss.
+    monitor, mode = getattr(model, "monitor", "val/loss"), getattr(model, "monitor_mode", "min")
     checkpoint = ModelCheckpoint(
-        dirpath=state / "ckpt", filename="best", monitor="val/loss", mode="min", save_last=True, auto_insert_metric_name=False
+        dirpath=state / "ckpt", filename="best", monitor=monitor, mode=mode, save_last=True, auto_insert_metric_name=False
     )
     callbacks = [checkpoint, CurveWriter(state / "curve.csv"), SampleLogger(state / "samples"), *opts.extra_callbacks]
     if opts.progress_bar:
@@ -117,7 +119,7 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
         raise
     metrics = {k: float(v) for k, v in tested[0].items()}
     if checkpoint.best_model_score is not None:
-        metrics["val/loss_best"] = float(checkpoint.best_model_score)
+        metrics[f"{monitor}_best"] = float(checkpoint.best_model_score)
     result = {
         "experiment": exp.name,
         "seed": seed,

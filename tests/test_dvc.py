@@ -1,0 +1,88 @@
+"""The DVC pipeline on the tiny profile: repro, a no-op second repro, metrics, plots, `exp run -S`,
+and the MLflow runs it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, env_for_subprocess, tiny_params, write_params
+
+COPIED = ("benchmarks", "lightning_modules", "datamodules", "dvc.yaml", ".dvcignore", ".gitignore")
+
+
+def _sh(cwd: Path, *cmd: str) -> str:
+    out = subprocess.run(cmd, cwd=cwd, env=env_for_subprocess(), capture_output=True, text=True, check=False)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout + out.stderr
+
+
+def test_report_stage_lists_every_default_experiment_and_study() -> None:
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    deps = set(dvc["stages"]["report"]["deps"])
+    assert {f"results/{name}/metrics.json" for name in params["experiments"]} <= deps
+    assert {f"results/tune/{name}" for name in params["studies"]} <= deps
+
+
+@pytest.fixture
+def repo(tmp_path: Path, project: Path) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, root / name)
+    write_params(root / "params.yaml", tiny_params())
+    _sh(root, "git", "init", "-q")
+    _sh(root, "dvc", "init", "-q")
+    _sh(root, "git", "add", "-A")
+    _sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    return root
+
+
+def test_repro_noop_metrics_plots_and_exp_run(repo: Path) -> None:
+    log = _sh(repo, "dvc", "repro")
+    params = tiny_params()
+    for name in params["experiments"]:
+        assert (repo / "results" / name / "metrics.json").is_file(), log[-2000:]
+    assert (repo / "results" / "report" / "leaderboard.md").is_file()
+    assert (repo / "results" / "tune" / "lstm_depth" / "best_params.json").is_file()
+
+    started = time.perf_counter()
+    second = _sh(repo, "dvc", "repro")
+    assert "Running stage" not in second and "up to date" in second
+    assert time.perf_counter() - started < 30
+
+    shown = json.loads(_sh(repo, "dvc", "metrics", "show", "--json"))
+    flat = json.dumps(shown)
+    assert "results/hello_lstm/metrics.json" in flat and "test/loss" in flat
+    _sh(repo, "dvc", "plots", "show", "-o", "plots_out")
+    assert (repo / "plots_out" / "index.html").is_file()
+
+    # One MLflow run per experiment and seed (plus the study's parent and trials).
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("archbench")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if "optuna.study" not in r.data.tags]
+    expected = {(name, str(s)) for name, e in params["experiments"].items() for s in e["seeds"]}
+    assert {(r.data.tags["experiment"], r.data.tags["seed"]) for r in runs} == expected
+    assert len(runs) == len(expected)
+
+    # Changing one experiment's value reruns that experiment only (and what reads it), nothing else.
+    _sh(repo, "git", "add", "-A")
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ran")
+    out = _sh(repo, "dvc", "exp", "run", "-S", "experiments.hello_elman.model_args.hidden_size=12")
+    assert "Running stage 'train@hello_elman'" in out
+    for other in ("hello_lstm", "words_elman", "words_lstm"):
+        assert f"Running stage 'train@{other}'" not in out
+    assert "Running stage 'tune@lstm_depth'" not in out

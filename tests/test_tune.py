@@ -1,0 +1,65 @@
+"""Optuna studies: seeded TPE, pruning through the Lightning callback, continuation, nested MLflow runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from benchmarks.params import load_params
+from benchmarks.tune import run_study
+from tests.conftest import run_options
+
+
+def _study(project: Path) -> optuna.Study:
+    (summary,) = optuna.get_all_study_summaries(storage=f"sqlite:///{project / 'optuna.db'}")
+    return optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{project / 'optuna.db'}")
+
+
+def test_study_prunes_continues_and_nests_runs(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = load_params()
+    opts = run_options(project)
+    # An interrupted first session: the third trial is killed (Ctrl-C) after two finished.
+    import benchmarks.tune as tune
+
+    real_run_seed, calls = tune.run_seed, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_run_seed(*args, **kwargs)
+
+    monkeypatch.setattr(tune, "run_seed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(params, "lstm_depth", opts)
+    first = _study(project)
+    done_before = [t for t in first.trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
+    assert len(done_before) == 2
+    before = [(t.number, t.params) for t in done_before]
+
+    # Running the command again continues the same study up to n_trials.
+    monkeypatch.setattr(tune, "run_seed", real_run_seed)
+    best = run_study(params, "lstm_depth", opts)
+    study = _study(project)
+    assert study.study_name == first.study_name
+    counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(counted) == params["studies"]["lstm_depth"]["n_trials"]
+    assert [(t.number, t.params) for t in counted[:2]] == before
+    assert best["n_pruned"] >= 1, "the tiny study is set up so that bad learning rates are pruned"
+
+    written = json.loads((project / "results" / "tune" / "lstm_depth" / "best_params.json").read_text())
+    assert written["params"] == study.best_params and written["value"] == pytest.approx(study.best_value)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("archbench")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.info.run_name == "study:lstm_depth"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) >= len(counted)
+    assert {"KILLED", "FINISHED"} <= {r.info.status for r in children}  # pruned trials end KILLED

@@ -139,14 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("report", help="write results/report/ (leaderboard, plots)").set_defaults(func=cmd_report)
 
-    p = sub.add_parser("speed", help="time the suite's cells against torch.nn.LSTM / nn.RNN")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="options for the speed benchmark (see: archbench speed --help)")
+    # add_help=False: `archbench speed --help` reaches the benchmark's own parser.
+    p = sub.add_parser("speed", help="time the suite's cells against torch.nn.LSTM / nn.RNN", add_help=False)
     p.set_defaults(func=cmd_speed)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "speed":
+        args.rest = rest  # the benchmark parses its own options
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(args.func(args) or 0)
     except ArchbenchError as exc:

@@ -23,12 +23,12 @@ def _fmt(stats: dict[str, float]) -> str:
 
 
 def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["# archbench leaderboard", "", "Test metrics, mean ± sample std over seeds (n = number of seeds).", ""]
+    lines = ["# archbench leaderboard", "", "Test metrics and the best validation value, mean ± sample std over seeds (n = number of seeds).", ""]
     by_data: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_data.setdefault(row["data"], []).append(row)
     for data, group in sorted(by_data.items()):
-        keys = sorted({k for r in group for k in r["summary"] if k.startswith("test/")})
+        keys = sorted({k for r in group for k in r["summary"] if k.startswith("test/") or k.endswith("_best")})
         lines += [f"## {data}", "", "| experiment | model | n | " + " | ".join(keys) + " | fit time (s) |",
                   "|---|---|---|" + "---|" * len(keys) + "---|"]
         first = keys[0] if keys else None

@@ -99,6 +99,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_density(args: argparse.Namespace) -> int:
+    from benchmarks.density_study import run_density_study
+    from benchmarks.params import load_params, settings
+
+    params = load_params(args.params)
+    conf = dict((params.get("density") or {}).get(args.profile) or {})
+    allowed = {"datasets", "dims", "n_train", "n_test", "seed", "gmm_components", "cv_folds"}
+    if not conf or set(conf) - allowed:
+        bad = sorted(set(conf) - allowed)
+        raise ArchbenchError(f"density.{args.profile}: " + (f"unknown key '{bad[0]}' (allowed: {', '.join(sorted(allowed))})"
+                             if bad else "missing; define datasets and dims under density.<profile> in params.yaml"))
+    out = Path(settings(params)["results_dir"]) / ("density" if args.profile == "default" else f"density_{args.profile}")
+    report = run_density_study(
+        conf["datasets"], sorted(set(conf["dims"])), conf.get("n_train"), conf.get("n_test"), int(conf.get("seed", 0)),
+        int(conf.get("gmm_components", 4)), out, cv_folds=int(conf.get("cv_folds", 5)), progress=not args.no_progress,
+    )
+    for name, entry in report["results"].items():
+        print(f"{name}: crossover d = {entry['crossover']}")
+    return 0
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
     from benchmarks.speed import main as speed_main
 
@@ -138,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
 
     sub.add_parser("report", help="write results/report/ (leaderboard, plots)").set_defaults(func=cmd_report)
+
+    p = sub.add_parser("density", help="parametric MLE vs KDE held-out likelihood against the dimension")
+    p.add_argument("--profile", choices=["default", "full"], default="default")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_density)
 
     # add_help=False: `archbench speed --help` reaches the benchmark's own parser.
     p = sub.add_parser("speed", help="time the suite's cells against torch.nn.LSTM / nn.RNN", add_help=False)

@@ -82,7 +82,8 @@ def load_dataset(name: str, n_train: int | None, n_test: int | None, seed: int) 
             pixels = torch.as_tensor(splits[split][0]).reshape(len(splits[split][0]), -1).to(torch.float64)  # [N, 784]
             pixels = pixels[torch.randperm(pixels.shape[0], generator=g)[:n]]
             out.append((pixels + torch.rand(pixels.shape, generator=g, dtype=torch.float64)) / 256.0)
-        return out[0], out[1], {"source": "datamodules.images.load_fashion_mnist", "dequantisation": "(v + U[0,1)) / 256"}
+        return out[0], out[1], {"source": "datamodules.images.load_fashion_mnist",
+                                "dequantisation": "(v + U[0,1)) / 256"}
     raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
 
 

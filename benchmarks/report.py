@@ -69,6 +69,28 @@ def plot_curves(results_dir: Path, rows: list[dict[str, Any]], out: Path) -> lis
     return written
 
 
+def density_section(results_dir: Path, out: Path) -> str:
+    """The KDE-vs-dimension claim: held-out log-likelihood per dimension, the plot, the crossover."""
+    import shutil
+
+    path = results_dir / "density" / "density.json"
+    if not path.is_file():
+        return ""
+    study = json.loads(path.read_text())
+    shutil.copy(path.with_name("kde_vs_dim.png"), out / "kde_vs_dim.png")
+    md = ["", "## Density estimation: MLE vs KDE against the dimension", "",
+          "Held-out mean log-likelihood in nats per dimension (higher is better), PCA fitted on train.", ""]
+    for name, entry in study["results"].items():
+        methods = ["gaussian", "gmm", "kde"]
+        md += [f"**{name}** (n_train={entry['n_train']}, n_test={entry['n_test']}): crossover d = {entry['crossover']}",
+               "", "| d | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        for d, r in entry["dims"].items():
+            md.append(f"| {d} | " + " | ".join(f"{r[m]['test_mean_log_lik_per_dim']:+.3f}" for m in methods) + " |")
+        md.append("")
+    md.append("![KDE vs dimension](kde_vs_dim.png)")
+    return "\n".join(md) + "\n"
+
+
 def write_report(results_dir: Path, params: dict[str, Any] | None = None) -> Path:
     out = results_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -81,6 +103,7 @@ def write_report(results_dir: Path, params: dict[str, Any] | None = None) -> Pat
             best = json.loads(path.read_text())
             md += (f"- **{best['study']}** ({best['n_complete']} complete, {best['n_pruned']} pruned trials): "
                    f"{best['metric']} = {best['value']:.4f} with `{json.dumps(best['params'])}`\n")
+    md += density_section(results_dir, out)
     plots = plot_curves(results_dir, rows, out)
     if plots:
         md += "\n## Curves\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n"

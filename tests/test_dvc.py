@@ -56,6 +56,8 @@ def test_repro_noop_metrics_plots_and_exp_run(repo: Path) -> None:
         assert (repo / "results" / name / "metrics.json").is_file(), log[-2000:]
     assert (repo / "results" / "report" / "leaderboard.md").is_file()
     assert (repo / "results" / "tune" / "lstm_depth" / "best_params.json").is_file()
+    board = (repo / "results" / "report" / "leaderboard.md").read_text()
+    assert "crossover d =" in board and (repo / "results" / "report" / "kde_vs_dim.png").is_file()
 
     started = time.perf_counter()
     second = _sh(repo, "dvc", "repro")
@@ -85,4 +87,4 @@ def test_repro_noop_metrics_plots_and_exp_run(repo: Path) -> None:
     assert "Running stage 'train@hello_elman'" in out
     for other in ("hello_lstm", "words_elman", "words_lstm"):
         assert f"Running stage 'train@{other}'" not in out
-    assert "Running stage 'tune@lstm_depth'" not in out
+    assert "Running stage 'tune@lstm_depth'" not in out and "Running stage 'density'" not in out

@@ -63,7 +63,8 @@ class PairedEdgesDataModule(_FashionBase):
                  num_workers: int = 0, pad_to: int | None = None, download: bool = True,
                  edge_threshold: float = 0.2) -> None:
         super().__init__(batch_size, val_size, binarize, classes, limit, data_dir, num_workers, pad_to)
-        if isinstance(edge_threshold, bool) or not isinstance(edge_threshold, (int, float)) or not 0 < edge_threshold < 1:
+        number = isinstance(edge_threshold, (int, float)) and not isinstance(edge_threshold, bool)
+        if not number or not 0 < edge_threshold < 1:
             raise ValueError(f"edge_threshold must be a number in (0, 1), got {edge_threshold!r}")
         self.download = bool(download)
         self.edge_threshold = float(edge_threshold)

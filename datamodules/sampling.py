@@ -26,5 +26,6 @@ class EpochShuffleSampler(Sampler[int]):
         return self.size
 
     def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        # Modulo: without seed_everything, torch.initial_seed() is a full 64-bit value and would overflow.
+        gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % (2**63 - 1))
         yield from torch.randperm(self.size, generator=gen).tolist()

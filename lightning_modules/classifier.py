@@ -61,10 +61,11 @@ class DomainClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         if len(image_shape) != 3 or min(image_shape) < 1 or min(image_shape[1:]) < 8:
-            raise ValueError(f"image_shape must be [channels, height, width] with height and width >= 8, got {image_shape!r}")
-        for name, value in (("num_classes", num_classes), ("channels", channels), ("feature_dim", feature_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "num_classes" else 1):
-                raise ValueError(f"{name} must be a positive integer{' >= 2' if name == 'num_classes' else ''}, got {value!r}")
+            raise ValueError(f"image_shape must be [channels, height, width], sides >= 8, got {image_shape!r}")
+        sizes = (("num_classes", num_classes, 2), ("channels", channels, 1), ("feature_dim", feature_dim, 1))
+        for name, value, low in sizes:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
         if not 0 <= dropout < 1:

@@ -39,7 +39,9 @@ class FeatureExtractor(nn.Module):
 
     def _check(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"the feature extractor was trained on images {list(self.image_shape)}, got {list(x.shape[1:])}")
+            raise ValueError(
+                f"the feature extractor was trained on images {list(self.image_shape)}, got {list(x.shape[1:])}"
+            )
         if not x.is_floating_point() or float(x.min()) < -1e-3 or float(x.max()) > 1 + 1e-3:
             raise ValueError("the feature extractor expects float images in [0, 1] (map tanh outputs with (x + 1) / 2)")
 
@@ -117,7 +119,7 @@ def inception_score(logits: Tensor, splits: int = 1) -> float:
     Computed in log space so that zero probabilities cannot turn into 0 * inf.
     """
     if logits.dim() != 2 or not 1 <= splits <= len(logits):
-        raise ValueError(f"need logits [N, classes] and 1 <= splits <= N, got shape {list(logits.shape)}, splits={splits}")
+        raise ValueError(f"need logits [N, classes] and 1 <= splits <= N, got {list(logits.shape)}, splits={splits}")
     scores = []
     for chunk in logits.double().chunk(splits):
         log_p = chunk.log_softmax(-1)  # [n, classes] log p(y|x)

@@ -22,6 +22,7 @@ TINY = {
                         "trainer": {"max_epochs": 2}, "seeds": [0]},
         "words_lstm": {"data_args": {"limit": 256, "batch_size": 64}, "model_args": {"hidden_size": 16},
                        "trainer": {"max_epochs": 2}, "seeds": [0]},
+        "digits_classifier": {"trainer": {"max_epochs": 1}, "seeds": [0]},
     },
     "density": {"default": {"datasets": ["toy_ring", "digits"], "dims": [2, 4], "n_train": 300, "n_test": 200, "cv_folds": 3}},
     "studies": {

@@ -37,7 +37,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, (profile, _) in raw_experiments(params).items():
         exp = experiment_from_params(params, name)
         print(f"  {name:<28} {profile:<8} {exp.model} on {exp.data}, seeds {list(exp.seeds)}")
-    print("studies:     " + ", ".join(sorted(params.get("studies") or {})))
+    print("studies:     " + ", ".join(sorted(params.get("studies") or {})) + " (default); "
+          + ", ".join(sorted(params.get("full_studies") or {})) + " (full)")
     return 0
 
 

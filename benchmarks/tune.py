@@ -20,7 +20,8 @@ STORAGE_ENV = "OPTUNA_STORAGE"
 
 
 def study_config(params: dict[str, Any], name: str) -> dict[str, Any]:
-    studies = params.get("studies") or {}
+    # `studies` run in the default suite (a DVC stage each); `full_studies` only on request.
+    studies = (params.get("studies") or {}) | (params.get("full_studies") or {})
     if name not in studies:
         raise ArchbenchError(f"unknown study '{name}' (known: {', '.join(sorted(studies)) or 'none'}); define it under 'studies' in params.yaml")
     conf = studies[name]
@@ -45,7 +46,12 @@ def suggest(trial: Any, space: dict[str, dict[str, Any]], study: str) -> dict[st
         elif kind == "float":
             chosen[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=spec.get("log", False))
         elif kind == "categorical":
-            chosen[key] = trial.suggest_categorical(key, spec["choices"])
+            choices = spec["choices"]
+            if any(isinstance(c, (list, dict)) for c in choices):
+                # Optuna stores only scalar choices: suggest their JSON text and decode it.
+                chosen[key] = json.loads(trial.suggest_categorical(key, [json.dumps(c) for c in choices]))
+            else:
+                chosen[key] = trial.suggest_categorical(key, choices)
         else:
             raise ArchbenchError(f"study '{study}': search_space.{key} needs type int, float or categorical, got {kind!r}")
     return chosen

@@ -2,8 +2,22 @@
 
 from lightning_modules.char_lm import CharLM
 from lightning_modules.classifier import DomainClassifier
+from lightning_modules.diffusion import DDPM
+from lightning_modules.frame_labeller import FrameLabeller
+from lightning_modules.hvae import HierarchicalVAE
+from lightning_modules.seq2seq import Seq2Seq
+from lightning_modules.sequence_classifier import SequenceClassifier
+from lightning_modules.tagger import Tagger
+from lightning_modules.vae import VAE
 
 MODELS = {
     "char_lm": CharLM,
     "classifier": DomainClassifier,
+    "seq2seq": Seq2Seq,
+    "tagger": Tagger,
+    "frame_labeller": FrameLabeller,
+    "sequence_classifier": SequenceClassifier,
+    "vae": VAE,
+    "hvae": HierarchicalVAE,
+    "ddpm": DDPM,
 }

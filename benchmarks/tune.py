@@ -127,8 +127,11 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
         )
         result = run_seed(exp, seed, trial_opts)
         trial.set_user_attr("mlflow_run_id", result["run_id"])
-        best = result["metrics"].get(f"{metric}_best") if metric == "val/loss" else None
-        return float(best if best is not None else result["metrics"][metric.replace("val/", "test/")])
+        # The best value of the monitored metric over the epochs; a study on another key needs the model to monitor it.
+        best = result["metrics"].get(f"{metric}_best")
+        if best is None:
+            raise ArchbenchError(f"study '{name}': the model does not monitor '{metric}'; use its monitored metric")
+        return float(best)
 
     def counted() -> int:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -132,6 +132,12 @@ class UnpairedDomainsDataModule(_FashionBase):
 
     NAME = "fashion_sneaker_boot"
 
+    # The model must know which class each domain is (translation success is judged by the classifier).
+    MODEL_ARGS = ("image_shape", "num_classes", "domain_a", "domain_b")
+
+    def model_args(self) -> dict[str, Any]:
+        return super().model_args() | {"domain_a": self.domain_a, "domain_b": self.domain_b}
+
     def __init__(self, batch_size: int = 128, val_size: int = 5000, binarize: bool = False,
                  limit: int | None = None, data_dir: str | None = None, num_workers: int = 0,
                  pad_to: int | None = None, download: bool = True, domain_a: int = 7, domain_b: int = 9) -> None:

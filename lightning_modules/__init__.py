@@ -2,9 +2,12 @@
 
 from lightning_modules.char_lm import CharLM
 from lightning_modules.classifier import DomainClassifier
+from lightning_modules.cyclegan import CycleGAN
 from lightning_modules.diffusion import DDPM
 from lightning_modules.frame_labeller import FrameLabeller
+from lightning_modules.gan import GAN
 from lightning_modules.hvae import HierarchicalVAE
+from lightning_modules.pix2pix import Pix2Pix
 from lightning_modules.seq2seq import Seq2Seq
 from lightning_modules.sequence_classifier import SequenceClassifier
 from lightning_modules.tagger import Tagger
@@ -17,6 +20,9 @@ MODELS = {
     "tagger": Tagger,
     "frame_labeller": FrameLabeller,
     "sequence_classifier": SequenceClassifier,
+    "gan": GAN,
+    "pix2pix": Pix2Pix,
+    "cyclegan": CycleGAN,
     "vae": VAE,
     "hvae": HierarchicalVAE,
     "ddpm": DDPM,

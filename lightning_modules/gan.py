@@ -1,0 +1,288 @@
+"""The GAN of the seed (Goodfellow et al. 2014, https://arxiv.org/abs/1406.2661), DCGAN-shaped.
+
+The value function is the seed's ``R = mean_x[-½ log D(x) - ½ log(1 - D(G(z)))]``: D minimises R (so R
+is half D's binary cross-entropy), G maximises it. At the optimum P_gen = P_data, D = ½ everywhere and
+R = log 2 (the Jensen-Shannon argument). G maximising R directly ("minimax") gets no gradient while D
+easily rejects its samples, so the usual "non_saturating" G minimises -½ log D(G(z)) instead (same
+fixed point, strong gradients early). D is a strided CNN and G its reverse with transposed convolutions
+(DCGAN, Radford et al. 2015, https://arxiv.org/abs/1511.06434). Training follows Lightning's GAN
+template: manual optimisation, one optimizer per player, ``toggle_optimizer`` around each step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_modules.fid import DomainFID, FeatureExtractor, inception_score, load_feature_extractor
+from lightning_modules.image_grids import image_grid
+
+G_LOSSES = ("minimax", "non_saturating")
+FID_NOISE_OFFSET = 1  # FID/IS noise is seeded noise_seed + 1: the same z every epoch, apart from the grid's
+VAL_NOISE_OFFSET = 1000  # val batch i uses noise_seed + 1000 + i, so validating never moves the training RNG
+
+
+# --- the seed's objective, on D's logits (log D = logsigmoid(l), log(1 - D) = logsigmoid(-l)) ------
+def discriminator_objective(d_real_logits: Tensor, d_fake_logits: Tensor) -> Tensor:
+    """R = mean[-½ log D(x)] + mean[-½ log(1 - D(G(z)))], in nats; D minimises it. Any logit shapes."""
+    return -0.5 * F.logsigmoid(d_real_logits).mean() - 0.5 * F.logsigmoid(-d_fake_logits).mean()
+
+
+def generator_loss(d_fake_logits: Tensor, kind: str) -> Tensor:
+    """What G minimises: "minimax" = -R's fake half (½ log(1 - D(G(z)))), "non_saturating" = -½ log D(G(z))."""
+    if kind == "minimax":
+        return 0.5 * F.logsigmoid(-d_fake_logits).mean()
+    if kind == "non_saturating":
+        return -0.5 * F.logsigmoid(d_fake_logits).mean()
+    raise ValueError(f"g_loss must be one of {G_LOSSES}, got {kind!r}")
+
+
+def check_image_shape(image_shape: Sequence[int], multiple: int = 4) -> tuple[int, int, int]:
+    """[C, H, W] with H and W multiples of ``multiple`` and >= 8: two stride-2 stages halve them twice."""
+    if (len(image_shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in image_shape)
+            or image_shape[0] < 1 or min(image_shape[1:]) < 8 or any(v % multiple for v in image_shape[1:])):
+        raise ValueError(f"image_shape must be [channels, height, width] with height and width >= 8 and multiples "
+                         f"of {multiple}, got {image_shape!r}")
+    c, h, w = image_shape
+    return c, h, w
+
+
+# --- the players ----------------------------------------------------------------------------------
+class Generator(nn.Module):
+    """z [batch, latent] -> images [batch, C, H, W] in [0, 1]: project and reshape, then two 2x up-convolutions."""
+
+    def __init__(self, latent_dim: int, image_shape: Sequence[int], base_channels: int) -> None:
+        super().__init__()
+        c, h, w = check_image_shape(image_shape)
+        self.start = (2 * base_channels, h // 4, w // 4)  # e.g. [128, 7, 7] for 28x28, [128, 2, 2] for 8x8
+        # DCGAN: BatchNorm + ReLU everywhere but the output; no bias before a BatchNorm (its shift replaces it).
+        self.project = nn.Linear(latent_dim, math.prod(self.start), bias=False)
+        self.body = nn.Sequential(
+            # BatchNorm2d after the reshape (per channel over space, as DCGAN's first up-convolution has it)
+            # also trains on a last batch of one image, where a BatchNorm1d over features would fail.
+            nn.BatchNorm2d(2 * base_channels),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(2 * base_channels, base_channels, 4, stride=2, padding=1, bias=False),  # 2x
+            nn.BatchNorm2d(base_channels),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(base_channels, c, 4, stride=2, padding=1),  # 2x
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.project(z).view(-1, *self.start)  # [batch, 2 * base, H / 4, W / 4]
+        # DCGAN's tanh output, rescaled to the data's [0, 1]: (tanh(a / 2) + 1) / 2 = sigmoid(a).
+        return torch.sigmoid(self.body(h))  # [batch, C, H, W]
+
+
+class Discriminator(nn.Module):
+    """Images [batch, C, H, W] in [0, 1] -> one logit each (D(x) = sigmoid(logit)): strided convs, LeakyReLU."""
+
+    def __init__(self, image_shape: Sequence[int], base_channels: int) -> None:
+        super().__init__()
+        c, h, w = check_image_shape(image_shape)
+        self.net = nn.Sequential(
+            nn.Conv2d(c, base_channels, 4, stride=2, padding=1),  # H / 2; DCGAN: no BatchNorm on D's input layer
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(base_channels, 2 * base_channels, 4, stride=2, padding=1, bias=False),  # H / 4
+            nn.BatchNorm2d(2 * base_channels),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Flatten(),
+            nn.Linear(2 * base_channels * (h // 4) * (w // 4), 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(2 * x - 1).squeeze(1)  # [batch]; inputs centred to [-1, 1] as in DCGAN
+
+
+# --- the system -----------------------------------------------------------------------------------
+class GAN(pl.LightningModule):
+    """Unconditional GAN; ``num_classes`` comes with the image data and is unused (labels are ignored).
+
+    Metrics: ``val/loss`` = R on val reals vs fresh fakes; with ``fid_checkpoint`` (a DomainClassifier
+    checkpoint) also ``val/fid`` (``fid_samples`` fakes vs the val split, and the checkpoint monitor),
+    ``test/fid`` vs the test split and ``test/is``. The fakes for FID/IS use fixed seeded noise.
+    """
+
+    def __init__(
+        self,
+        image_shape: list[int],
+        num_classes: int = 10,
+        latent_dim: int = 64,
+        base_channels: int = 64,
+        lr: float = 2e-4,
+        betas: Sequence[float] = (0.5, 0.999),
+        g_loss: str = "non_saturating",
+        fid_checkpoint: str | None = None,
+        fid_samples: int = 2000,
+        sample_grid: int = 64,
+        noise_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_image_shape(image_shape)
+        if g_loss not in G_LOSSES:
+            raise ValueError(f"g_loss must be one of {G_LOSSES}, got {g_loss!r}")
+        for name, value, low in (("latent_dim", latent_dim, 1), ("base_channels", base_channels, 1),
+                                 ("fid_samples", fid_samples, 2), ("sample_grid", sample_grid, 0), ("noise_seed", noise_seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.generator = Generator(latent_dim, image_shape, base_channels)
+        self.discriminator = Discriminator(image_shape, base_channels)
+        # The grid's noise is fixed once, from its own generator: the same seed shows the same z every epoch.
+        fixed = torch.randn(sample_grid, latent_dim, generator=torch.Generator().manual_seed(noise_seed))
+        self.register_buffer("fixed_z", fixed)  # [sample_grid, latent]
+        # A plain dict, so the frozen extractor never joins this module's parameters or checkpoints.
+        self._frozen: dict[str, Any] = {}
+        self._fid_settings: dict[str, Any] = {}
+
+    # The suite's checkpoint callback keeps the best val/fid when there is one.
+    @property
+    def monitor(self) -> str:
+        return "val/fid" if self.hparams.fid_checkpoint else "val/loss"
+
+    @property
+    def monitor_mode(self) -> str:
+        return "min"
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.generator(z)  # [batch, C, H, W]
+
+    # ---- training ------------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        real = batch[0]  # [batch, C, H, W]; labels unused
+        opt_g, opt_d = self.optimizers()
+        z = torch.randn(len(real), self.hparams.latent_dim, device=self.device)  # [batch, latent]
+        fake = self.generator(z)  # one forward serves both steps; its graph reaches G
+
+        # D: one descent step on R (Goodfellow et al. Algorithm 1 with k = 1); detach keeps G out of it.
+        self.toggle_optimizer(opt_d)
+        d_loss = discriminator_objective(self.discriminator(real), self.discriminator(fake.detach()))
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        # G: against the updated D; toggling froze D's parameters, so only G's receive gradients.
+        self.toggle_optimizer(opt_g)
+        d_fake = self.discriminator(fake)  # [batch]
+        g_loss = generator_loss(d_fake, self.hparams.g_loss)
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+
+        n = len(real)
+        self.log("train/loss", d_loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/g_loss", g_loss.detach(), on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/d_fake", torch.sigmoid(d_fake.detach()).mean(), on_step=False, on_epoch=True, batch_size=n)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        betas = tuple(self.hparams.betas)
+        return [torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
+                torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas)]
+
+    # ---- sampling ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, n: int, seed: int, chunk: int = 500) -> Tensor:
+        """n images [n, C, H, W] from noise drawn with its own seeded generator, G in eval mode."""
+        gen = torch.Generator().manual_seed(seed)
+        was_training = self.generator.training
+        self.generator.eval()
+        out = [self.generator(torch.randn(min(chunk, n - i), self.hparams.latent_dim, generator=gen).to(self.device))
+               for i in range(0, n, chunk)]
+        self.generator.train(was_training)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def sample_images(self) -> Tensor:
+        """G(fixed_z) [sample_grid, C, H, W] in eval mode: comparable across epochs and runs with one seed."""
+        was_training = self.generator.training
+        self.generator.eval()
+        images = self.generator(self.fixed_z)
+        self.generator.train(was_training)
+        return images
+
+    def make_samples(self) -> dict[str, Any]:
+        if not self.hparams.sample_grid:
+            return {}
+        return {"samples.png": image_grid(self.sample_images(), title=f"G(fixed z), epoch {self.current_epoch}")}
+
+    # ---- evaluation ----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # Load the extractor when a run starts, so a wrong path fails at once with one line, not after an epoch.
+        if self.hparams.fid_checkpoint and "fid" not in self._frozen:
+            extractor, digest = load_feature_extractor(self.hparams.fid_checkpoint)
+            self._frozen["extractor"] = extractor
+            self._frozen["fid"] = DomainFID(extractor, digest, reference_split="val")
+
+    def _fid(self, split: str) -> DomainFID | None:
+        fid = self._frozen.get("fid")
+        if fid is None or self.trainer.sanity_checking:
+            return None
+        fid.reference_split = split
+        return fid.to(self.device)
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str) -> None:
+        real = batch[0]  # [batch, C, H, W]
+        gen = torch.Generator().manual_seed(self.hparams.noise_seed + VAL_NOISE_OFFSET + batch_idx)
+        z = torch.randn(len(real), self.hparams.latent_dim, generator=gen).to(self.device)
+        loss = discriminator_objective(self.discriminator(real), self.discriminator(self.generator(z)))
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(real))
+        fid = self._fid(stage)
+        if fid is not None:
+            fid.update_real(real)
+
+    def _fid_of_fakes(self, stage: str) -> Tensor | None:
+        """Adds ``fid_samples`` fakes, logs ``<stage>/fid``, returns the fakes (None when FID is off)."""
+        fid = self._fid(stage)
+        if fid is None:
+            return None
+        fakes = self.generate(self.hparams.fid_samples, seed=self.hparams.noise_seed + FID_NOISE_OFFSET)
+        fid.update_fake(fakes)
+        self.log(f"{stage}/fid", fid.compute())
+        self._fid_settings = {f"fid_{k}": v for k, v in fid.settings().items()}
+        return fakes
+
+    def on_validation_epoch_start(self) -> None:
+        if "fid" in self._frozen:
+            self._frozen["fid"].reset()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._fid_of_fakes("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        fakes = self._fid_of_fakes("test")
+        if fakes is not None:
+            self.log("test/is", inception_score(self._frozen["extractor"].to(self.device).logits(fakes)))
+
+    def metric_settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"loss": "R = mean[-1/2 log D(x) - 1/2 log(1 - D(G(z)))] in nats, D's objective",
+                                    "g_loss": self.hparams.g_loss}
+        if self.hparams.fid_checkpoint:
+            extractor: FeatureExtractor | None = self._frozen.get("extractor")
+            settings |= {"fid_extractor_sha256": self._frozen["fid"].extractor_hash if extractor is not None else None,
+                         "fid_samples": self.hparams.fid_samples, "fid_reference_split": "test",
+                         "fid_noise_seed": self.hparams.noise_seed + FID_NOISE_OFFSET,
+                         "is": "exp(E KL(p(y|x) || p(y))) over the same fakes, extractor's classifier, 1 split"}
+            settings |= self._fid_settings
+        return settings

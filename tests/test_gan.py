@@ -1,0 +1,175 @@
+"""The seed's GAN objective against hand computations, and a tiny DCGAN on 8x8 digits with manual optimisation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import Tensor
+
+from datamodules.images import DigitsDataModule
+from datamodules.sources import sha256_file
+from lightning_modules.classifier import DomainClassifier
+from lightning_modules.gan import GAN, discriminator_objective, generator_loss
+
+TINY = {"latent_dim": 8, "base_channels": 8}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny convolutions on the 2 shared cores: a second intra-op thread spins and waits (see test_fid.py).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def classifier_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DomainClassifier trained one epoch on 8x8 digits: the FID/IS feature extractor of these tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    dm = DigitsDataModule(batch_size=64)
+    model = DomainClassifier(**dm.model_args(), channels=8, feature_dim=32)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path_factory.mktemp("classifier") / "clf.ckpt"
+    trainer.save_checkpoint(path)
+    torch.set_num_threads(before)
+    return path
+
+
+def logit(p: list[float]) -> Tensor:
+    t = torch.tensor(p, dtype=torch.float64)
+    return torch.log(t / (1 - t))  # D = sigmoid(logit)
+
+
+# --- the objective ----------------------------------------------------------------------------------
+def test_objective_matches_a_hand_computation() -> None:
+    d_real, d_fake = [0.8, 0.6], [0.3, 0.1]  # D(x) and D(G(z)) for a batch of two
+    by_hand = ((-0.5 * math.log(0.8) - 0.5 * math.log(1 - 0.3)) + (-0.5 * math.log(0.6) - 0.5 * math.log(1 - 0.1))) / 2
+    assert float(discriminator_objective(logit(d_real), logit(d_fake))) == pytest.approx(by_hand, abs=1e-12)
+    assert by_hand == pytest.approx(0.29900, abs=1e-5)
+    # G's two losses on the same D outputs.
+    minimax = (0.5 * math.log(1 - 0.3) + 0.5 * math.log(1 - 0.1)) / 2
+    non_saturating = (-0.5 * math.log(0.3) - 0.5 * math.log(0.1)) / 2
+    assert float(generator_loss(logit(d_fake), "minimax")) == pytest.approx(minimax, abs=1e-12)
+    assert float(generator_loss(logit(d_fake), "non_saturating")) == pytest.approx(non_saturating, abs=1e-12)
+    with pytest.raises(ValueError, match="g_loss"):
+        generator_loss(logit(d_fake), "wasserstein")
+
+
+def test_at_the_optimum_d_is_one_half_and_r_is_log_2() -> None:
+    half = torch.zeros(5)  # logit 0: D = 1/2 everywhere
+    assert float(discriminator_objective(half, torch.zeros(7))) == pytest.approx(math.log(2), abs=1e-7)
+    # Any other constant D on equal real and fake distributions does worse: R >= log 2.
+    for p in (0.1, 0.4, 0.7):
+        same = logit([p] * 4)
+        assert float(discriminator_objective(same, same)) > math.log(2)
+
+
+def test_extreme_logits_stay_finite() -> None:
+    big = torch.tensor([-200.0, 200.0])  # sigmoid saturates to exactly 0 and 1 in float32
+    assert math.isfinite(float(discriminator_objective(big, big)))
+    assert math.isfinite(float(generator_loss(big, "non_saturating")))
+
+
+def test_non_saturating_gradient_survives_where_minimax_vanishes() -> None:
+    # D confidently rejects the fakes: D(G(z)) = 1e-4. Both losses push the logit up (negative gradient),
+    # but minimax's push is -½ D(G(z)) ~ 5e-5 while the non-saturating one is -½ (1 - D(G(z))) ~ 0.5.
+    grads = {}
+    for kind in ("minimax", "non_saturating"):
+        fake = logit([1e-4]).requires_grad_(True)
+        generator_loss(fake, kind).backward()
+        grads[kind] = float(fake.grad[0])
+    assert grads["minimax"] == pytest.approx(-0.5 * 1e-4, rel=1e-6)
+    assert grads["non_saturating"] == pytest.approx(-0.5 * (1 - 1e-4), rel=1e-6)
+    assert abs(grads["non_saturating"]) > 1000 * abs(grads["minimax"])
+    # Near D(G(z)) = 1 the roles swap: the fixed point is the same, only the early gradients differ.
+    grads = {}
+    for kind in ("minimax", "non_saturating"):
+        fake = logit([1 - 1e-4]).requires_grad_(True)
+        generator_loss(fake, kind).backward()
+        grads[kind] = float(fake.grad[0])
+    assert abs(grads["minimax"]) > 1000 * abs(grads["non_saturating"])
+
+
+# --- the system -------------------------------------------------------------------------------------
+def _train_tiny(seed: int, fid_checkpoint: Path | None) -> tuple[GAN, pl.Trainer, DigitsDataModule, dict[str, Tensor]]:
+    pl.seed_everything(seed, verbose=False)
+    dm = DigitsDataModule(batch_size=32)
+    model = GAN(**dm.model_args(), **TINY, fid_checkpoint=str(fid_checkpoint) if fid_checkpoint else None,
+                fid_samples=64, sample_grid=16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2, limit_test_batches=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         deterministic=True)
+    trainer.fit(model, datamodule=dm)
+    return model, trainer, dm, before
+
+
+def test_tiny_gan_steps_both_players_and_reports_fid(classifier_ckpt: Path) -> None:
+    model, trainer, dm, before = _train_tiny(0, classifier_ckpt)
+    after = model.state_dict()
+    for player in ("generator.", "discriminator."):
+        weights = [k for k in before if k.startswith(player) and k.endswith("weight")]
+        assert weights and all(not torch.equal(before[k], after[k]) for k in weights), player
+    assert all(p.requires_grad for p in model.parameters())  # untoggle_optimizer restored them
+    metrics = trainer.callback_metrics
+    assert {"train/loss", "train/g_loss", "val/loss", "val/fid"} <= metrics.keys()
+    assert all(math.isfinite(float(metrics[k])) for k in ("train/loss", "val/loss", "val/fid"))
+    assert model.monitor == "val/fid" and model.monitor_mode == "min"
+
+    tested = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert {"test/loss", "test/fid", "test/is"} <= tested.keys()
+    assert tested["test/fid"] >= 0 and 1 <= tested["test/is"] <= 10
+    settings = model.metric_settings()
+    assert settings["fid_extractor_sha256"] == sha256_file(classifier_ckpt)
+    assert settings["fid_samples"] == 64 and settings["fid_n_fake"] == 64
+    assert settings["fid_reference_split"] == "test" and settings["fid_n_real"] == 64  # 2 test batches of 32
+    # The extractor stays outside the checkpoint.
+    assert not any(k.startswith(("_frozen", "classifier")) for k in model.state_dict())
+
+    samples = model.make_samples()
+    assert list(samples) == ["samples.png"] and hasattr(samples["samples.png"], "savefig")
+
+
+def test_same_seed_gives_identical_samples_and_metrics() -> None:
+    first, trainer1, _, _ = _train_tiny(3, None)
+    second, trainer2, _, _ = _train_tiny(3, None)
+    assert torch.equal(first.sample_images(), second.sample_images())
+    assert float(trainer1.callback_metrics["val/loss"]) == float(trainer2.callback_metrics["val/loss"])
+    assert first.monitor == "val/loss"
+    other, _, _, _ = _train_tiny(4, None)
+    assert not torch.equal(first.sample_images(), other.sample_images())
+
+
+def test_fixed_noise_depends_only_on_noise_seed() -> None:
+    torch.manual_seed(0)
+    a = GAN(image_shape=[1, 8, 8], **TINY, noise_seed=5, sample_grid=9)
+    torch.manual_seed(1)  # another global RNG state: other weights, the same grid noise
+    b = GAN(image_shape=[1, 8, 8], **TINY, noise_seed=5, sample_grid=9)
+    c = GAN(image_shape=[1, 8, 8], **TINY, noise_seed=6, sample_grid=9)
+    assert torch.equal(a.fixed_z, b.fixed_z) and not torch.equal(a.fixed_z, c.fixed_z)
+    assert "fixed_z" in a.state_dict()
+    images = a.sample_images()
+    assert images.shape == (9, 1, 8, 8) and 0 <= float(images.min()) and float(images.max()) <= 1
+    assert torch.equal(images, a.sample_images())  # eval mode: no BatchNorm update between calls
+    assert a.generate(10, seed=1).shape == (10, 1, 8, 8) and torch.equal(a.generate(10, seed=1), a.generate(10, seed=1))
+
+
+def test_gan_sizes_and_bad_values() -> None:
+    for shape in ([1, 8, 8], [1, 28, 28], [1, 32, 32], [3, 16, 12]):
+        model = GAN(image_shape=shape, **TINY).eval()
+        images = model(torch.randn(2, 8))  # [2, C, H, W]
+        assert list(images.shape[1:]) == shape and model.discriminator(images).shape == (2,)
+    for bad, match in (({"image_shape": [1, 10, 10]}, "image_shape"), ({"g_loss": "wgan"}, "g_loss"),
+                       ({"lr": 0.0}, "lr"), ({"betas": [0.5]}, "betas"), ({"latent_dim": 0}, "latent_dim")):
+        with pytest.raises(ValueError, match=match):
+            GAN(**({"image_shape": [1, 8, 8]} | bad))

@@ -1,8 +1,10 @@
 """Wall-clock speed of our recurrent cells vs torch's fused nn.RNN / nn.LSTM.
 
-Times forward (grad enabled, as in training) and forward+backward separately,
-median over repeats after a warm-up, everything in one process so the ratios
-are comparable. ``python -m benchmarks.speed --help``.
+Times forward (grad enabled, as in training) and forward+backward separately for both
+of StackedRNN's paths (``fused``: whole-sequence Functions with hand-written BPTT, the
+default; ``ref``: per-step autograd), median over repeats after a warm-up, everything in
+one process and interleaved per repeat so the ratios are comparable.
+``python -m benchmarks.speed --help``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ def _median_ms(fns: Sequence[Callable[[], None]], repeats: int, warmup: int = 1)
 def run_speed(time_steps: int = 100, batch: int = 64, input_size: int = 64, hidden_size: int = 256,
               depths: Sequence[int] = (1, 3), repeats: int = 5, compile: bool = False,
               cells: Sequence[str] = ("elman", "lstm", "peephole")) -> list[dict]:
-    """One row per (cell, depth) with own/torch ms and ratios; ``compiled_*`` keys only with ``compile``."""
+    """One row per (cell, depth) with fused/ref/torch ms and ratios to torch.
+
+    ``compiled_*`` keys only with ``compile`` (torch.compile of the per-step reference path;
+    the fused Functions are opaque to the compiler)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     torch.manual_seed(0)
@@ -68,16 +73,22 @@ def run_speed(time_steps: int = 100, batch: int = 64, input_size: int = 64, hidd
     rows: list[dict] = []
     for cell in cells:
         for depth in depths:
-            ours = StackedRNN(cell, input_size, hidden_size, num_layers=depth)
+            fused = StackedRNN(cell, input_size, hidden_size, num_layers=depth)
+            ours = StackedRNN(cell, input_size, hidden_size, num_layers=depth, fused=False)
+            ours.load_state_dict(fused.state_dict())
             ref = _torch_rnn(BASELINES[cell], input_size, hidden_size, depth)
+            fu = _fwd_fns(fused, list(fused.parameters()), x)
             own = _fwd_fns(ours, list(ours.parameters()), x)
             base = _fwd_fns(ref, list(ref.parameters()), x)
-            own_f, ref_f, own_fb, ref_fb = _median_ms([own[0], base[0], own[1], base[1]], repeats)
+            fu_f, own_f, ref_f, fu_fb, own_fb, ref_fb = _median_ms([fu[0], own[0], base[0], fu[1], own[1], base[1]],
+                                                                   repeats)
             row = {
                 "cell": cell, "baseline": f"nn.{BASELINES[cell].upper()}", "depth": depth,
                 "time_steps": time_steps, "batch": batch, "input": input_size, "hidden": hidden_size,
-                "own_fwd_ms": own_f, "torch_fwd_ms": ref_f, "fwd_ratio": own_f / ref_f,
-                "own_fwd_bwd_ms": own_fb, "torch_fwd_bwd_ms": ref_fb, "fwd_bwd_ratio": own_fb / ref_fb,
+                "fused_fwd_ms": fu_f, "ref_fwd_ms": own_f, "torch_fwd_ms": ref_f,
+                "fused_fwd_ratio": fu_f / ref_f, "ref_fwd_ratio": own_f / ref_f,
+                "fused_fwd_bwd_ms": fu_fb, "ref_fwd_bwd_ms": own_fb, "torch_fwd_bwd_ms": ref_fb,
+                "fused_fwd_bwd_ratio": fu_fb / ref_fb, "ref_fwd_bwd_ratio": own_fb / ref_fb,
             }
             if compile:
                 compiled = torch.compile(ours)
@@ -93,9 +104,12 @@ def run_speed(time_steps: int = 100, batch: int = 64, input_size: int = 64, hidd
 
 def format_table(rows: list[dict]) -> str:
     cols = [("cell", "cell", "s"), ("baseline", "torch", "s"), ("depth", "depth", "d"),
-            ("own_fwd_ms", "own fwd ms", ".1f"), ("torch_fwd_ms", "torch fwd ms", ".1f"), ("fwd_ratio", "ratio", ".2f"),
-            ("own_fwd_bwd_ms", "own f+b ms", ".1f"), ("torch_fwd_bwd_ms", "torch f+b ms", ".1f"),
-            ("fwd_bwd_ratio", "ratio", ".2f")]
+            ("fused_fwd_ms", "fused fwd", ".1f"), ("ref_fwd_ms", "ref fwd", ".1f"),
+            ("torch_fwd_ms", "torch fwd", ".1f"),
+            ("fused_fwd_ratio", "fused/t", ".2f"), ("ref_fwd_ratio", "ref/t", ".2f"),
+            ("fused_fwd_bwd_ms", "fused f+b", ".1f"), ("ref_fwd_bwd_ms", "ref f+b", ".1f"),
+            ("torch_fwd_bwd_ms", "torch f+b", ".1f"),
+            ("fused_fwd_bwd_ratio", "fused/t", ".2f"), ("ref_fwd_bwd_ratio", "ref/t", ".2f")]
     if rows and "compile_s" in rows[0]:
         cols += [("compile_s", "compile s", ".1f"), ("compiled_fwd_ms", "comp fwd ms", ".1f"),
                  ("compiled_fwd_ratio", "ratio", ".2f"), ("compiled_fwd_bwd_ms", "comp f+b ms", ".1f"),
@@ -117,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cells", nargs="+", default=["elman", "lstm", "peephole"], choices=sorted(BASELINES))
-    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd version")
+    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd reference path")
     args = parser.parse_args(argv)
     rows = run_speed(args.time_steps, args.batch, args.input, args.hidden, args.depths, args.repeats,
                      compile=args.compile, cells=args.cells)
     print(f"T={args.time_steps} batch={args.batch} input={args.input} hidden={args.hidden} "
-          f"threads={torch.get_num_threads()} repeats={args.repeats} (median ms; ratio = own / torch)")
+          f"threads={torch.get_num_threads()} repeats={args.repeats} "
+          "(median ms; fused/t, ref/t = that path's time / torch's)")
     print(format_table(rows))
     return 0
 

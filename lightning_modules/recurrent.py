@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_modules.recurrent_fused import run_fused
+
 # Elman state is a single tensor s; LSTM state is the pair (y, s).
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -197,7 +199,7 @@ class StackedRNN(nn.Module):
     """``num_layers`` cells stacked in depth; batch-first sequences in, top-layer outputs out."""
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
-                 forget_bias: float = 0.0, learn_s0: bool = False, bias: bool = True) -> None:
+                 forget_bias: float = 0.0, learn_s0: bool = False, bias: bool = True, fused: bool = True) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
@@ -213,6 +215,9 @@ class StackedRNN(nn.Module):
         self.num_layers = num_layers
         self.dropout = float(dropout)
         self.learn_s0 = learn_s0
+        # fused: whole-sequence Functions with hand-written BPTT (recurrent_fused.py); False keeps the
+        # per-step autograd path below, the readable reference the fused path is tested against.
+        self.fused = fused
         cls = CELLS[cell]
         self.layers = nn.ModuleList(
             cls(input_size if k == 0 else hidden_size, hidden_size, bias=bias, forget_bias=forget_bias)
@@ -249,6 +254,8 @@ class StackedRNN(nn.Module):
             raise ValueError(f"state must have one entry per layer ({self.num_layers}), got {len(state)}")
         if steps == 0:
             return x.new_zeros(batch, 0, self.hidden_size), list(state)
+        if self.fused:
+            return run_fused(self.layers, x, state, self.drop, self.dropout)
 
         inp = x  # [batch, time, in]
         final: list[State] = []

@@ -1,0 +1,208 @@
+"""The fused whole-sequence path of StackedRNN vs its per-step autograd path and vs torch's nn.RNN / nn.LSTM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lightning_modules.recurrent import StackedRNN, detach_state
+from lightning_modules.recurrent_fused import ElmanSequence, LSTMSequence
+
+TOL64 = dict(atol=1e-8, rtol=1e-8)
+B, T, IN, H = 3, 7, 5, 4
+CELLS = ["elman", "lstm", "peephole"]
+
+
+def _pair(cell: str, num_layers: int, **kw) -> tuple[StackedRNN, StackedRNN]:
+    """(fused, reference) with identical float64 parameters; learned s_0 made non-zero so its grads mean something."""
+    torch.manual_seed(num_layers)
+    fused = StackedRNN(cell, IN, H, num_layers=num_layers, **kw).double()
+    if fused.s0 is not None:
+        with torch.no_grad():
+            for p in fused.s0:
+                p.normal_()
+    ref = StackedRNN(cell, IN, H, num_layers=num_layers, fused=False, **kw).double()
+    ref.load_state_dict(fused.state_dict())
+    assert fused.fused and not ref.fused
+    return fused, ref
+
+
+def _flat(state: list) -> list[Tensor]:
+    return [t for st in state for t in (st if isinstance(st, tuple) else (st,))]
+
+
+def _loss(y: Tensor, state: list, seed: int = 0) -> Tensor:
+    """A random linear functional of the outputs plus a non-linear one of the final states (all grads non-trivial)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(y.shape, dtype=y.dtype, generator=g)
+    return (y * w).sum() + sum((s.sin() * (k + 1)).sum() for k, s in enumerate(_flat(state)))
+
+
+def _run(model: StackedRNN, x: Tensor, state: list | None = None) -> tuple[Tensor, list, list[Tensor]]:
+    """Outputs, final state, and grads of [x, *initial state tensors, *parameters]."""
+    x = x.detach().clone().requires_grad_(True)
+    leaves = [x]
+    if state is not None:
+        state = [tuple(t.detach().clone().requires_grad_(True) for t in st) if isinstance(st, tuple)
+                 else st.detach().clone().requires_grad_(True) for st in state]
+        leaves += _flat(state)
+    params = list(model.parameters())
+    y, final = model(x, state)
+    grads = torch.autograd.grad(_loss(y, final), leaves + params)
+    return y, final, list(grads)
+
+
+def _random_state(model: StackedRNN, seed: int = 5) -> list:
+    g = torch.Generator().manual_seed(seed)
+    n_state = model.layers[0].n_state
+    states = [tuple(torch.randn(B, H, dtype=torch.float64, generator=g) for _ in range(n_state))
+              for _ in range(model.num_layers)]
+    return [st[0] if n_state == 1 else st for st in states]
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("learn_s0", [False, True])
+def test_fused_matches_reference_path(cell: str, num_layers: int, learn_s0: bool) -> None:
+    fused, ref = _pair(cell, num_layers, learn_s0=learn_s0, forget_bias=1.0 if cell != "elman" else 0.0)
+    x = torch.randn(B, T, IN, dtype=torch.float64)
+    y, fin, grads = _run(fused, x)
+    y_r, fin_r, grads_r = _run(ref, x)
+    torch.testing.assert_close(y, y_r, **TOL64)
+    for a, b in zip(_flat(fin), _flat(fin_r), strict=True):
+        torch.testing.assert_close(a, b, **TOL64)
+    names = ["x"] + [n for n, _ in fused.named_parameters()]
+    for name, g, g_r in zip(names, grads, grads_r, strict=True):
+        torch.testing.assert_close(g, g_r, **TOL64, msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_given_state_and_edge_lengths(cell: str) -> None:
+    """Explicit initial states requiring grad; T=1 (no later steps for the big dW matmul) and bias=False."""
+    for steps, bias in ((1, True), (T, False)):
+        fused, ref = _pair(cell, 2, bias=bias)
+        x = torch.randn(B, steps, IN, dtype=torch.float64)
+        state = _random_state(fused)
+        y, fin, grads = _run(fused, x, state)
+        y_r, fin_r, grads_r = _run(ref, x, state)
+        torch.testing.assert_close(y, y_r, **TOL64)
+        for a, b in zip(_flat(fin) + grads, _flat(fin_r) + grads_r, strict=True):
+            torch.testing.assert_close(a, b, **TOL64)
+
+
+def _copy_from_torch(ours: StackedRNN, ref: nn.RNNBase) -> None:
+    with torch.no_grad():
+        for k, layer in enumerate(ours.layers):
+            layer.weight_ih.copy_(getattr(ref, f"weight_ih_l{k}"))
+            layer.weight_hh.copy_(getattr(ref, f"weight_hh_l{k}"))
+            layer.bias.copy_(getattr(ref, f"bias_ih_l{k}") + getattr(ref, f"bias_hh_l{k}"))
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("cell", ["elman", "lstm"])
+def test_fused_matches_torch(cell: str, num_layers: int) -> None:
+    torch.manual_seed(num_layers)
+    if cell == "elman":
+        ref = nn.RNN(IN, H, num_layers=num_layers, nonlinearity="tanh", batch_first=True).double()
+    else:
+        ref = nn.LSTM(IN, H, num_layers=num_layers, batch_first=True).double()
+    ours = StackedRNN(cell, IN, H, num_layers=num_layers).double()
+    _copy_from_torch(ours, ref)
+    x = torch.randn(B, T, IN, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    g = torch.Generator().manual_seed(1)
+    h0 = torch.randn(num_layers, B, H, dtype=torch.float64, generator=g, requires_grad=True)
+    c0 = torch.randn(num_layers, B, H, dtype=torch.float64, generator=g, requires_grad=True)
+
+    if cell == "elman":
+        y, fin = ours(x, list(h0.unbind(0)))
+        y_ref, hn = ref(x_ref, h0)
+        fin_ref = list(hn.unbind(0))
+    else:
+        y, fin = ours(x, list(zip(h0.unbind(0), c0.unbind(0))))
+        y_ref, (hn, cn) = ref(x_ref, (h0, c0))
+        fin_ref = [(a, b) for a, b in zip(hn.unbind(0), cn.unbind(0))]
+    torch.testing.assert_close(y, y_ref, **TOL64)
+    for a, b in zip(_flat(fin), _flat(fin_ref), strict=True):
+        torch.testing.assert_close(a, b, **TOL64)
+
+    leaves = [x, h0] + ([c0] if cell != "elman" else [])
+    ours_grads = torch.autograd.grad(_loss(y, fin), leaves + list(ours.parameters()))
+    leaves_ref = [x_ref, h0] + ([c0] if cell != "elman" else [])
+    ref_grads = torch.autograd.grad(_loss(y_ref, fin_ref), leaves_ref + list(ref.parameters()))
+    n = len(leaves)
+    for a, b in zip(ours_grads[:n], ref_grads[:n], strict=True):
+        torch.testing.assert_close(a, b, **TOL64)
+    ref_named = dict(zip([name for name, _ in ref.named_parameters()], ref_grads[n:]))
+    for k, (d_w_ih, d_w_hh, d_b) in enumerate(zip(*[iter(ours_grads[n:])] * 3)):
+        torch.testing.assert_close(d_w_ih, ref_named[f"weight_ih_l{k}"], **TOL64)
+        torch.testing.assert_close(d_w_hh, ref_named[f"weight_hh_l{k}"], **TOL64)
+        # Our single bias is the sum of torch's two, so its grad equals either one's.
+        torch.testing.assert_close(d_b, ref_named[f"bias_ih_l{k}"], **TOL64)
+        torch.testing.assert_close(d_b, ref_named[f"bias_hh_l{k}"], **TOL64)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck(cell: str) -> None:
+    torch.manual_seed(0)
+    b, t, i, h = 2, 3, 3, 2
+    g = 1 if cell == "elman" else 4
+
+    def p(*shape: int) -> Tensor:
+        return (0.5 * torch.randn(*shape, dtype=torch.float64)).requires_grad_(True)
+
+    x, w_ih, bias, w_hh = p(t, b, i), p(g * h, i), p(g * h), p(g * h, h)
+    if cell == "elman":
+        assert torch.autograd.gradcheck(ElmanSequence.apply, (x, w_ih, bias, w_hh, p(b, h)))
+    else:
+        peep = p(3, h) if cell == "peephole" else None
+        assert torch.autograd.gradcheck(LSTMSequence.apply, (x, w_ih, bias, w_hh, p(b, h), p(b, h), peep))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_tbptt_carried_state_with_grad(cell: str) -> None:
+    """Two chunks with the state carried WITH its graph equal one run over the whole sequence, grads included;
+    with detach_state the second chunk's loss sends nothing into the first chunk."""
+    fused, ref = _pair(cell, 2, learn_s0=True)
+    x = torch.randn(B, 2 * T, IN, dtype=torch.float64)
+
+    def chunked(model: StackedRNN, detach: bool) -> list[Tensor]:
+        model.zero_grad()
+        xx = x.clone().requires_grad_(True)
+        y1, st = model(xx[:, :T])
+        y2, st = model(xx[:, T:], detach_state(st) if detach else st)
+        _loss(torch.cat([y1, y2], 1), st).backward()
+        return [xx.grad] + [q.grad.clone() for q in model.parameters()]
+
+    whole = _run(fused, x)[2]
+    carried = chunked(fused, detach=False)
+    for a, b in zip(whole, carried, strict=True):
+        torch.testing.assert_close(a, b, **TOL64)
+    for a, b in zip(chunked(fused, detach=True), chunked(ref, detach=True), strict=True):
+        torch.testing.assert_close(a, b, **TOL64)
+
+
+def test_float32_close_to_reference() -> None:
+    """tanh is computed as 2 sigmoid(2x) - 1 in the fused path: float32 results differ only by rounding."""
+    for cell in CELLS:
+        torch.manual_seed(0)
+        fused = StackedRNN(cell, IN, H, num_layers=2)
+        ref = StackedRNN(cell, IN, H, num_layers=2, fused=False)
+        ref.load_state_dict(fused.state_dict())
+        x = torch.randn(B, T, IN)
+        torch.testing.assert_close(fused(x)[0], ref(x)[0], atol=1e-6, rtol=1e-5)
+
+
+def test_dropout_and_double_backward() -> None:
+    torch.manual_seed(0)
+    fused, ref = _pair("lstm", 2, dropout=0.5)
+    x = torch.randn(B, T, IN, dtype=torch.float64, requires_grad=True)
+    fused.eval()
+    ref.eval()
+    torch.testing.assert_close(fused(x)[0], ref(x)[0], **TOL64)  # dropout is off in eval
+    fused.train()
+    assert not torch.allclose(fused(x)[0], fused(x)[0])
+    (gx,) = torch.autograd.grad(fused(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|does not require grad"):
+        gx.sum().backward()

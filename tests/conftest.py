@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,3 +71,36 @@ def env_for_subprocess() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    # Tiny convolutions on the 2 shared cores: a second intra-op thread spins and waits (see test_fid.py).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def classifier_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DomainClassifier trained one epoch on 8x8 digits: the frozen judge and FID/IS extractor of the GAN tests.
+
+    Session-scoped, so the GAN, pix2pix and CycleGAN tests share one training."""
+    import lightning.pytorch as pl
+
+    from datamodules.images import DigitsDataModule
+    from lightning_modules.classifier import DomainClassifier
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    dm = DigitsDataModule(batch_size=64)
+    model = DomainClassifier(**dm.model_args(), channels=8, feature_dim=32)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path_factory.mktemp("classifier") / "clf.ckpt"
+    trainer.save_checkpoint(path)
+    torch.set_num_threads(before)
+    return path

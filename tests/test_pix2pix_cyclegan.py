@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -15,37 +14,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from datamodules.image_pairs import sobel_edges
 from datamodules.images import DigitsDataModule
 from datamodules.sources import sha256_file
-from lightning_modules.classifier import DomainClassifier
 from lightning_modules.cyclegan import CycleGAN, cycle_l1, d_adversarial, g_adversarial
 from lightning_modules.pix2pix import Pix2Pix, UNet
 
 A, B = 7, 9  # digit classes standing in for sneaker and ankle boot
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny convolutions on the 2 shared cores: a second intra-op thread spins and waits (see test_fid.py).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def classifier_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A DomainClassifier trained one epoch on 8x8 digits: the frozen judge and FID extractor of these tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pl.seed_everything(0, verbose=False)
-    dm = DigitsDataModule(batch_size=64)
-    model = DomainClassifier(**dm.model_args(), channels=8, feature_dim=32)
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
-    trainer.fit(model, datamodule=dm)
-    path = tmp_path_factory.mktemp("classifier") / "clf.ckpt"
-    trainer.save_checkpoint(path)
-    torch.set_num_threads(before)
-    return path
+# Shared with the other adversarial tests: see tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer() -> pl.Trainer:

@@ -29,13 +29,15 @@ def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
         by_data.setdefault(row["data"], []).append(row)
     for data, group in sorted(by_data.items()):
         keys = sorted({k for r in group for k in r["summary"] if k.startswith("test/") or k.endswith("_best")})
-        lines += [f"## {data}", "", "| experiment | model | n | " + " | ".join(keys) + " | fit time (s) |",
-                  "|---|---|---|" + "---|" * len(keys) + "---|"]
+        lines += [f"## {data}", "", "| experiment | model | n | " + " | ".join(keys) + " | parameters | fit time (s) |",
+                  "|---|---|---|" + "---|" * len(keys) + "---|---|"]
         first = keys[0] if keys else None
         for r in sorted(group, key=lambda r: r["summary"].get(first, {}).get("mean", float("inf")) if first else 0):
             cells = [_fmt(r["summary"][k]) if k in r["summary"] else "–" for k in keys]
             n = max((s["n"] for s in r["summary"].values()), default=0)
-            lines.append(f"| {r['experiment']} | {r['model']} | {n} | " + " | ".join(cells) + f" | {r['wall_time_s']:.1f} |")
+            n_params = r.get("settings", {}).get("parameters")
+            size = f"{n_params:,}" if isinstance(n_params, int) else "–"
+            lines.append(f"| {r['experiment']} | {r['model']} | {n} | " + " | ".join(cells) + f" | {size} | {r['wall_time_s']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 

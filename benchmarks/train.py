@@ -88,9 +88,12 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     run_id = logger.run_id
     run_id_file.write_text(run_id)
     data_hash = dm.content_hash()
+    # Trainable parameters, so models of "comparable size" can be checked rather than assumed.
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     extra = {f"exp.{k}": v for k, v in flatten(exp.as_dict()).items()}
     logger.log_hyperparams(
-        extra | {"seed": seed, "data_hash": data_hash, "git_commit": git_commit(opts.project_dir), "config_hash": exp.config_hash()}
+        extra | {"seed": seed, "data_hash": data_hash, "git_commit": git_commit(opts.project_dir), "config_hash": exp.config_hash(),
+                 "parameters": n_params}
         | package_versions()
     )
     # A model may choose what "best" means (a GAN keeps the best validation FID); the default is val/loss.
@@ -126,7 +129,7 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
         "run_id": run_id,
         "metrics": metrics,
         "timing": {"fit_s": round(fit_s, 2), "epochs": trainer.current_epoch, "device": str(model.device)},
-        "settings": {"data_hash": data_hash, "data": dm.describe(), "config_hash": exp.config_hash()}
+        "settings": {"data_hash": data_hash, "data": dm.describe(), "config_hash": exp.config_hash(), "parameters": n_params}
         | getattr(model, "metric_settings", lambda: {})(),
     }
     client = logger.experiment

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from datamodules.sources import sha256_file
 from lightning_modules.classifier import DomainClassifier
-from lightning_modules.fid import DomainFID, load_feature_extractor
+from lightning_modules.fid import DomainFID, floor_images, load_feature_extractor
 from lightning_modules.gan import check_image_shape, discriminator_objective, generator_loss
 from lightning_modules.image_grids import columns_grid
 from lightning_modules.pix2pix import PatchDiscriminator
@@ -241,9 +241,15 @@ class CycleGAN(pl.LightningModule):
             self.log("test/success_ba", hit_a, on_epoch=True, batch_size=n)
 
     def on_test_epoch_end(self) -> None:
-        for key in ("fid_ab", "fid_ba"):
+        targets = {"fid_ab": self.hparams.domain_b, "fid_ba": self.hparams.domain_a}
+        for key, label in targets.items():
             if key in self._frozen:
-                self.log(f"test/{key}", self._frozen[key].compute())
+                fid = self._frozen[key]
+                self.log(f"test/{key}", fid.compute())
+                # The floor per direction: real train images of the target domain, as many as the translations.
+                real = floor_images(self.trainer, int(fid.metric.fake_features_num_samples), label)
+                if real is not None:
+                    self.log(f"test/{key}_floor", fid.floor(real))
 
     def metric_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {

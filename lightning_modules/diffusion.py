@@ -334,6 +334,11 @@ class DDPM(pl.LightningModule):
             n = min(SAMPLE_BATCH, self.hparams.fid_samples - start)
             self._fid.update_fake(self.sample(n, self.hparams.fid_sample_steps, gen))
         self.log("test/fid", self._fid.compute())
+        from lightning_modules.fid import floor_images
+
+        real = floor_images(self.trainer, self.hparams.fid_samples)
+        if real is not None:  # the floor: as many real train images as samples, against the same test reference
+            self.log("test/fid_floor", self._fid.floor(real))
         steps = min(self.hparams.fid_sample_steps or self.hparams.timesteps, self.hparams.timesteps)
         self._fid_settings = {f"fid_{k}": v for k, v in self._fid.settings().items()} | {"fid_sample_steps": steps}
         self._fid = None

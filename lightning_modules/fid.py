@@ -103,6 +103,24 @@ class DomainFID:
         """Forget both the real and the generated features."""
         self.metric.reset()
 
+    @torch.no_grad()
+    def floor(self, other_real: Tensor, batch_size: int = 512) -> float:
+        """FID between this metric's real reference and another real set, e.g. as many train images as fakes.
+
+        The floor a perfect generator would get with these sample counts (FID is biased upwards at small
+        N), computed against the very reference features the model's FID used; the fake side is untouched.
+        """
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        source = self.metric
+        probe = FrechetInceptionDistance(feature=source.inception, normalize=True, reset_real_features=True)
+        probe = probe.to(source.device)
+        for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
+            setattr(probe, name, getattr(source, name).clone())
+        for batch in other_real.split(batch_size):
+            probe.update(batch.to(source.device), real=False)
+        return float(probe.compute())
+
     def settings(self) -> dict[str, Any]:
         return {
             "extractor_sha256": self.extractor_hash,
@@ -137,3 +155,15 @@ def fid_floor(extractor: nn.Module, real_a: Tensor, real_b: Tensor, batch_size: 
     for batch in real_b.split(batch_size):
         fid.update_fake(batch)
     return fid.compute()
+
+
+def floor_images(trainer: Any, n: int, label: int | None = None) -> Tensor | None:
+    """The first ``n`` training images (of class ``label`` if given) of the trainer's datamodule, for
+    ``DomainFID.floor``; None when the datamodule cannot hand out whole splits."""
+    dm = getattr(trainer, "datamodule", None)
+    if dm is None or not hasattr(dm, "images"):
+        return None
+    images = dm.images("train")  # [N, C, H, W] in [0, 1]
+    if label is not None:
+        images = images[dm.labels("train") == label]
+    return images[:n]

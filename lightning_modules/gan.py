@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.fid import DomainFID, FeatureExtractor, inception_score, load_feature_extractor
+from lightning_modules.fid import DomainFID, FeatureExtractor, floor_images, inception_score, load_feature_extractor
 from lightning_modules.image_grids import image_grid
 
 G_LOSSES = ("minimax", "non_saturating")
@@ -274,6 +274,9 @@ class GAN(pl.LightningModule):
         fakes = self._fid_of_fakes("test")
         if fakes is not None:
             self.log("test/is", inception_score(self._frozen["extractor"].to(self.device).logits(fakes)))
+            real = floor_images(self.trainer, len(fakes))
+            if real is not None:  # the floor: as many real train images as fakes, against the same test reference
+                self.log("test/fid_floor", self._frozen["fid"].floor(real))
 
     def metric_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {"loss": "R = mean[-1/2 log D(x) - 1/2 log(1 - D(G(z)))] in nats, D's objective",

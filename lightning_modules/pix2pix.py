@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
-from lightning_modules.fid import DomainFID, load_feature_extractor
+from lightning_modules.fid import DomainFID, floor_images, load_feature_extractor
 from lightning_modules.gan import discriminator_objective, generator_loss
 from lightning_modules.image_grids import columns_grid
 
@@ -222,7 +222,11 @@ class Pix2Pix(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         if "fid" in self._frozen:
-            self.log("test/fid", self._frozen["fid"].compute())
+            fid = self._frozen["fid"]
+            self.log("test/fid", fid.compute())
+            real = floor_images(self.trainer, int(fid.metric.fake_features_num_samples))
+            if real is not None:  # the floor: as many real train items as outputs, against the same test items
+                self.log("test/fid_floor", fid.floor(real))
 
     def metric_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {

@@ -10,7 +10,8 @@ The input projection ``U x_t + b`` is one matmul over the whole sequence inside 
 (so its output buffer is reused in place for the gates), and its gradients are one matmul each
 plus one sum for the bias.
 
-Everything is time-major ([time, batch, ...]) so each step's slice is contiguous.
+Everything is time-major ([time, batch, ...]) so each step's slice is contiguous; the
+top layer's output is handed back as a [batch, time, hidden] view (as nn.LSTM(batch_first=True)).
 Equations are exactly those of lightning_modules/recurrent.py (gate order i, f, g, o;
 peepholes: i and f see s_{t-1}, o sees s_t). Double backward is not supported.
 """
@@ -45,14 +46,13 @@ def _two_sigmoid_minus_one(z: Tensor, neg_one: Tensor, out: Tensor) -> Tensor:
     return torch.add(neg_one, torch.sigmoid(z, out=out), alpha=2.0, out=out)
 
 
-def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None, scale: Tensor | None) -> Tensor:
+def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None, scale: Tensor) -> Tensor:
     """``(x U^T + b) * scale`` for x [T, batch, input] -> a fresh contiguous [T, batch, n_gates*hidden].
 
-    ``scale`` (per gate row, powers of 2, so exact) is folded into U and b, which are small.
+    ``scale`` ([1] or per gate row; powers of 2, so exact) is folded into U and b, which are small.
     """
-    if scale is not None:
-        w_ih = w_ih * scale.unsqueeze(1)
-        bias = None if bias is None else bias * scale
+    w_ih = w_ih * scale.unsqueeze(1)
+    bias = None if bias is None else bias * scale
     flat = x.reshape(-1, x.shape[-1])  # [T*batch, input]
     out = flat @ w_ih.t() if bias is None else torch.addmm(bias, flat, w_ih.t())
     return out.view(*x.shape[:-1], -1)
@@ -170,12 +170,12 @@ class LSTMSequence(torch.autograd.Function):
         d_pre = torch.empty_like(acts)  # [T, batch, 4*hidden]: grads wrt the gate pre-activations
         ds = torch.zeros_like(y0) if d_s_last is None else d_s_last.clone()  # [batch, hidden], grad wrt s_t
         k = torch.empty_like(ds)  # scratch [batch, hidden]
-        a_t, dp_t, ss_t, cs_t = acts.unbind(0), d_pre.unbind(0), ss.unbind(0), cs.unbind(0)
+        a_t, dp_t, ss_t, cs_t, ys_t = acts.unbind(0), d_pre.unbind(0), ss.unbind(0), cs.unbind(0), ys.unbind(0)
         i_t, f_t, g_t, o_t = (v.unbind(0) for v in acts.unflatten(2, (4, h)).unbind(2))
         di_t, df_t, dg_t, do_t = (v.unbind(0) for v in d_pre.unflatten(2, (4, h)).unbind(2))
         d_ys_t = [None] * steps if d_ys is None else d_ys.unbind(0)
         for t in range(steps - 1, -1, -1):
-            a, dp, c = a_t[t], dp_t[t], cs_t[t]
+            a, dp, c, y = a_t[t], dp_t[t], cs_t[t], ys_t[t]
             i, f, g, o = i_t[t], f_t[t], g_t[t], o_t[t]
             dp_i, dp_f, dp_g, dp_o = di_t[t], df_t[t], dg_t[t], do_t[t]
             if t < steps - 1:
@@ -184,13 +184,14 @@ class LSTMSequence(torch.autograd.Function):
                 dy = torch.zeros_like(ds) if d_y_last is None else d_y_last
                 if d_ys_t[t] is not None:
                     dy = dy + d_ys_t[t]
-            # sigmoid' = a - a^2 for i, f (one call) and o
+            # sigmoid' = a - a^2 for i and f (one call)
             torch.addcmul(a[:, :2 * h], a[:, :2 * h], a[:, :2 * h], value=-1.0, out=dp[:, :2 * h])
-            torch.addcmul(o, o, o, value=-1.0, out=dp_o).mul_(c)  # c o'
-            # y = c * o: ds += dy * (o (1 - c^2) [+ c o' p_o])
-            torch.addcmul(o, o, c.square(), value=-1.0, out=k)
+            # y = c o gives ds += dy (o (1 - c^2) [+ c o' p_o]); with y stored, c o' = y - o y and
+            # o (1 - c^2) = o - y c are one op each.
+            torch.addcmul(y, o, y, value=-1.0, out=dp_o)
+            torch.addcmul(o, y, c, value=-1.0, out=k)
             if peephole is not None:
-                k.addcmul_(dp_o, peephole[2])
+                k.addcmul_(dp_o, peephole[2])  # o_pre also sees s_t
             ds.addcmul_(dy, k)  # ds is now the whole grad wrt s_t
             dp_o.mul_(dy)
             # s_t = f s_{t-1} + i g: each slot gets ds times its local derivative.

@@ -184,7 +184,7 @@ def test_tiny_run_on_digits_with_a_plain_trainer(tmp_path: Path) -> None:
     trainer.fit(model, datamodule=dm)
     assert math.isfinite(float(trainer.callback_metrics["val/loss"]))
     first = trainer.test(model, datamodule=dm, verbose=False)[0]
-    keys = {"test/loss", "test/bpd", "test/bpd_prior", "test/bpd_diffusion", "test/bpd_decoder", "test/fid"}
+    keys = {"test/loss", "test/bpd", "test/bpd_prior", "test/bpd_diffusion", "test/bpd_decoder", "test/fid", "test/fid_floor"}
     assert keys <= first.keys()
     assert 0 < first["test/bpd"] < 50 and first["test/fid"] >= 0
     settings = model.metric_settings()

@@ -64,6 +64,21 @@ def test_fid_floor_of_two_samples_of_one_distribution_is_small() -> None:
     assert 0 <= floor < 0.05 < shifted
 
 
+def test_floor_uses_the_reference_features_and_leaves_the_fakes_alone() -> None:
+    d = 8
+    reference, fakes, other = (_gaussian(3000, d, m, 1.0, seed=s) for m, s in ((0.0, 5), (1.0, 6), (0.0, 7)))
+    fid = DomainFID(Identity(d), "", "test")
+    for batch in reference.split(700):
+        fid.update_real(batch)
+    fid.update_fake(fakes)
+    before = fid.compute()
+    floor = fid.floor(other, batch_size=400)
+    assert floor == pytest.approx(fid_floor(Identity(d), reference, other), abs=1e-6)
+    assert floor < 0.05 < before  # the floor is the real-vs-real value, far below a shifted fake set
+    assert fid.compute() == pytest.approx(before, abs=1e-9)
+    assert fid.settings()["n_fake"] == 3000
+
+
 # --- Inception score ------------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [2, 5, 10])
 def test_confident_uniform_predictions_score_k(k: int) -> None:

@@ -103,8 +103,9 @@ def test_tiny_gan_steps_both_players_and_reports_fid(classifier_ckpt: Path) -> N
     assert model.monitor == "val/fid" and model.monitor_mode == "min"
 
     tested = trainer.test(model, datamodule=dm, verbose=False)[0]
-    assert {"test/loss", "test/fid", "test/is"} <= tested.keys()
+    assert {"test/loss", "test/fid", "test/is", "test/fid_floor"} <= tested.keys()
     assert tested["test/fid"] >= 0 and 1 <= tested["test/is"] <= 10
+    assert 0 <= tested["test/fid_floor"] < tested["test/fid"]  # real train images beat an undertrained G
     settings = model.metric_settings()
     assert settings["fid_extractor_sha256"] == sha256_file(classifier_ckpt)
     assert settings["fid_samples"] == 64 and settings["fid_n_fake"] == 64

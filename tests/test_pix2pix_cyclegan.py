@@ -41,6 +41,17 @@ def _unchanged(module: nn.Module, before: dict[str, Tensor]) -> bool:
     return all(torch.equal(p, before[k]) for k, p in module.named_parameters())
 
 
+class _WithSplits(pl.LightningDataModule):
+    """A test loader plus the whole-split accessors a model's FID floor reads (``images``/``labels``)."""
+
+    def __init__(self, dm: DigitsDataModule, test: DataLoader) -> None:
+        super().__init__()
+        self.images, self.labels, self._test = dm.images, dm.labels, test
+
+    def test_dataloader(self) -> DataLoader:
+        return self._test
+
+
 # --- pix2pix ------------------------------------------------------------------------------------------
 def _paired_loaders(dm: DigitsDataModule) -> tuple[DataLoader, DataLoader]:
     """(edges, images, labels) batches like PairedEdgesDataModule's, built from digits."""
@@ -91,8 +102,9 @@ def test_pix2pix_adversarial_run_and_test_metrics(classifier_ckpt: Path) -> None
     assert _changed(model.generator, g0) and _changed(model.discriminator, d0)
     assert {"train/loss", "train/l1", "train/d_loss", "val/loss", "val/ssim"} <= trainer.callback_metrics.keys()
 
-    tested = trainer.test(model, test, verbose=False)[0]
-    assert {"test/l1", "test/ssim", "test/fid"} <= tested.keys()
+    tested = trainer.test(model, datamodule=_WithSplits(dm, test), verbose=False)[0]
+    assert {"test/l1", "test/ssim", "test/fid", "test/fid_floor"} <= tested.keys()
+    assert 0 <= tested["test/fid_floor"] < tested["test/fid"]
     assert 0 <= tested["test/l1"] <= 1 and -1 <= tested["test/ssim"] <= 1 and tested["test/fid"] >= 0
     settings = model.metric_settings()
     assert settings["fid_extractor_sha256"] == sha256_file(classifier_ckpt) and settings["fid_n_fake"] == 64
@@ -149,7 +161,8 @@ def test_adversarial_terms_hit_their_targets() -> None:
 @pytest.mark.parametrize("adv_loss", ["lsgan", "bce"])
 def test_tiny_cyclegan_steps_all_four_networks(adv_loss: str, classifier_ckpt: Path) -> None:
     pl.seed_everything(0, verbose=False)
-    train, test = _unpaired_loaders(DigitsDataModule())
+    dm = DigitsDataModule()
+    train, test = _unpaired_loaders(dm)
     model = _tiny_cyclegan(adv_loss=adv_loss, lam_identity=0.5, fid_checkpoint=str(classifier_ckpt),
                            classifier_checkpoint=str(classifier_ckpt))
     nets = {name: getattr(model, name) for name in ("g_ab", "g_ba", "d_a", "d_b")}
@@ -160,10 +173,11 @@ def test_tiny_cyclegan_steps_all_four_networks(adv_loss: str, classifier_ckpt: P
     assert all(p.requires_grad for p in model.parameters())
     assert {"train/loss", "train/cycle_l1", "train/d_loss", "val/loss"} <= trainer.callback_metrics.keys()
 
-    tested = trainer.test(model, test, verbose=False)[0]
+    tested = trainer.test(model, datamodule=_WithSplits(dm, test), verbose=False)[0]
     assert {"test/cycle_l1", "test/fid_ab", "test/fid_ba", "test/success_ab", "test/success_ba"} <= tested.keys()
     assert all(0 <= tested[f"test/success_{d}"] <= 1 for d in ("ab", "ba"))
     assert tested["test/fid_ab"] >= 0 and tested["test/cycle_l1"] > 0
+    assert all(0 <= tested[f"test/fid_{d}_floor"] < tested[f"test/fid_{d}"] for d in ("ab", "ba"))
     settings = model.metric_settings()
     assert settings["success"]["classifier_sha256"] == sha256_file(classifier_ckpt)
     assert settings["fid_ab"]["reference_split"] == "test, domain_b" and settings["fid_ab"]["n_real"] == 32

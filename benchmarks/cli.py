@@ -39,6 +39,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<28} {profile:<8} {exp.model} on {exp.data}, seeds {list(exp.seeds)}")
     print("studies:     " + ", ".join(sorted(params.get("studies") or {})) + " (default); "
           + ", ".join(sorted(params.get("full_studies") or {})) + " (full)")
+    print("claims:      " + ", ".join(sorted(params.get("claims") or {})) + " (default); "
+          + ", ".join(sorted(params.get("full_claims") or {})) + " (full)")
     return 0
 
 
@@ -87,6 +89,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     best = run_study(params, args.study, _options(params, progress=not args.no_progress), n_trials=args.n_trials)
     print(f"best {best['metric']} = {best['value']:.4f} with {best['params']}")
+    return 0
+
+
+def cmd_claim(args: argparse.Namespace) -> int:
+    from benchmarks.claims import run_claim
+    from benchmarks.params import load_params
+
+    params = load_params(args.params)
+    result = run_claim(params, args.claim, _options(params, progress=not args.no_progress))
+    print(f"{result['claim']}: {result['verdict']}")
     return 0
 
 
@@ -158,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, default=None, help="override the study's n_trials")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("claim", help="run one of the seed's claims (arms x sweep x seeds) and judge it with 95%% CIs")
+    p.add_argument("claim")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_claim)
 
     sub.add_parser("report", help="write results/report/ (leaderboard, plots)").set_defaults(func=cmd_report)
 

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.claims import claims_section
+
 
 def collect(results_dir: Path) -> list[dict[str, Any]]:
     rows = []
@@ -105,6 +107,7 @@ def write_report(results_dir: Path, params: dict[str, Any] | None = None) -> Pat
             best = json.loads(path.read_text())
             md += (f"- **{best['study']}** ({best['n_complete']} complete, {best['n_pruned']} pruned trials): "
                    f"{best['metric']} = {best['value']:.4f} with `{json.dumps(best['params'])}`\n")
+    md += claims_section(results_dir, out)
     md += density_section(results_dir, out)
     plots = plot_curves(results_dir, rows, out)
     if plots:

@@ -104,21 +104,21 @@ class FrameVideoDataModule(pl.LightningDataModule):
     """Fashion-MNIST frame videos. Items of train videos come from the official train images minus a
     validation slice of ``val_images`` (the last of a fixed permutation seeded 1234, as in images.py),
     val videos from that slice, test videos from the official test images. Video i of split k (train 0,
-    val 1, test 2) is drawn from generator seed ``(seed * 3 + k) * 10**7 + i``.
+    val 1, test 2) is drawn from generator seed ``(data_seed * 3 + k) * 10**7 + i``.
     """
 
     MODEL_ARGS = ("num_classes", "frame_shape")
 
     def __init__(self, batch_size: int = 32, length: int = 24, min_run: int = 3, max_run: int = 8,
                  noise: float = 0.3, max_shift: int = 3, corrupt_p: float = 0.25, train_videos: int = 2000,
-                 val_videos: int = 300, test_videos: int = 500, val_images: int = 5000, seed: int = 0,
+                 val_videos: int = 300, test_videos: int = 500, val_images: int = 5000, data_seed: int = 0,
                  data_dir: str | None = None, download: bool = True, num_workers: int = 0) -> None:
         super().__init__()
         for name, value, low in (("batch_size", batch_size, 1), ("length", length, 1), ("min_run", min_run, 1),
                                  ("max_run", max_run, min_run if isinstance(min_run, int) else 1),
                                  ("max_shift", max_shift, 0), ("train_videos", train_videos, 1),
                                  ("val_videos", val_videos, 1), ("test_videos", test_videos, 1),
-                                 ("val_images", val_images, 1), ("seed", seed, 0), ("num_workers", num_workers, 0)):
+                                 ("val_images", val_images, 1), ("data_seed", data_seed, 0), ("num_workers", num_workers, 0)):
             _check_int(name, value, low)
         if max_shift >= SIDE // 2:
             raise ValueError(f"max_shift must be < {SIDE // 2}, got {max_shift}")
@@ -127,7 +127,7 @@ class FrameVideoDataModule(pl.LightningDataModule):
         _check_fraction("corrupt_p", corrupt_p, upper_open=False)
         self.save_hyperparameters()
         self.batch_size, self.num_workers, self.data_dir, self.download = batch_size, num_workers, data_dir, download
-        self.val_images, self.seed = val_images, seed
+        self.val_images, self.data_seed = val_images, data_seed
         self.counts = {"train": train_videos, "val": val_videos, "test": test_videos}
         self.render = {"length": length, "min_run": min_run, "max_run": max_run, "noise": float(noise),
                        "max_shift": max_shift, "corrupt_p": float(corrupt_p)}
@@ -165,7 +165,7 @@ class FrameVideoDataModule(pl.LightningDataModule):
         if self._datasets:
             return
         for k, (split, (images, labels)) in enumerate(self._pools().items()):
-            self._datasets[split] = VideoDataset(images, labels, self.counts[split], (self.seed * 3 + k) * 10**7,
+            self._datasets[split] = VideoDataset(images, labels, self.counts[split], (self.data_seed * 3 + k) * 10**7,
                                                  **self.render)
 
     def model_args(self) -> dict[str, Any]:
@@ -200,7 +200,7 @@ class FrameVideoDataModule(pl.LightningDataModule):
         return digest.hexdigest()
 
     def _settings(self) -> dict[str, Any]:
-        return {**self.render, "counts": self.counts, "val_images": self.val_images, "seed": self.seed,
+        return {**self.render, "counts": self.counts, "val_images": self.val_images, "data_seed": self.data_seed,
                 "occlude": OCCLUDE, "val_split_seed": VAL_SPLIT_SEED}
 
     def content_hash(self) -> str:
@@ -218,5 +218,5 @@ class FrameVideoDataModule(pl.LightningDataModule):
                        for k, ds in self._datasets.items()},
             "split_rule": f"item pools: official train permuted (seed {VAL_SPLIT_SEED}), last {self.val_images} "
             "for val videos, the rest for train videos; official test for test videos; video i of split k "
-            f"rendered from generator seed ({self.seed}*3+k)*10**7+i",
+            f"rendered from generator seed ({self.data_seed}*3+k)*10**7+i",
         }

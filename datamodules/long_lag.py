@@ -46,14 +46,14 @@ def make_long_lag(size: int, lag: int, num_symbols: int, num_classes: int, seed:
 
 
 class LongLagDataModule(pl.LightningDataModule):
-    """Synthetic, generated at setup: split k of seed s uses generator seed ``s * 1000 + k`` (train 0,
-    val 1, test 2), so the splits are fixed by (seed, sizes, lag, alphabet) and never by the run's seed.
+    """Synthetic, generated at setup: split k of data_seed s uses generator seed ``s * 1000 + k`` (train 0,
+    val 1, test 2), so the splits are fixed by (data_seed, sizes, lag, alphabet) and never by the run's seed.
     """
 
     MODEL_ARGS = ("input_size", "num_classes")
 
     def __init__(self, batch_size: int = 64, lag: int = 50, num_symbols: int = 8, num_classes: int = 4,
-                 train_size: int = 4000, val_size: int = 500, test_size: int = 1000, seed: int = 0,
+                 train_size: int = 4000, val_size: int = 500, test_size: int = 1000, data_seed: int = 0,
                  num_workers: int = 0) -> None:
         super().__init__()
         _check_int("batch_size", batch_size, 1)
@@ -63,12 +63,12 @@ class LongLagDataModule(pl.LightningDataModule):
         _check_int("num_symbols", num_symbols, num_classes + 1)
         for name, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             _check_int(name, value, 1)
-        _check_int("seed", seed, 0)
+        _check_int("data_seed", data_seed, 0)
         _check_int("num_workers", num_workers, 0)
         self.save_hyperparameters()
         self.batch_size, self.lag, self.num_symbols, self.num_classes = batch_size, lag, num_symbols, num_classes
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
-        self.seed, self.num_workers = seed, num_workers
+        self.data_seed, self.num_workers = data_seed, num_workers
         self._data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -76,7 +76,7 @@ class LongLagDataModule(pl.LightningDataModule):
             return
         for k, split in enumerate(SPLITS):
             self._data[split] = make_long_lag(self.sizes[split], self.lag, self.num_symbols, self.num_classes,
-                                              self.seed * 1000 + k)
+                                              self.data_seed * 1000 + k)
 
     def model_args(self) -> dict[str, Any]:
         return {"input_size": self.num_symbols, "num_classes": self.num_classes}
@@ -109,7 +109,7 @@ class LongLagDataModule(pl.LightningDataModule):
 
     def _settings(self) -> dict[str, Any]:
         return {"lag": self.lag, "num_symbols": self.num_symbols, "num_classes": self.num_classes,
-                "sizes": self.sizes, "seed": self.seed}
+                "sizes": self.sizes, "data_seed": self.data_seed}
 
     def content_hash(self) -> str:
         """sha256 over the generated symbols and the settings: equal hashes mean equal splits."""
@@ -126,7 +126,7 @@ class LongLagDataModule(pl.LightningDataModule):
             "source": "synthetic (datamodules/long_lag.py make_long_lag)",
             **self._settings(),
             "splits": dict(self.sizes),
-            "split_rule": f"split k (train 0, val 1, test 2) generated with torch.Generator seed {self.seed}*1000+k; "
+            "split_rule": f"split k (train 0, val 1, test 2) generated with torch.Generator seed {self.data_seed}*1000+k; "
             "balanced classes; class = symbol at step 0, distractors after it; label asked at the last step",
             "chance_acc": 1.0 / self.num_classes,
         }

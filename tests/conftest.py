@@ -26,6 +26,12 @@ TINY = {
                        "trainer": {"max_epochs": 2}, "seeds": [0]},
         "digits_classifier": {"trainer": {"max_epochs": 1}, "seeds": [0]},
     },
+    "claims": {
+        "long_lag": {"data_args": {"train_size": 64, "val_size": 32, "test_size": 32, "batch_size": 32},
+                     "model_args": {"hidden_size": 8}, "trainer": {"max_epochs": 1}, "seeds": [0, 1],
+                     "sweep": {"values": [3, 6]}},
+        "depth": {"data_args": {"limit": 256, "batch_size": 64}, "model_args": {"hidden_size": 8}, "seeds": [0, 1]},
+    },
     "density": {"default": {"datasets": ["toy_ring", "digits"], "dims": [2, 4], "n_train": 300, "n_test": 200, "cv_folds": 3}},
     "studies": {
         "lstm_depth": {"n_trials": 4, "trainer": {"max_epochs": 2, "limit_train_batches": 3, "limit_val_batches": 2}},

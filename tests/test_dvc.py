@@ -29,6 +29,7 @@ def test_report_stage_lists_every_default_experiment_and_study() -> None:
     deps = set(dvc["stages"]["report"]["deps"])
     assert {f"results/{name}/metrics.json" for name in params["experiments"]} <= deps
     assert {f"results/tune/{name}" for name in params["studies"]} <= deps
+    assert {f"results/claims/{name}" for name in params["claims"]} <= deps
 
 
 @pytest.fixture

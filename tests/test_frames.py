@@ -57,8 +57,8 @@ def test_videos_have_runs_of_new_classes_and_are_deterministic() -> None:
     again = _dm()
     f2, l2 = next(iter(again.val_dataloader()))
     assert torch.equal(f2, frames) and torch.equal(l2, labels) and again.content_hash() == dm.content_hash()
-    assert _dm(seed=1).content_hash() != dm.content_hash()
-    assert not torch.equal(next(iter(_dm(seed=1).val_dataloader()))[0], frames)
+    assert _dm(data_seed=1).content_hash() != dm.content_hash()
+    assert not torch.equal(next(iter(_dm(data_seed=1).val_dataloader()))[0], frames)
     info = dm.describe()
     assert json.dumps(info) and info["splits"]["train"] == {"videos": 32, "frames": 384, "item_pool": 150}
 

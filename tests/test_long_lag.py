@@ -26,15 +26,15 @@ def _one_thread() -> Iterator[None]:
 
 
 def test_sequences_follow_the_rules_and_are_deterministic() -> None:
-    dm = LongLagDataModule(lag=7, num_symbols=6, num_classes=3, train_size=30, val_size=9, test_size=12, seed=5)
+    dm = LongLagDataModule(lag=7, num_symbols=6, num_classes=3, train_size=30, val_size=9, test_size=12, data_seed=5)
     ids, labels = dm.symbols("train")  # [30, 7], [30]
     assert ids.shape == (30, 7) and torch.equal(ids[:, 0], labels)
     assert ids[:, 1:].ge(3).all() and ids[:, 1:].lt(6).all()  # distractors are never class markers
     assert torch.bincount(labels).tolist() == [10, 10, 10]  # balanced
-    again = LongLagDataModule(lag=7, num_symbols=6, num_classes=3, train_size=30, val_size=9, test_size=12, seed=5)
+    again = LongLagDataModule(lag=7, num_symbols=6, num_classes=3, train_size=30, val_size=9, test_size=12, data_seed=5)
     assert torch.equal(again.symbols("test")[0], dm.symbols("test")[0]) and again.content_hash() == dm.content_hash()
     assert not torch.equal(dm.symbols("val")[0], dm.symbols("test")[0][:9])
-    assert LongLagDataModule(lag=7, num_symbols=6, num_classes=3, train_size=30, seed=6).content_hash() != dm.content_hash()
+    assert LongLagDataModule(lag=7, num_symbols=6, num_classes=3, train_size=30, data_seed=6).content_hash() != dm.content_hash()
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (9, 7, 6) and x.sum(-1).eq(1).all() and torch.equal(x[:, 0].argmax(-1), y)
     assert json.dumps(dm.describe()) and dm.model_args() == {"input_size": 6, "num_classes": 3}

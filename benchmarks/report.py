@@ -74,25 +74,30 @@ def plot_curves(results_dir: Path, rows: list[dict[str, Any]], out: Path) -> lis
 
 
 def density_section(results_dir: Path, out: Path) -> str:
-    """The KDE-vs-dimension claim: held-out log-likelihood per dimension, the plot, the crossover."""
+    """The KDE-vs-dimension claim: held-out log-likelihood per dimension, the plot, the crossover.
+
+    ``results/density`` is the default profile (a DVC stage), ``results/density_full`` the full one."""
     import shutil
 
-    path = results_dir / "density" / "density.json"
-    if not path.is_file():
-        return ""
-    study = json.loads(path.read_text())
-    shutil.copy(path.with_name("kde_vs_dim.png"), out / "kde_vs_dim.png")
-    md = ["", "## Density estimation: MLE vs KDE against the dimension", "",
-          "Held-out mean log-likelihood in nats per dimension (higher is better), PCA fitted on train.", ""]
-    for name, entry in study["results"].items():
-        methods = ["gaussian", "gmm", "kde"]
-        md += [f"**{name}** (n_train={entry['n_train']}, n_test={entry['n_test']}): crossover d = {entry['crossover']}",
-               "", "| d | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-        for d, r in entry["dims"].items():
-            md.append(f"| {d} | " + " | ".join(f"{r[m]['test_mean_log_lik_per_dim']:+.3f}" for m in methods) + " |")
-        md.append("")
-    md.append("![KDE vs dimension](kde_vs_dim.png)")
-    return "\n".join(md) + "\n"
+    md: list[str] = []
+    for folder, label in (("density", "default profile"), ("density_full", "full profile")):
+        path = results_dir / folder / "density.json"
+        if not path.is_file():
+            continue
+        study = json.loads(path.read_text())
+        image = "kde_vs_dim.png" if folder == "density" else f"kde_vs_dim_{folder.removeprefix('density_')}.png"
+        shutil.copy(path.with_name("kde_vs_dim.png"), out / image)
+        md += ["", f"## Density estimation: MLE vs KDE against the dimension ({label})", "",
+               "Held-out mean log-likelihood in nats per dimension (higher is better), PCA fitted on train.", ""]
+        for name, entry in study["results"].items():
+            methods = ["gaussian", "gmm", "kde"]
+            md += [f"**{name}** (n_train={entry['n_train']}, n_test={entry['n_test']}): crossover d = {entry['crossover']}",
+                   "", "| d | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+            for d, r in entry["dims"].items():
+                md.append(f"| {d} | " + " | ".join(f"{r[m]['test_mean_log_lik_per_dim']:+.3f}" for m in methods) + " |")
+            md.append("")
+        md.append(f"![KDE vs dimension, {label}]({image})")
+    return "\n".join(md) + "\n" if md else ""
 
 
 def write_report(results_dir: Path, params: dict[str, Any] | None = None) -> Path:

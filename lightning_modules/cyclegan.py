@@ -95,8 +95,9 @@ class ResnetGenerator(nn.Module):
 class CycleGAN(pl.LightningModule):
     """Batches ``(a_images, b_images)``, unpaired. One optimizer for both generators, one for both discriminators.
 
-    Metrics: ``val/loss`` = cycle L1 on val (the monitor), ``test/cycle_l1``; with ``fid_checkpoint``,
-    ``test/fid_ab`` (G_AB(test A) vs test B) and ``test/fid_ba``; with ``classifier_checkpoint``,
+    Metrics: ``val/loss`` = cycle L1 on val, ``test/cycle_l1``; with ``fid_checkpoint``, ``val/fid`` (the
+    mean of both directions on val, the checkpoint monitor; else val/loss is), ``test/fid_ab`` (G_AB(test A)
+    vs test B) and ``test/fid_ba``, each with its ``_floor``; with ``classifier_checkpoint``,
     ``test/success_ab`` (the fraction of G_AB(test A) the frozen classifier labels ``domain_b``) and
     ``test/success_ba``. ``domain_a``/``domain_b`` must match the datamodule's.
     """
@@ -148,6 +149,15 @@ class CycleGAN(pl.LightningModule):
         self._frozen: dict[str, Any] = {}  # FIDs and the classifier: outside the module tree and the checkpoints
         self._sample_batch: tuple[Tensor, Tensor] | None = None
 
+    # The suite's checkpoint callback keeps the best val/fid when there is one.
+    @property
+    def monitor(self) -> str:
+        return "val/fid" if self.hparams.fid_checkpoint else "val/loss"
+
+    @property
+    def monitor_mode(self) -> str:
+        return "min"
+
     def translate(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Both directions and both round trips, each [batch, C, H, W]."""
         fake_b, fake_a = self.g_ab(a), self.g_ba(b)
@@ -197,6 +207,8 @@ class CycleGAN(pl.LightningModule):
             extractor, digest = load_feature_extractor(self.hparams.fid_checkpoint)
             self._frozen["fid_ab"] = DomainFID(extractor, digest, reference_split="test, domain_b")
             self._frozen["fid_ba"] = DomainFID(extractor, digest, reference_split="test, domain_a")
+            self._frozen["val_fid_ab"] = DomainFID(extractor, digest, reference_split="val, domain_b")
+            self._frozen["val_fid_ba"] = DomainFID(extractor, digest, reference_split="val, domain_a")
         if self.hparams.classifier_checkpoint and "classifier" not in self._frozen:
             path = Path(self.hparams.classifier_checkpoint)
             if not path.is_file():
@@ -215,6 +227,21 @@ class CycleGAN(pl.LightningModule):
             self._sample_batch = (a[:k].detach().cpu(), b[:k].detach().cpu())
         out = self.translate(a, b)
         self.log("val/loss", cycle_l1(a, out["rec_a"], b, out["rec_b"]), on_epoch=True, prog_bar=True, batch_size=len(a))
+        if "val_fid_ab" in self._frozen and not self.trainer.sanity_checking:
+            fid_ab, fid_ba = self._frozen["val_fid_ab"].to(self.device), self._frozen["val_fid_ba"].to(self.device)
+            fid_ab.update_real(b)
+            fid_ab.update_fake(out["fake_b"])
+            fid_ba.update_real(a)
+            fid_ba.update_fake(out["fake_a"])
+
+    def on_validation_epoch_start(self) -> None:
+        for key in ("val_fid_ab", "val_fid_ba"):
+            if key in self._frozen:
+                self._frozen[key].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if "val_fid_ab" in self._frozen and not self.trainer.sanity_checking:
+            self.log("val/fid", (self._frozen["val_fid_ab"].compute() + self._frozen["val_fid_ba"].compute()) / 2)
 
     def on_test_epoch_start(self) -> None:
         for key in ("fid_ab", "fid_ba"):

@@ -100,7 +100,8 @@ def test_pix2pix_adversarial_run_and_test_metrics(classifier_ckpt: Path) -> None
     trainer = _trainer()
     trainer.fit(model, train, test)
     assert _changed(model.generator, g0) and _changed(model.discriminator, d0)
-    assert {"train/loss", "train/l1", "train/d_loss", "val/loss", "val/ssim"} <= trainer.callback_metrics.keys()
+    assert {"train/loss", "train/l1", "train/d_loss", "val/loss", "val/ssim", "val/fid"} <= trainer.callback_metrics.keys()
+    assert model.monitor == "val/fid" and float(trainer.callback_metrics["val/fid"]) > 0
 
     tested = trainer.test(model, datamodule=_WithSplits(dm, test), verbose=False)[0]
     assert {"test/l1", "test/ssim", "test/fid", "test/fid_floor"} <= tested.keys()
@@ -171,7 +172,8 @@ def test_tiny_cyclegan_steps_all_four_networks(adv_loss: str, classifier_ckpt: P
     trainer.fit(model, train, test)
     assert all(_changed(net, before[name]) for name, net in nets.items())
     assert all(p.requires_grad for p in model.parameters())
-    assert {"train/loss", "train/cycle_l1", "train/d_loss", "val/loss"} <= trainer.callback_metrics.keys()
+    assert {"train/loss", "train/cycle_l1", "train/d_loss", "val/loss", "val/fid"} <= trainer.callback_metrics.keys()
+    assert model.monitor == "val/fid" and float(trainer.callback_metrics["val/fid"]) > 0
 
     tested = trainer.test(model, datamodule=_WithSplits(dm, test), verbose=False)[0]
     assert {"test/cycle_l1", "test/fid_ab", "test/fid_ba", "test/success_ab", "test/success_ba"} <= tested.keys()

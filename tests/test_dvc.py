@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.claims import cell_experiments, claim_config
 from tests.conftest import ROOT, env_for_subprocess, tiny_params, write_params
 
 COPIED = ("benchmarks", "lightning_modules", "datamodules", "dvc.yaml", ".dvcignore", ".gitignore")
@@ -59,6 +60,7 @@ def test_repro_noop_metrics_plots_and_exp_run(repo: Path) -> None:
     assert (repo / "results" / "tune" / "lstm_depth" / "best_params.json").is_file()
     board = (repo / "results" / "report" / "leaderboard.md").read_text()
     assert "crossover d =" in board and (repo / "results" / "report" / "kde_vs_dim.png").is_file()
+    assert all(f"### {claim}" in board for claim in params["claims"]) and "**Verdict:**" in board
 
     started = time.perf_counter()
     second = _sh(repo, "dvc", "repro")
@@ -78,6 +80,9 @@ def test_repro_noop_metrics_plots_and_exp_run(repo: Path) -> None:
     exp = client.get_experiment_by_name("archbench")
     runs = [r for r in client.search_runs([exp.experiment_id]) if "optuna.study" not in r.data.tags]
     expected = {(name, str(s)) for name, e in params["experiments"].items() for s in e["seeds"]}
+    for claim in params["claims"]:  # every claim cell is an ordinary run too
+        profile, conf = claim_config(params, claim)
+        expected |= {(e.name, str(s)) for e in cell_experiments(claim, profile, conf).values() for s in e.seeds}
     assert {(r.data.tags["experiment"], r.data.tags["seed"]) for r in runs} == expected
     assert len(runs) == len(expected)
 
@@ -89,3 +94,4 @@ def test_repro_noop_metrics_plots_and_exp_run(repo: Path) -> None:
     for other in ("hello_lstm", "words_elman", "words_lstm"):
         assert f"Running stage 'train@{other}'" not in out
     assert "Running stage 'tune@lstm_depth'" not in out and "Running stage 'density'" not in out
+    assert "Running stage 'claim@" not in out

@@ -26,7 +26,7 @@ DATASETS = (*TOYS, "digits", "fashion_mnist")
 DIMS = (2, 4, 8, 16, 32, 64)
 METHODS = ("gaussian", "gmm", "kde")
 TOY_DEFAULT_N = (2000, 1000)  # (train, test) drawn for a toy when --n-train / --n-test are not given
-DIGITS_TEST = 597  # load_digits has 1797 images: a 1200 / 597 split unless --n-test says otherwise
+DIGITS_TEST = 597  # load_digits has 1797 images: a 1200 / 597 split; --n-test may only shrink the test part
 
 
 def toy_two_moons(n: int, generator: Any) -> Tensor:
@@ -69,7 +69,9 @@ def load_dataset(name: str, n_train: int | None, n_test: int | None, seed: int) 
         pixels = torch.from_numpy(load_digits().data).to(torch.float64)  # [1797, 64], values 0..16
         x = (pixels + torch.rand(pixels.shape, generator=g, dtype=torch.float64)) / 16.0
         perm = torch.randperm(x.shape[0], generator=g)
-        n_te = n_test or DIGITS_TEST
+        # 1797 images: the test split is capped at DIGITS_TEST so a profile-wide n_test (sized for
+        # Fashion-MNIST) cannot swallow the training set.
+        n_te = min(n_test or DIGITS_TEST, DIGITS_TEST)
         test, rest = x[perm[:n_te]], x[perm[n_te:]]
         return rest[:n_train], test, {"source": "sklearn.datasets.load_digits, /16",
                                        "dequantisation": "(v + U[0,1)) / 16"}

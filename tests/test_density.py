@@ -144,3 +144,11 @@ def test_density_study_small(tmp_path: Path) -> None:
     r = saved["results"]["digits"]["dims"]["8"]
     assert r["kde"]["test_mean_log_lik_per_dim"] == pytest.approx(r["kde"]["test_mean_log_lik"] / 8)
     assert saved["results"]["digits"]["n_train"] == 300 and saved["settings"]["seed"] == 0
+
+
+def test_a_large_n_test_never_empties_the_digits_training_set() -> None:
+    from benchmarks.density_study import DIGITS_TEST, load_dataset
+
+    train, test, _ = load_dataset("digits", n_train=None, n_test=2000, seed=0)  # the full profile's n_test
+    assert test.shape[0] == DIGITS_TEST and train.shape[0] == 1797 - DIGITS_TEST
+

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from datamodules.sources import sha256_file
 from lightning_modules.classifier import DomainClassifier
-from lightning_modules.fid import DomainFID, floor_images, load_feature_extractor
+from lightning_modules.fid import DomainFID, MonitorsFID, floor_images, load_feature_extractor
 from lightning_modules.gan import check_image_shape, discriminator_objective, generator_loss
 from lightning_modules.image_grids import columns_grid
 from lightning_modules.pix2pix import PatchDiscriminator
@@ -92,7 +92,7 @@ class ResnetGenerator(nn.Module):
 
 
 # --- the system -----------------------------------------------------------------------------------
-class CycleGAN(pl.LightningModule):
+class CycleGAN(MonitorsFID, pl.LightningModule):
     """Batches ``(a_images, b_images)``, unpaired. One optimizer for both generators, one for both discriminators.
 
     Metrics: ``val/loss`` = cycle L1 on val, ``test/cycle_l1``; with ``fid_checkpoint``, ``val/fid`` (the
@@ -148,15 +148,6 @@ class CycleGAN(pl.LightningModule):
         self.d_b = PatchDiscriminator(c, base_channels)
         self._frozen: dict[str, Any] = {}  # FIDs and the classifier: outside the module tree and the checkpoints
         self._sample_batch: tuple[Tensor, Tensor] | None = None
-
-    # The suite's checkpoint callback keeps the best val/fid when there is one.
-    @property
-    def monitor(self) -> str:
-        return "val/fid" if self.hparams.fid_checkpoint else "val/loss"
-
-    @property
-    def monitor_mode(self) -> str:
-        return "min"
 
     def translate(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Both directions and both round trips, each [batch, C, H, W]."""
@@ -228,11 +219,14 @@ class CycleGAN(pl.LightningModule):
         out = self.translate(a, b)
         self.log("val/loss", cycle_l1(a, out["rec_a"], b, out["rec_b"]), on_epoch=True, prog_bar=True, batch_size=len(a))
         if "val_fid_ab" in self._frozen and not self.trainer.sanity_checking:
-            fid_ab, fid_ba = self._frozen["val_fid_ab"].to(self.device), self._frozen["val_fid_ba"].to(self.device)
-            fid_ab.update_real(b)
-            fid_ab.update_fake(out["fake_b"])
-            fid_ba.update_real(a)
-            fid_ba.update_fake(out["fake_a"])
+            self._update_fids("val_", a, b, out)
+
+    def _update_fids(self, prefix: str, a: Tensor, b: Tensor, out: dict[str, Tensor]) -> None:
+        """Real target-domain images and the translations into that domain, for ``<prefix>fid_ab``/``_ba``."""
+        for key, real, fake in (("fid_ab", b, out["fake_b"]), ("fid_ba", a, out["fake_a"])):
+            fid = self._frozen[prefix + key].to(self.device)
+            fid.update_real(real)
+            fid.update_fake(fake)
 
     def on_validation_epoch_start(self) -> None:
         for key in ("val_fid_ab", "val_fid_ba"):
@@ -254,11 +248,7 @@ class CycleGAN(pl.LightningModule):
         out = self.translate(a, b)
         self.log("test/cycle_l1", cycle_l1(a, out["rec_a"], b, out["rec_b"]), on_epoch=True, batch_size=n)
         if "fid_ab" in self._frozen:
-            fid_ab, fid_ba = self._frozen["fid_ab"].to(self.device), self._frozen["fid_ba"].to(self.device)
-            fid_ab.update_real(b)
-            fid_ab.update_fake(out["fake_b"])
-            fid_ba.update_real(a)
-            fid_ba.update_fake(out["fake_a"])
+            self._update_fids("", a, b, out)
         if "classifier" in self._frozen:
             classifier = self._frozen["classifier"].to(self.device)
             # Mean of per-batch rates weighted by batch size = the fraction over the whole test split.

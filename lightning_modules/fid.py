@@ -65,6 +65,21 @@ def load_feature_extractor(checkpoint: str | Path) -> tuple[FeatureExtractor, st
     return FeatureExtractor(classifier), sha256_file(path)
 
 
+class MonitorsFID:
+    """Mixin for image models: the suite's checkpoint callback (benchmarks/train.py reads ``monitor`` and
+    ``monitor_mode``) keeps the best val/fid when the model has an FID extractor, else the best val/loss.
+
+    Sample quality, not the training loss, is what an adversarial model is judged by (for pix2pix, the
+    adversarial term's point is sharpness, which L1 does not reward).
+    """
+
+    monitor_mode = "min"
+
+    @property
+    def monitor(self) -> str:
+        return "val/fid" if self.hparams.fid_checkpoint else "val/loss"  # type: ignore[attr-defined]
+
+
 class DomainFID:
     """FID between real and generated images in an extractor's feature space.
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.fid import DomainFID, FeatureExtractor, floor_images, inception_score, load_feature_extractor
+from lightning_modules.fid import (DomainFID, FeatureExtractor, MonitorsFID, floor_images, inception_score,
+                                   load_feature_extractor)
 from lightning_modules.image_grids import image_grid
 
 G_LOSSES = ("minimax", "non_saturating")
@@ -101,7 +102,7 @@ class Discriminator(nn.Module):
 
 
 # --- the system -----------------------------------------------------------------------------------
-class GAN(pl.LightningModule):
+class GAN(MonitorsFID, pl.LightningModule):
     """Unconditional GAN; ``num_classes`` comes with the image data and is unused (labels are ignored).
 
     Metrics: ``val/loss`` = R on val reals vs fresh fakes; with ``fid_checkpoint`` (a DomainClassifier
@@ -145,15 +146,6 @@ class GAN(pl.LightningModule):
         # A plain dict, so the frozen extractor never joins this module's parameters or checkpoints.
         self._frozen: dict[str, Any] = {}
         self._fid_settings: dict[str, Any] = {}
-
-    # The suite's checkpoint callback keeps the best val/fid when there is one.
-    @property
-    def monitor(self) -> str:
-        return "val/fid" if self.hparams.fid_checkpoint else "val/loss"
-
-    @property
-    def monitor_mode(self) -> str:
-        return "min"
 
     def forward(self, z: Tensor) -> Tensor:
         return self.generator(z)  # [batch, C, H, W]

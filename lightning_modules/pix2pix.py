@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
-from lightning_modules.fid import DomainFID, floor_images, load_feature_extractor
+from lightning_modules.fid import DomainFID, MonitorsFID, floor_images, load_feature_extractor
 from lightning_modules.gan import discriminator_objective, generator_loss
 from lightning_modules.image_grids import columns_grid
 
@@ -107,7 +107,7 @@ class PatchDiscriminator(nn.Module):
 
 
 # --- the system -----------------------------------------------------------------------------------
-class Pix2Pix(pl.LightningModule):
+class Pix2Pix(MonitorsFID, pl.LightningModule):
     """Edges -> item with a U-Net G and a PatchGAN D that sees (edges, image) stacked as channels.
 
     Batches are ``(edges, images, labels)``. Metrics: ``val/loss`` = L1, ``val/ssim``, ``test/l1``,
@@ -151,16 +151,6 @@ class Pix2Pix(pl.LightningModule):
         self.test_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self._frozen: dict[str, Any] = {}  # the FID, kept out of the module tree and the checkpoints
         self._sample_batch: tuple[Tensor, Tensor] | None = None
-
-    # The suite's checkpoint callback keeps the best val/fid when there is one (the adversarial term's
-    # point is sharpness, which L1 does not reward).
-    @property
-    def monitor(self) -> str:
-        return "val/fid" if self.hparams.fid_checkpoint else "val/loss"
-
-    @property
-    def monitor_mode(self) -> str:
-        return "min"
 
     def forward(self, edges: Tensor) -> Tensor:
         return self.generator(edges)  # [batch, C, H, W]

@@ -79,9 +79,18 @@ def env_for_subprocess() -> dict[str, str]:
     return env
 
 
+def copy_from_torch(ours: Any, ref: torch.nn.RNNBase) -> None:
+    """Load a torch.nn.RNN/LSTM's weights into a StackedRNN (one bias: torch's two biases summed)."""
+    with torch.no_grad():
+        for k, layer in enumerate(ours.layers):
+            layer.weight_ih.copy_(getattr(ref, f"weight_ih_l{k}"))
+            layer.weight_hh.copy_(getattr(ref, f"weight_hh_l{k}"))
+            layer.bias.copy_(getattr(ref, f"bias_ih_l{k}") + getattr(ref, f"bias_hh_l{k}"))
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    # Tiny convolutions on the 2 shared cores: a second intra-op thread spins and waits (see test_fid.py).
+    # Tiny convolutions on the 2 shared cores: a second intra-op thread spins and waits, 5x slower than one.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

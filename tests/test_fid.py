@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -95,15 +94,6 @@ def test_identical_predictions_score_one() -> None:
 
 
 # --- the classifier and the extractor built from it -----------------------------------------------
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    # Tiny convolutions on the 2 shared cores: a second intra-op thread spins and waits, 5x slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_classifier_learns_digits_and_its_checkpoint_is_an_extractor(tmp_path: Path, one_thread: None) -> None:
     pl.seed_everything(0, verbose=False)
     dm = DigitsDataModule(batch_size=64)

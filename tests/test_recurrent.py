@@ -15,6 +15,7 @@ from lightning_modules.recurrent import (
     StackedRNN,
     detach_state,
 )
+from tests.conftest import copy_from_torch
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 B, T, IN, H = 3, 7, 5, 4
@@ -25,14 +26,6 @@ def _inputs(seed: int = 0) -> tuple[Tensor, Tensor]:
     x = torch.randn(B, T, IN, dtype=torch.float64, generator=g, requires_grad=True)
     w_out = torch.randn(B, T, H, dtype=torch.float64, generator=g)  # random linear functional
     return x, w_out
-
-
-def _copy_from_torch(ours: StackedRNN, ref: nn.RNNBase) -> None:
-    with torch.no_grad():
-        for k, layer in enumerate(ours.layers):
-            layer.weight_ih.copy_(getattr(ref, f"weight_ih_l{k}"))
-            layer.weight_hh.copy_(getattr(ref, f"weight_hh_l{k}"))
-            layer.bias.copy_(getattr(ref, f"bias_ih_l{k}") + getattr(ref, f"bias_hh_l{k}"))
 
 
 def _grad_pairs(ours: StackedRNN, ref: nn.RNNBase) -> list[tuple[str, Tensor, Tensor]]:
@@ -56,7 +49,7 @@ def test_matches_torch(cell: str, num_layers: int) -> None:
         ref = nn.LSTM(IN, H, num_layers=num_layers, batch_first=True)
     ref = ref.double()
     ours = StackedRNN(cell, IN, H, num_layers=num_layers).double()
-    _copy_from_torch(ours, ref)
+    copy_from_torch(ours, ref)
 
     x, w_out = _inputs()
     x_ref = x.detach().clone().requires_grad_(True)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from lightning_modules.recurrent import StackedRNN, detach_state
 from lightning_modules.recurrent_fused import ElmanSequence, LSTMSequence
+from tests.conftest import copy_from_torch
 
 TOL64 = dict(atol=1e-8, rtol=1e-8)
 B, T, IN, H = 3, 7, 5, 4
@@ -91,14 +92,6 @@ def test_fused_given_state_and_edge_lengths(cell: str) -> None:
             torch.testing.assert_close(a, b, **TOL64)
 
 
-def _copy_from_torch(ours: StackedRNN, ref: nn.RNNBase) -> None:
-    with torch.no_grad():
-        for k, layer in enumerate(ours.layers):
-            layer.weight_ih.copy_(getattr(ref, f"weight_ih_l{k}"))
-            layer.weight_hh.copy_(getattr(ref, f"weight_hh_l{k}"))
-            layer.bias.copy_(getattr(ref, f"bias_ih_l{k}") + getattr(ref, f"bias_hh_l{k}"))
-
-
 @pytest.mark.parametrize("num_layers", [1, 3])
 @pytest.mark.parametrize("cell", ["elman", "lstm"])
 def test_fused_matches_torch(cell: str, num_layers: int) -> None:
@@ -108,7 +101,7 @@ def test_fused_matches_torch(cell: str, num_layers: int) -> None:
     else:
         ref = nn.LSTM(IN, H, num_layers=num_layers, batch_first=True).double()
     ours = StackedRNN(cell, IN, H, num_layers=num_layers).double()
-    _copy_from_torch(ours, ref)
+    copy_from_torch(ours, ref)
     x = torch.randn(B, T, IN, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
     g = torch.Generator().manual_seed(1)

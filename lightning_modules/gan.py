@@ -11,6 +11,7 @@ template: manual optimisation, one optimizer per player, ``toggle_optimizer`` ar
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -55,10 +56,22 @@ def check_image_shape(image_shape: Sequence[int], multiple: int = 4) -> tuple[in
 
 
 # --- the players ----------------------------------------------------------------------------------
-class Generator(nn.Module):
-    """z [batch, latent] -> images [batch, C, H, W] in [0, 1]: project and reshape, then two 2x up-convolutions."""
+def _refine(channels: int, extra: int, act: nn.Module) -> list[nn.Module]:
+    """``extra`` size-preserving 3x3 conv + BatchNorm + activation layers: depth at one resolution."""
+    layers: list[nn.Module] = []
+    for _ in range(extra):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), act]
+    return layers
 
-    def __init__(self, latent_dim: int, image_shape: Sequence[int], base_channels: int) -> None:
+
+class Generator(nn.Module):
+    """z [batch, latent] -> images [batch, C, H, W] in [0, 1]: project and reshape, then two 2x up-convolutions.
+
+    ``extra_convs`` adds that many 3x3 convolutions at each of the two lower resolutions: more capacity per
+    pixel without changing the DCGAN shape (0 is the plain DCGAN).
+    """
+
+    def __init__(self, latent_dim: int, image_shape: Sequence[int], base_channels: int, extra_convs: int = 0) -> None:
         super().__init__()
         c, h, w = check_image_shape(image_shape)
         self.start = (2 * base_channels, h // 4, w // 4)  # e.g. [128, 7, 7] for 28x28, [128, 2, 2] for 8x8
@@ -69,9 +82,11 @@ class Generator(nn.Module):
             # also trains on a last batch of one image, where a BatchNorm1d over features would fail.
             nn.BatchNorm2d(2 * base_channels),
             nn.ReLU(inplace=True),
+            *_refine(2 * base_channels, extra_convs, nn.ReLU(inplace=True)),  # H / 4
             nn.ConvTranspose2d(2 * base_channels, base_channels, 4, stride=2, padding=1, bias=False),  # 2x
             nn.BatchNorm2d(base_channels),
             nn.ReLU(inplace=True),
+            *_refine(base_channels, extra_convs, nn.ReLU(inplace=True)),  # H / 2
             nn.ConvTranspose2d(base_channels, c, 4, stride=2, padding=1),  # 2x
         )
 
@@ -82,17 +97,22 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Images [batch, C, H, W] in [0, 1] -> one logit each (D(x) = sigmoid(logit)): strided convs, LeakyReLU."""
+    """Images [batch, C, H, W] in [0, 1] -> one logit each (D(x) = sigmoid(logit)): strided convs, LeakyReLU.
 
-    def __init__(self, image_shape: Sequence[int], base_channels: int) -> None:
+    ``extra_convs`` mirrors the generator's: that many 3x3 convolutions after each strided one.
+    """
+
+    def __init__(self, image_shape: Sequence[int], base_channels: int, extra_convs: int = 0) -> None:
         super().__init__()
         c, h, w = check_image_shape(image_shape)
         self.net = nn.Sequential(
             nn.Conv2d(c, base_channels, 4, stride=2, padding=1),  # H / 2; DCGAN: no BatchNorm on D's input layer
             nn.LeakyReLU(0.2, inplace=True),
+            *_refine(base_channels, extra_convs, nn.LeakyReLU(0.2, inplace=True)),
             nn.Conv2d(base_channels, 2 * base_channels, 4, stride=2, padding=1, bias=False),  # H / 4
             nn.BatchNorm2d(2 * base_channels),
             nn.LeakyReLU(0.2, inplace=True),
+            *_refine(2 * base_channels, extra_convs, nn.LeakyReLU(0.2, inplace=True)),
             nn.Flatten(),
             nn.Linear(2 * base_channels * (h // 4) * (w // 4), 1),
         )
@@ -123,23 +143,34 @@ class GAN(MonitorsFID, pl.LightningModule):
         fid_samples: int = 2000,
         sample_grid: int = 64,
         noise_seed: int = 0,
+        extra_convs: int = 0,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
         check_image_shape(image_shape)
         if g_loss not in G_LOSSES:
             raise ValueError(f"g_loss must be one of {G_LOSSES}, got {g_loss!r}")
         for name, value, low in (("latent_dim", latent_dim, 1), ("base_channels", base_channels, 1),
-                                 ("fid_samples", fid_samples, 2), ("sample_grid", sample_grid, 0), ("noise_seed", noise_seed, 0)):
+                                 ("fid_samples", fid_samples, 2), ("sample_grid", sample_grid, 0), ("noise_seed", noise_seed, 0),
+                                 ("extra_convs", extra_convs, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        if isinstance(ema_decay, bool) or not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 turns the weight average off), got {ema_decay!r}")
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.generator = Generator(latent_dim, image_shape, base_channels)
-        self.discriminator = Discriminator(image_shape, base_channels)
+        self.generator = Generator(latent_dim, image_shape, base_channels, extra_convs)
+        self.discriminator = Discriminator(image_shape, base_channels, extra_convs)
+        # An exponential moving average of G's weights (Karras et al. 2018; Yazici et al. 2019,
+        # https://arxiv.org/abs/1806.04498) samples better than the last iterate, which orbits the
+        # equilibrium. It never trains: only sampling, grids and FID use it. The game itself is unchanged.
+        self.generator_ema: Generator | None = None
+        if ema_decay > 0:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         # The grid's noise is fixed once, from its own generator: the same seed shows the same z every epoch.
         fixed = torch.randn(sample_grid, latent_dim, generator=torch.Generator().manual_seed(noise_seed))
         self.register_buffer("fixed_z", fixed)  # [sample_grid, latent]
@@ -173,11 +204,29 @@ class GAN(MonitorsFID, pl.LightningModule):
         self.manual_backward(g_loss)
         opt_g.step()
         self.untoggle_optimizer(opt_g)
+        self._update_ema()
 
         n = len(real)
         self.log("train/loss", d_loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/g_loss", g_loss.detach(), on_step=False, on_epoch=True, batch_size=n)
         self.log("train/d_fake", torch.sigmoid(d_fake.detach()).mean(), on_step=False, on_epoch=True, batch_size=n)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.generator_ema is None:
+            return
+        # Warm-up: the effective decay min(decay, (1 + n) / (10 + n)) lets early steps forget the random init.
+        n = self.global_step
+        decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
+        for avg, live in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            avg.lerp_(live, 1 - decay)
+        for avg, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            avg.copy_(live)  # BatchNorm's running statistics: the live ones (they already average over steps)
+
+    @property
+    def sampler(self) -> Generator:
+        """The network that draws samples: the weight average when there is one, else G itself."""
+        return self.generator if self.generator_ema is None else self.generator_ema
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = tuple(self.hparams.betas)
@@ -189,20 +238,22 @@ class GAN(MonitorsFID, pl.LightningModule):
     def generate(self, n: int, seed: int, chunk: int = 500) -> Tensor:
         """n images [n, C, H, W] from noise drawn with its own seeded generator, G in eval mode."""
         gen = torch.Generator().manual_seed(seed)
-        was_training = self.generator.training
-        self.generator.eval()
-        out = [self.generator(torch.randn(min(chunk, n - i), self.hparams.latent_dim, generator=gen).to(self.device))
+        sampler = self.sampler
+        was_training = sampler.training
+        sampler.eval()
+        out = [sampler(torch.randn(min(chunk, n - i), self.hparams.latent_dim, generator=gen).to(self.device))
                for i in range(0, n, chunk)]
-        self.generator.train(was_training)
+        sampler.train(was_training)
         return torch.cat(out)
 
     @torch.no_grad()
     def sample_images(self) -> Tensor:
         """G(fixed_z) [sample_grid, C, H, W] in eval mode: comparable across epochs and runs with one seed."""
-        was_training = self.generator.training
-        self.generator.eval()
-        images = self.generator(self.fixed_z)
-        self.generator.train(was_training)
+        sampler = self.sampler
+        was_training = sampler.training
+        sampler.eval()
+        images = sampler(self.fixed_z)
+        sampler.train(was_training)
         return images
 
     def make_samples(self) -> dict[str, Any]:
@@ -272,7 +323,8 @@ class GAN(MonitorsFID, pl.LightningModule):
 
     def metric_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {"loss": "R = mean[-1/2 log D(x) - 1/2 log(1 - D(G(z)))] in nats, D's objective",
-                                    "g_loss": self.hparams.g_loss}
+                                    "g_loss": self.hparams.g_loss,
+                                    "samples_from": "EMA of G's weights" if self.generator_ema is not None else "G"}
         if self.hparams.fid_checkpoint:
             extractor: FeatureExtractor | None = self._frozen.get("extractor")
             settings |= {"fid_extractor_sha256": self._frozen["fid"].extractor_hash if extractor is not None else None,

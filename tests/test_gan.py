@@ -77,11 +77,12 @@ def test_non_saturating_gradient_survives_where_minimax_vanishes() -> None:
 
 
 # --- the system -------------------------------------------------------------------------------------
-def _train_tiny(seed: int, fid_checkpoint: Path | None) -> tuple[GAN, pl.Trainer, DigitsDataModule, dict[str, Tensor]]:
+def _train_tiny(seed: int, fid_checkpoint: Path | None,
+                ema_decay: float = 0.0) -> tuple[GAN, pl.Trainer, DigitsDataModule, dict[str, Tensor]]:
     pl.seed_everything(seed, verbose=False)
     dm = DigitsDataModule(batch_size=32)
     model = GAN(**dm.model_args(), **TINY, fid_checkpoint=str(fid_checkpoint) if fid_checkpoint else None,
-                fid_samples=64, sample_grid=16)
+                fid_samples=64, sample_grid=16, ema_decay=ema_decay)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2, limit_test_batches=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -143,10 +144,50 @@ def test_fixed_noise_depends_only_on_noise_seed() -> None:
 
 def test_gan_sizes_and_bad_values() -> None:
     for shape in ([1, 8, 8], [1, 28, 28], [1, 32, 32], [3, 16, 12]):
-        model = GAN(image_shape=shape, **TINY).eval()
-        images = model(torch.randn(2, 8))  # [2, C, H, W]
-        assert list(images.shape[1:]) == shape and model.discriminator(images).shape == (2,)
+        for extra in (0, 2):
+            model = GAN(image_shape=shape, **TINY, extra_convs=extra).eval()
+            images = model(torch.randn(2, 8))  # [2, C, H, W]
+            assert list(images.shape[1:]) == shape and model.discriminator(images).shape == (2,)
+    plain, deeper = GAN(image_shape=[1, 8, 8], **TINY), GAN(image_shape=[1, 8, 8], **TINY, extra_convs=1)
+    # Each extra 3x3 conv (no bias) + BatchNorm at 2*base and at base channels, in G and in D.
+    per_stage = sum(9 * c * c + 2 * c for c in (16, 8))
+    assert sum(p.numel() for p in deeper.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * per_stage
     for bad, match in (({"image_shape": [1, 10, 10]}, "image_shape"), ({"g_loss": "wgan"}, "g_loss"),
-                       ({"lr": 0.0}, "lr"), ({"betas": [0.5]}, "betas"), ({"latent_dim": 0}, "latent_dim")):
+                       ({"lr": 0.0}, "lr"), ({"betas": [0.5]}, "betas"), ({"latent_dim": 0}, "latent_dim"),
+                       ({"ema_decay": 1.0}, "ema_decay"), ({"extra_convs": -1}, "extra_convs")):
         with pytest.raises(ValueError, match=match):
             GAN(**({"image_shape": [1, 8, 8]} | bad))
+
+
+def test_weight_average_follows_its_update_rule_and_draws_the_samples() -> None:
+    torch.manual_seed(0)
+    model = GAN(image_shape=[1, 8, 8], **TINY, ema_decay=0.9, sample_grid=4)
+    assert model.sampler is model.generator_ema and not any(p.requires_grad for p in model.generator_ema.parameters())
+    assert "generator_ema.project.weight" in model.state_dict()  # checkpoints keep the average
+    before = {k: v.clone() for k, v in model.generator_ema.state_dict().items()}
+    with torch.no_grad():
+        for p in model.generator.parameters():
+            p.add_(1.0)
+        model.generator.body[0].running_mean.fill_(3.0)
+    model._update_ema()  # global_step 0: warm-up decay min(0.9, 1/10) = 0.1, so avg += 0.9 * (live - avg)
+    for name, avg in model.generator_ema.named_parameters():
+        live = dict(model.generator.named_parameters())[name]
+        assert torch.allclose(avg, before[name] + 0.9 * (live - before[name]), atol=1e-6), name
+    assert torch.equal(model.generator_ema.body[0].running_mean, torch.full((16,), 3.0))
+    # Samples come from the average: they differ from the live G's on the same noise.
+    model.generator.eval()
+    assert torch.equal(model.sample_images(), model.generator_ema.eval()(model.fixed_z))
+    assert not torch.equal(model.sample_images(), model.generator(model.fixed_z))
+    plain = GAN(image_shape=[1, 8, 8], **TINY)
+    assert plain.generator_ema is None and plain.sampler is plain.generator  # no average: G samples itself
+
+
+def test_weight_average_trains_reproducibly_beside_the_game() -> None:
+    first, trainer, _, before = _train_tiny(5, None, ema_decay=0.99)
+    second, _, _, _ = _train_tiny(5, None, ema_decay=0.99)
+    ema = {k: v for k, v in first.state_dict().items() if k.startswith("generator_ema.") and k.endswith("weight")}
+    assert ema and all(not torch.equal(before[k], v) for k, v in ema.items())  # it moved with G
+    assert all(p.requires_grad for p in first.generator.parameters())  # toggling left the players trainable
+    assert not any(p.requires_grad for p in first.generator_ema.parameters())  # and the average frozen
+    assert torch.equal(first.sample_images(), second.sample_images())
+    assert first.metric_settings()["samples_from"] == "EMA of G's weights"

@@ -118,3 +118,16 @@ def test_tiny_claim_runs_through_the_cli_into_the_report(project: Path, capsys: 
     assert main(["claim", "long_lag", "--no-progress"]) == 0
     again = json.loads((out / "claim.json").read_text())
     assert again["table"] == claim["table"]
+
+
+def test_every_claim_in_params_yaml_builds_its_cells() -> None:
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    names = [(section, name) for section in ("claims", "full_claims") for name in params.get(section, {})]
+    assert ("full_claims", "frames_context") in names and ("claims", "long_lag") in names
+    for section, name in names:
+        profile, conf = claim_config(params, name)
+        cells = cell_experiments(name, profile, conf)
+        assert profile == ("default" if section == "claims" else "full"), name
+        assert len(cells) == len(conf["arms"]) * len(conf["sweep"]["values"]) and len(conf["seeds"]) >= 3, name

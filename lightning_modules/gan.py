@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
@@ -151,8 +152,8 @@ class GAN(MonitorsFID, pl.LightningModule):
         if g_loss not in G_LOSSES:
             raise ValueError(f"g_loss must be one of {G_LOSSES}, got {g_loss!r}")
         for name, value, low in (("latent_dim", latent_dim, 1), ("base_channels", base_channels, 1),
-                                 ("fid_samples", fid_samples, 2), ("sample_grid", sample_grid, 0), ("noise_seed", noise_seed, 0),
-                                 ("extra_convs", extra_convs, 0)):
+                                 ("fid_samples", fid_samples, 2), ("sample_grid", sample_grid, 0),
+                                 ("noise_seed", noise_seed, 0), ("extra_convs", extra_convs, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not lr > 0:
@@ -228,6 +229,17 @@ class GAN(MonitorsFID, pl.LightningModule):
         """The network that draws samples: the weight average when there is one, else G itself."""
         return self.generator if self.generator_ema is None else self.generator_ema
 
+    @contextmanager
+    def _eval_sampler(self) -> Iterator[Generator]:
+        """The sampler in eval mode (BatchNorm's running statistics, no update), its mode restored after."""
+        sampler = self.sampler
+        was_training = sampler.training
+        sampler.eval()
+        try:
+            yield sampler
+        finally:
+            sampler.train(was_training)
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = tuple(self.hparams.betas)
         return [torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
@@ -238,23 +250,15 @@ class GAN(MonitorsFID, pl.LightningModule):
     def generate(self, n: int, seed: int, chunk: int = 500) -> Tensor:
         """n images [n, C, H, W] from noise drawn with its own seeded generator, G in eval mode."""
         gen = torch.Generator().manual_seed(seed)
-        sampler = self.sampler
-        was_training = sampler.training
-        sampler.eval()
-        out = [sampler(torch.randn(min(chunk, n - i), self.hparams.latent_dim, generator=gen).to(self.device))
-               for i in range(0, n, chunk)]
-        sampler.train(was_training)
-        return torch.cat(out)
+        with self._eval_sampler() as sampler:
+            zs = (torch.randn(min(chunk, n - i), self.hparams.latent_dim, generator=gen) for i in range(0, n, chunk))
+            return torch.cat([sampler(z.to(self.device)) for z in zs])  # [n, C, H, W]
 
     @torch.no_grad()
     def sample_images(self) -> Tensor:
         """G(fixed_z) [sample_grid, C, H, W] in eval mode: comparable across epochs and runs with one seed."""
-        sampler = self.sampler
-        was_training = sampler.training
-        sampler.eval()
-        images = sampler(self.fixed_z)
-        sampler.train(was_training)
-        return images
+        with self._eval_sampler() as sampler:
+            return sampler(self.fixed_z)
 
     def make_samples(self) -> dict[str, Any]:
         if not self.hparams.sample_grid:

@@ -14,7 +14,8 @@ from scipy import stats
 from benchmarks.claims import cell_experiments, claim_config, judge, mean_ci, summarise, welch_interval
 from benchmarks.cli import main
 from benchmarks.errors import ArchbenchError
-from tests.conftest import tiny_params
+from benchmarks.params import load_params
+from tests.conftest import ROOT, tiny_params
 
 
 def test_mean_ci_matches_scipy_t_interval() -> None:
@@ -121,9 +122,7 @@ def test_tiny_claim_runs_through_the_cli_into_the_report(project: Path, capsys: 
 
 
 def test_every_claim_in_params_yaml_builds_its_cells() -> None:
-    import yaml
-
-    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params = load_params(ROOT / "params.yaml")
     names = [(section, name) for section in ("claims", "full_claims") for name in params.get(section, {})]
     assert ("full_claims", "frames_context") in names and ("claims", "long_lag") in names
     for section, name in names:

@@ -132,13 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cells", nargs="+", default=["elman", "lstm", "peephole"], choices=sorted(BASELINES))
     parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd reference path")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="torch thread counts to time, one table each (default: torch's current setting)")
     args = parser.parse_args(argv)
-    rows = run_speed(args.time_steps, args.batch, args.input, args.hidden, args.depths, args.repeats,
-                     compile=args.compile, cells=args.cells)
-    print(f"T={args.time_steps} batch={args.batch} input={args.input} hidden={args.hidden} "
-          f"threads={torch.get_num_threads()} repeats={args.repeats} "
-          "(median ms; fused/t, ref/t = that path's time / torch's)")
-    print(format_table(rows))
+    if args.threads is not None and any(n < 1 for n in args.threads):
+        parser.error(f"--threads must be positive integers, got {args.threads}")
+    for n in args.threads or [torch.get_num_threads()]:
+        # Thread count changes the ratio: torch's per-step gate ops are big enough for ATen to split
+        # across threads, ours are kept below that size (see lightning_modules/recurrent_fused.py).
+        torch.set_num_threads(n)
+        rows = run_speed(args.time_steps, args.batch, args.input, args.hidden, args.depths, args.repeats,
+                         compile=args.compile, cells=args.cells)
+        print(f"T={args.time_steps} batch={args.batch} input={args.input} hidden={args.hidden} "
+              f"threads={torch.get_num_threads()} repeats={args.repeats} "
+              "(median ms; fused/t, ref/t = that path's time / torch's)")
+        print(format_table(rows))
     return 0
 
 

@@ -170,7 +170,7 @@ class LSTMSequence(torch.autograd.Function):
         h = h4 // 4
         # Only ds_t (grad wrt s_t) and dy_t (grad wrt y_t) are sequential. Every local derivative is a
         # function of the stored forward values, so it is computed for all steps at once, in big
-        # vectorised ops, before the loop; each step then only scales them (6 small ops, not 13).
+        # vectorised ops, before the loop; each step then only scales them (7 ops with the matmul, was 13).
         # d_pre [T, batch, 4*hidden] first holds the multipliers, then (in place) the pre-activation grads:
         #   i: ds_t i(1-i) g    f: ds_t f(1-f) s_{t-1}    g: ds_t i (1-g^2)    o: dy_t o(1-o) c
         d_pre = torch.empty_like(acts)

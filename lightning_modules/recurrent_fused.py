@@ -176,8 +176,8 @@ class LSTMSequence(torch.autograd.Function):
         d_pre = torch.empty_like(acts)
         i, f, g, o = acts.unflatten(2, (4, h)).unbind(2)  # each [T, batch, hidden]
         m_i, m_f, m_g, m_o = d_pre.unflatten(2, (4, h)).unbind(2)
-        torch.addcmul(acts[..., :2 * h], acts[..., :2 * h], acts[..., :2 * h], value=-1.0,
-                      out=d_pre[..., :2 * h])  # sigmoid' = a - a^2 for i and f
+        i_f = acts[..., :2 * h]  # [T, batch, 2*hidden]
+        torch.addcmul(i_f, i_f, i_f, value=-1.0, out=d_pre[..., :2 * h])  # sigmoid' = a - a^2 for i and f
         m_i.mul_(g)
         m_f.mul_(ss[:-1])
         torch.addcmul(i, i, g.square(), value=-1.0, out=m_g)  # i tanh'(g)

@@ -4,8 +4,7 @@ Why: with per-step autograd, every time step records ~10 graph nodes and its bac
 runs one small ``dW_hh`` matmul per step plus an accumulation of a [n_gates*hidden, hidden]
 gradient, all through the autograd engine. Here the forward runs the time loop without a
 graph, storing only the gate activations and states; the backward runs BPTT by hand
-(the LSTM's local gate derivatives for all steps at once, then per step only their scaling by
-ds_t / dy_t and ``dy_{t-1} = dgates_t W_hh``) and forms
+(per step: the elementwise gate derivatives and ``dy_{t-1} = dgates_t W_hh``) and forms
 ``dW_hh = sum_t dgates_t^T y_{t-1}`` after the loop as ONE matmul over all [time*batch] rows.
 The input projection ``U x_t + b`` is one matmul over the whole sequence inside the Function
 (so its output buffer is reused in place for the gates), and its gradients are one matmul each
@@ -168,43 +167,41 @@ class LSTMSequence(torch.autograd.Function):
         x, w_ih, w_hh, y0, peephole, acts, ss, cs, ys = ctx.saved_tensors
         steps, batch, h4 = acts.shape
         h = h4 // 4
-        # Only ds_t (grad wrt s_t) and dy_t (grad wrt y_t) are sequential. Every local derivative is a
-        # function of the stored forward values, so it is computed for all steps at once, in big
-        # vectorised ops, before the loop; each step then only scales them (7 ops with the matmul, was 13).
-        # d_pre [T, batch, 4*hidden] first holds the multipliers, then (in place) the pre-activation grads:
-        #   i: ds_t i(1-i) g    f: ds_t f(1-f) s_{t-1}    g: ds_t i (1-g^2)    o: dy_t o(1-o) c
-        d_pre = torch.empty_like(acts)
-        i, f, g, o = acts.unflatten(2, (4, h)).unbind(2)  # each [T, batch, hidden]
-        m_i, m_f, m_g, m_o = d_pre.unflatten(2, (4, h)).unbind(2)
-        i_f = acts[..., :2 * h]  # [T, batch, 2*hidden]
-        torch.addcmul(i_f, i_f, i_f, value=-1.0, out=d_pre[..., :2 * h])  # sigmoid' = a - a^2 for i and f
-        m_i.mul_(g)
-        m_f.mul_(ss[:-1])
-        torch.addcmul(i, i, g.square(), value=-1.0, out=m_g)  # i tanh'(g)
-        torch.addcmul(ys, o, ys, value=-1.0, out=m_o)  # c o' = y - o y (y = c o is stored)
-        # y_t = c_t o_t reaches s_t with weight k_t = o (1 - c^2) = o - y c [+ c o' p^o when o sees s_t].
-        k = torch.addcmul(o, ys, cs, value=-1.0)  # [T, batch, hidden]
-        if peephole is not None:
-            k.addcmul_(m_o, peephole[2])
+        d_pre = torch.empty_like(acts)  # [T, batch, 4*hidden]: grads wrt the gate pre-activations
         ds = torch.zeros_like(y0) if d_s_last is None else d_s_last.clone()  # [batch, hidden], grad wrt s_t
-        dp_t, k_t, f_t = d_pre.unbind(0), k.unbind(0), f.unbind(0)
+        k = torch.empty_like(ds)  # scratch [batch, hidden]
+        a_t, dp_t, ss_t, cs_t, ys_t = acts.unbind(0), d_pre.unbind(0), ss.unbind(0), cs.unbind(0), ys.unbind(0)
+        i_t, f_t, g_t, o_t = (v.unbind(0) for v in acts.unflatten(2, (4, h)).unbind(2))
+        di_t, df_t, dg_t, do_t = (v.unbind(0) for v in d_pre.unflatten(2, (4, h)).unbind(2))
         d_ys_t = [None] * steps if d_ys is None else d_ys.unbind(0)
         for t in range(steps - 1, -1, -1):
-            dp = dp_t[t]
+            a, dp, c, y = a_t[t], dp_t[t], cs_t[t], ys_t[t]
+            i, f, g, o = i_t[t], f_t[t], g_t[t], o_t[t]
+            dp_i, dp_f, dp_g, dp_o = di_t[t], df_t[t], dg_t[t], do_t[t]
             if t < steps - 1:
                 dy = _from_above_and_next(d_ys_t[t], dp_t[t + 1], w_hh)
             else:
                 dy = torch.zeros_like(ds) if d_y_last is None else d_y_last
                 if d_ys_t[t] is not None:
                     dy = dy + d_ys_t[t]
-            ds.addcmul_(dy, k_t[t])  # ds is now the whole grad wrt s_t
-            # i, f, g all scale with ds_t (in two ops: one over all three would exceed the threading grain)
+            # sigmoid' = a - a^2 for i and f (one call)
+            torch.addcmul(a[:, :2 * h], a[:, :2 * h], a[:, :2 * h], value=-1.0, out=dp[:, :2 * h])
+            # y = c o gives ds += dy (o (1 - c^2) [+ c o' p_o]); with y stored, c o' = y - o y and
+            # o (1 - c^2) = o - y c are one op each.
+            torch.addcmul(y, o, y, value=-1.0, out=dp_o)
+            torch.addcmul(o, y, c, value=-1.0, out=k)
+            if peephole is not None:
+                k.addcmul_(dp_o, peephole[2])  # o_pre also sees s_t
+            ds.addcmul_(dy, k)  # ds is now the whole grad wrt s_t
+            dp_o.mul_(dy)
+            # s_t = f s_{t-1} + i g: each slot gets ds times its local derivative.
+            dp_i.mul_(g)
+            dp_f.mul_(ss_t[t])
             dp[:, :2 * h].view(batch, 2, h).mul_(ds.unsqueeze(1))
-            dp[:, 2 * h:3 * h].mul_(ds)
-            dp[:, 3 * h:].mul_(dy)  # o scales with dy_t
-            ds.mul_(f_t[t])  # s_t = f s_{t-1} + i g: now the grad wrt s_{t-1}
-            if peephole is not None:  # i and f also saw s_{t-1}
-                ds.addcmul_(dp[:, :h], peephole[0]).addcmul_(dp[:, h:2 * h], peephole[1])
+            torch.addcmul(i, i, g.square(), value=-1.0, out=dp_g).mul_(ds)  # i tanh'(g) ds
+            ds.mul_(f)  # now the grad wrt s_{t-1}
+            if peephole is not None:
+                ds.addcmul_(dp_i, peephole[0]).addcmul_(dp_f, peephole[1])
         d_w_hh = _recurrent_weight_grad(d_pre, y0, ys) if ctx.needs_input_grad[3] else None
         d_y0 = d_pre[0] @ w_hh if ctx.needs_input_grad[4] else None
         d_s0 = ds if ctx.needs_input_grad[5] else None

@@ -27,6 +27,7 @@ from lightning_modules.fid import (DomainFID, FeatureExtractor, MonitorsFID, flo
 from lightning_modules.image_grids import image_grid
 
 G_LOSSES = ("minimax", "non_saturating")
+D_NORMS = ("batch", "spectral")
 FID_NOISE_OFFSET = 1  # FID/IS noise is seeded noise_seed + 1: the same z every epoch, apart from the grid's
 VAL_NOISE_OFFSET = 1000  # val batch i uses noise_seed + 1000 + i, so validating never moves the training RNG
 
@@ -57,12 +58,24 @@ def check_image_shape(image_shape: Sequence[int], multiple: int = 4) -> tuple[in
 
 
 # --- the players ----------------------------------------------------------------------------------
-def _refine(channels: int, extra: int, act: nn.Module) -> list[nn.Module]:
-    """``extra`` size-preserving 3x3 conv + BatchNorm + activation layers: depth at one resolution."""
+def _refine(channels: int, extra: int, act: nn.Module, norm: str = "batch") -> list[nn.Module]:
+    """``extra`` size-preserving 3x3 conv + normalisation + activation layers: depth at one resolution."""
     layers: list[nn.Module] = []
     for _ in range(extra):
-        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), act]
+        layers += [*_conv_norm(nn.Conv2d(channels, channels, 3, padding=1, bias=norm != "batch"), channels, norm), act]
     return layers
+
+
+def _conv_norm(layer: nn.Module, channels: int, norm: str) -> list[nn.Module]:
+    """A layer followed by BatchNorm ("batch"), or the layer under spectral normalisation ("spectral").
+
+    Spectral norm (Miyato et al. 2018, https://arxiv.org/abs/1802.05957) divides each weight by its largest
+    singular value, so D is 1-Lipschitz per layer: its logits cannot sharpen faster than G can follow, which
+    keeps G's gradients informative. It replaces BatchNorm in D, which couples the real and fake batches.
+    """
+    if norm == "spectral":
+        return [nn.utils.parametrizations.spectral_norm(layer)]
+    return [layer, nn.BatchNorm2d(channels)]
 
 
 class Generator(nn.Module):
@@ -100,22 +113,28 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """Images [batch, C, H, W] in [0, 1] -> one logit each (D(x) = sigmoid(logit)): strided convs, LeakyReLU.
 
-    ``extra_convs`` mirrors the generator's: that many 3x3 convolutions after each strided one.
+    ``extra_convs`` mirrors the generator's: that many 3x3 convolutions after each strided one. ``norm`` is
+    DCGAN's "batch" (BatchNorm after each hidden convolution) or "spectral" (every layer spectrally normalised).
     """
 
-    def __init__(self, image_shape: Sequence[int], base_channels: int, extra_convs: int = 0) -> None:
+    def __init__(self, image_shape: Sequence[int], base_channels: int, extra_convs: int = 0,
+                 norm: str = "batch") -> None:
         super().__init__()
         c, h, w = check_image_shape(image_shape)
+        if norm not in D_NORMS:
+            raise ValueError(f"d_norm must be one of {D_NORMS}, got {norm!r}")
+        spectral = nn.utils.parametrizations.spectral_norm if norm == "spectral" else (lambda layer: layer)
         self.net = nn.Sequential(
-            nn.Conv2d(c, base_channels, 4, stride=2, padding=1),  # H / 2; DCGAN: no BatchNorm on D's input layer
+            # H / 2; DCGAN: no BatchNorm on D's input layer
+            spectral(nn.Conv2d(c, base_channels, 4, stride=2, padding=1)),
             nn.LeakyReLU(0.2, inplace=True),
-            *_refine(base_channels, extra_convs, nn.LeakyReLU(0.2, inplace=True)),
-            nn.Conv2d(base_channels, 2 * base_channels, 4, stride=2, padding=1, bias=False),  # H / 4
-            nn.BatchNorm2d(2 * base_channels),
+            *_refine(base_channels, extra_convs, nn.LeakyReLU(0.2, inplace=True), norm),
+            *_conv_norm(nn.Conv2d(base_channels, 2 * base_channels, 4, stride=2, padding=1, bias=norm != "batch"),
+                        2 * base_channels, norm),  # H / 4
             nn.LeakyReLU(0.2, inplace=True),
-            *_refine(2 * base_channels, extra_convs, nn.LeakyReLU(0.2, inplace=True)),
+            *_refine(2 * base_channels, extra_convs, nn.LeakyReLU(0.2, inplace=True), norm),
             nn.Flatten(),
-            nn.Linear(2 * base_channels * (h // 4) * (w // 4), 1),
+            spectral(nn.Linear(2 * base_channels * (h // 4) * (w // 4), 1)),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -146,6 +165,8 @@ class GAN(MonitorsFID, pl.LightningModule):
         noise_seed: int = 0,
         extra_convs: int = 0,
         ema_decay: float = 0.0,
+        lr_d: float | None = None,
+        d_norm: str = "batch",
     ) -> None:
         super().__init__()
         check_image_shape(image_shape)
@@ -158,6 +179,10 @@ class GAN(MonitorsFID, pl.LightningModule):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
+        if lr_d is not None and (isinstance(lr_d, bool) or not lr_d > 0):
+            raise ValueError(f"lr_d must be positive, or null for D to use lr, got {lr_d!r}")
+        if d_norm not in D_NORMS:
+            raise ValueError(f"d_norm must be one of {D_NORMS}, got {d_norm!r}")
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         if isinstance(ema_decay, bool) or not 0 <= ema_decay < 1:
@@ -165,7 +190,7 @@ class GAN(MonitorsFID, pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = Generator(latent_dim, image_shape, base_channels, extra_convs)
-        self.discriminator = Discriminator(image_shape, base_channels, extra_convs)
+        self.discriminator = Discriminator(image_shape, base_channels, extra_convs, d_norm)
         # An exponential moving average of G's weights (Karras et al. 2018; Yazici et al. 2019,
         # https://arxiv.org/abs/1806.04498) samples better than the last iterate, which orbits the
         # equilibrium. It never trains: only sampling, grids and FID use it. The game itself is unchanged.
@@ -242,8 +267,11 @@ class GAN(MonitorsFID, pl.LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = tuple(self.hparams.betas)
+        # lr_d != lr is the two time-scale update rule (Heusel et al. 2017, https://arxiv.org/abs/1706.08500):
+        # a faster D tracks the current G more closely, so G follows a better-estimated gradient.
+        lr_d = self.hparams.lr if self.hparams.lr_d is None else self.hparams.lr_d
         return [torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
-                torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas)]
+                torch.optim.Adam(self.discriminator.parameters(), lr=lr_d, betas=betas)]
 
     # ---- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -77,12 +78,12 @@ def test_non_saturating_gradient_survives_where_minimax_vanishes() -> None:
 
 
 # --- the system -------------------------------------------------------------------------------------
-def _train_tiny(seed: int, fid_checkpoint: Path | None,
-                ema_decay: float = 0.0) -> tuple[GAN, pl.Trainer, DigitsDataModule, dict[str, Tensor]]:
+def _train_tiny(seed: int, fid_checkpoint: Path | None, ema_decay: float = 0.0,
+                **options: Any) -> tuple[GAN, pl.Trainer, DigitsDataModule, dict[str, Tensor]]:
     pl.seed_everything(seed, verbose=False)
     dm = DigitsDataModule(batch_size=32)
     model = GAN(**dm.model_args(), **TINY, fid_checkpoint=str(fid_checkpoint) if fid_checkpoint else None,
-                fid_samples=64, sample_grid=16, ema_decay=ema_decay)
+                fid_samples=64, sample_grid=16, ema_decay=ema_decay, **options)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2, limit_test_batches=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -154,9 +155,41 @@ def test_gan_sizes_and_bad_values() -> None:
     assert sum(p.numel() for p in deeper.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * per_stage
     for bad, match in (({"image_shape": [1, 10, 10]}, "image_shape"), ({"g_loss": "wgan"}, "g_loss"),
                        ({"lr": 0.0}, "lr"), ({"betas": [0.5]}, "betas"), ({"latent_dim": 0}, "latent_dim"),
-                       ({"ema_decay": 1.0}, "ema_decay"), ({"extra_convs": -1}, "extra_convs")):
+                       ({"ema_decay": 1.0}, "ema_decay"), ({"extra_convs": -1}, "extra_convs"),
+                       ({"d_norm": "layer"}, "d_norm"), ({"lr_d": 0.0}, "lr_d")):
         with pytest.raises(ValueError, match=match):
             GAN(**({"image_shape": [1, 8, 8]} | bad))
+
+
+def test_spectral_discriminator_has_unit_spectral_norms_and_no_batchnorm() -> None:
+    torch.manual_seed(0)
+    model = GAN(image_shape=[1, 28, 28], **TINY, extra_convs=1, d_norm="spectral")
+    d = model.discriminator
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    for _ in range(30):  # each training-mode forward runs one power iteration per layer
+        d(torch.rand(4, 1, 28, 28))
+    d.eval()
+    layers = [m for m in d.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) == 5  # two strided convs, one extra conv after each, the output layer
+    for layer in layers:
+        weight = layer.weight.detach().reshape(len(layer.weight), -1)  # the normalised weight [out, in * k * k]
+        assert float(torch.linalg.matrix_norm(weight, ord=2)) == pytest.approx(1.0, abs=1e-3)
+        raw = layer.parametrizations.weight.original.detach().reshape(len(weight), -1)
+        assert float(torch.linalg.matrix_norm(raw, ord=2)) != pytest.approx(1.0, abs=1e-2)  # the raw one is not
+    # The default is DCGAN's BatchNorm D, unchanged.
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in GAN(image_shape=[1, 28, 28], **TINY).discriminator.modules())
+
+
+def test_two_time_scales_and_spectral_d_train_reproducibly() -> None:
+    first, trainer, _, before = _train_tiny(3, None, d_norm="spectral", lr_d=4e-4, lr=1e-4)
+    second, _, _, _ = _train_tiny(3, None, d_norm="spectral", lr_d=4e-4, lr=1e-4)
+    opt_g, opt_d = trainer.optimizers
+    assert opt_g.param_groups[0]["lr"] == 1e-4 and opt_d.param_groups[0]["lr"] == 4e-4
+    moved = [k for k in before if k.startswith("discriminator.") and k.endswith("original")]
+    assert moved and all(not torch.equal(before[k], first.state_dict()[k]) for k in moved)
+    assert torch.equal(first.sample_images(), second.sample_images())
+    plain = _train_tiny(3, None)[1].optimizers
+    assert plain[0].param_groups[0]["lr"] == plain[1].param_groups[0]["lr"] == 2e-4  # lr_d defaults to lr
 
 
 def test_weight_average_follows_its_update_rule_and_draws_the_samples() -> None:

@@ -110,7 +110,8 @@ def write_report(results_dir: Path, params: dict[str, Any] | None = None) -> Pat
         md += "\n## Tuned hyperparameters\n\n"
         for path in studies:
             best = json.loads(path.read_text())
-            md += (f"- **{best['study']}** ({best['n_complete']} complete, {best['n_pruned']} pruned trials): "
+            repeats = f", {best['n_repeats']} of them repeats" if best.get("n_repeats") else ""
+            md += (f"- **{best['study']}** ({best['n_complete']} complete{repeats}, {best['n_pruned']} pruned trials): "
                    f"{best['metric']} = {best['value']:.4f} with `{json.dumps(best['params'])}`\n")
     md += claims_section(results_dir, out)
     md += density_section(results_dir, out)

@@ -113,11 +113,24 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
             n_startup_trials=int(pruner_conf.get("n_startup_trials", 2)), n_warmup_steps=int(pruner_conf.get("n_warmup_steps", 1))
         ),
     )
+    # A continued study reseeds its sampler past the trials it already holds: with the original seed, a
+    # rerun after an interruption would replay the same proposals. An uninterrupted study keeps `seed` itself.
+    if study.trials:
+        study.sampler = optuna.samplers.TPESampler(
+            seed=seed + len(study.trials), n_startup_trials=int(pruner_conf.get("sampler_startup_trials", 4)))
     parent = _parent_run(study, name, opts)
     state_root = opts.state_dir / "tune" / study.study_name
 
     def objective(trial: optuna.Trial) -> float:
         chosen = suggest(trial, conf["search_space"], name)
+        # Every trial trains with the same seed and the same code, so a repeated choice would reproduce a
+        # finished trial's value exactly. TPE repeats often on small categorical spaces (4 latent sizes, 8
+        # trials): answer from the finished trial instead of training again.
+        for done in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if done.params == trial.params:
+                trial.set_user_attr("repeat_of", done.number)
+                trial.set_user_attr("mlflow_run_id", done.user_attrs.get("mlflow_run_id"))
+                return float(done.value)
         exp = dataclasses.replace(base, name=f"{name}-trial{trial.number}", model_args=base.model_args | chosen,
                                   trainer=base.trainer | (conf.get("trainer") or {}))
         trial_opts = dataclasses.replace(
@@ -156,6 +169,7 @@ def _finish(study: Any, name: str, conf: dict[str, Any], parent: str, opts: RunO
         "study": name, "study_name": study.study_name, "metric": metric, "direction": conf.get("direction", "minimize"),
         "value": best.value, "params": best.params, "trial": best.number,
         "n_complete": len(complete), "n_pruned": len(pruned), "n_trials": conf["n_trials"], "experiment": conf["experiment"],
+        "n_repeats": sum("repeat_of" in t.user_attrs for t in complete),  # answered by an earlier identical trial
     }
     # Tags, not params: params are immutable, and a continued study may find a new best.
     for key, value in best.params.items():

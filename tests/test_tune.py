@@ -48,6 +48,8 @@ def test_study_prunes_continues_and_nests_runs(project: Path, monkeypatch: pytes
     counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(counted) == params["studies"]["lstm_depth"]["n_trials"]
     assert [(t.number, t.params) for t in counted[:2]] == before
+    # The continuation reseeds its sampler: it proposes new points instead of replaying the first session's.
+    assert len({tuple(sorted(t.params.items())) for t in counted}) == len(counted)
     assert best["n_pruned"] >= 1, "the tiny study is set up so that bad learning rates are pruned"
 
     written = json.loads((project / "results" / "tune" / "lstm_depth" / "best_params.json").read_text())
@@ -63,3 +65,28 @@ def test_study_prunes_continues_and_nests_runs(project: Path, monkeypatch: pytes
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) >= len(counted)
     assert {"KILLED", "FINISHED"} <= {r.info.status for r in children}  # pruned trials end KILLED
+
+
+def test_a_repeated_choice_reuses_the_finished_trial(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = load_params()
+    conf = params["studies"]["lstm_depth"]
+    # One point in the space: every trial after the first repeats it.
+    conf["search_space"] = {"hidden_size": {"type": "categorical", "choices": [16]}}
+    conf["n_trials"] = 3
+    import benchmarks.tune as tune
+
+    real_run_seed, calls = tune.run_seed, {"n": 0}
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real_run_seed(*args, **kwargs)
+
+    monkeypatch.setattr(tune, "run_seed", counting)
+    best = run_study(params, "lstm_depth", run_options(project))
+    assert calls["n"] == 1  # trained once
+    trials = _study(project).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert [t.user_attrs.get("repeat_of") for t in trials] == [None, 0, 0]
+    assert len({t.value for t in trials}) == 1 and best["value"] == trials[0].value
+    assert best["n_complete"] == 3 and best["n_repeats"] == 2
+    assert trials[1].user_attrs["mlflow_run_id"] == trials[0].user_attrs["mlflow_run_id"]

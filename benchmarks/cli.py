@@ -52,6 +52,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     exp = experiment_from_params(params, args.experiment)
     opts = _options(params, progress=not args.no_progress)
     opts.resume = not args.restart
+    if args.continue_from is not None:
+        if args.seed is None and len(exp.seeds) > 1:
+            raise ArchbenchError(f"--continue-from holds one seed's checkpoint but {exp.name} has seeds "
+                                 f"{list(exp.seeds)}; add --seed N")
+        opts.continue_from = Path(args.continue_from)
     summary = run_experiment(exp, opts, seeds=[args.seed] if args.seed is not None else None)
     for key, stats in summary["summary"].items():
         print(f"{exp.name} {key}: {stats['mean']:.4f} ± {stats['std']:.4f} (n={stats['n']})")
@@ -152,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment")
     p.add_argument("--seed", type=int, default=None, help="run only this seed")
     p.add_argument("--restart", action="store_true", help="ignore a resumable checkpoint and start over")
+    p.add_argument("--continue-from", metavar="CKPT", default=None,
+                   help="go on from another run's checkpoint (e.g. a finished run under a longer max_time): "
+                        "weights, optimiser states, epoch and elapsed time come from it, in a new MLflow run")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -11,11 +11,12 @@ import math
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from benchmarks.build import build_datamodule, build_model, check_experiment, trainer_args
+from benchmarks.errors import ArchbenchError
 from benchmarks.params import Experiment
 from benchmarks.tracking import (
     artifact_location,
@@ -37,6 +38,9 @@ class RunOptions:
     state_dir: Path = Path(".archbench")
     mlflow_experiment: str = "archbench"
     resume: bool = True
+    # Another run's checkpoint to go on from when this run has none of its own: e.g. a finished run under a
+    # longer budget. Weights, optimiser states, epoch and elapsed time come from it; the MLflow run is new.
+    continue_from: Path | None = None
     extra_callbacks: list[Any] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +80,11 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     state.mkdir(parents=True, exist_ok=True)
     last = state / "ckpt" / "last.ckpt"
     resume_from = str(last) if opts.resume and last.is_file() else None
+    if resume_from is None and opts.continue_from is not None:
+        if not Path(opts.continue_from).is_file():
+            raise ArchbenchError(f"--continue-from {opts.continue_from}: no such checkpoint; pass a run's "
+                                 f"ckpt/last.ckpt (under {opts.state_dir / 'runs'}) or drop the option")
+        resume_from = str(opts.continue_from)
     run_id_file = state / "run_id"
     old_run_id = run_id_file.read_text().strip() if resume_from and run_id_file.is_file() else None
 
@@ -84,6 +93,8 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     dm = build_datamodule(exp, opts.data_dir)
     model = build_model(exp, dm, opts.model_overrides)
 
+    if resume_from and not old_run_id:
+        opts = replace(opts, tags=opts.tags | {"continued_from": resume_from})
     logger = _make_logger(exp, seed, opts, old_run_id)
     run_id = logger.run_id
     run_id_file.write_text(run_id)

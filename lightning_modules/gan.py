@@ -47,6 +47,13 @@ def generator_loss(d_fake_logits: Tensor, kind: str) -> Tensor:
     raise ValueError(f"g_loss must be one of {G_LOSSES}, got {kind!r}")
 
 
+def linear_decay_factor(epoch: int, decay_from: int, max_epochs: int) -> float:
+    """1 before ``decay_from``, then falling linearly to 0 at ``max_epochs`` (pix2pix/CycleGAN's schedule)."""
+    if epoch < decay_from:
+        return 1.0
+    return max(0.0, (max_epochs - epoch) / (max_epochs - decay_from))
+
+
 def check_image_shape(image_shape: Sequence[int], multiple: int = 4) -> tuple[int, int, int]:
     """[C, H, W] with H and W multiples of ``multiple`` and >= 8: two stride-2 stages halve them twice."""
     if (len(image_shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in image_shape)
@@ -167,6 +174,7 @@ class GAN(MonitorsFID, pl.LightningModule):
         ema_decay: float = 0.0,
         lr_d: float | None = None,
         d_norm: str = "batch",
+        lr_decay_from: int | None = None,
     ) -> None:
         super().__init__()
         check_image_shape(image_shape)
@@ -183,6 +191,10 @@ class GAN(MonitorsFID, pl.LightningModule):
             raise ValueError(f"lr_d must be positive, or null for D to use lr, got {lr_d!r}")
         if d_norm not in D_NORMS:
             raise ValueError(f"d_norm must be one of {D_NORMS}, got {d_norm!r}")
+        if lr_decay_from is not None and (isinstance(lr_decay_from, bool) or not isinstance(lr_decay_from, int)
+                                          or lr_decay_from < 0):
+            raise ValueError(f"lr_decay_from must be an epoch >= 0, or null for constant learning rates, "
+                             f"got {lr_decay_from!r}")
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         if isinstance(ema_decay, bool) or not 0 <= ema_decay < 1:
@@ -208,6 +220,23 @@ class GAN(MonitorsFID, pl.LightningModule):
         return self.generator(z)  # [batch, C, H, W]
 
     # ---- training ------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # Annealing both players' steps shrinks the orbit the iterates trace around the equilibrium. The
+        # factor is a function of the epoch alone, so a resumed run lands on the same schedule.
+        start = self.hparams.lr_decay_from
+        if start is None:
+            return
+        end = self.trainer.max_epochs
+        if end is None or end <= start:
+            raise ValueError(f"lr_decay_from ({start}) needs a trainer max_epochs above it, got {end}; "
+                             f"set trainer.max_epochs or lower lr_decay_from")
+        factor = linear_decay_factor(self.current_epoch, start, end)
+        opt_g, opt_d = self.trainer.optimizers
+        for opt, base in ((opt_g, self.hparams.lr), (opt_d, self._lr_d())):
+            for group in opt.param_groups:
+                group["lr"] = base * factor
+        self.log("train/lr_factor", factor, on_step=False, on_epoch=True)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         real = batch[0]  # [batch, C, H, W]; labels unused
         opt_g, opt_d = self.optimizers()
@@ -269,9 +298,11 @@ class GAN(MonitorsFID, pl.LightningModule):
         betas = tuple(self.hparams.betas)
         # lr_d != lr is the two time-scale update rule (Heusel et al. 2017, https://arxiv.org/abs/1706.08500):
         # a faster D tracks the current G more closely, so G follows a better-estimated gradient.
-        lr_d = self.hparams.lr if self.hparams.lr_d is None else self.hparams.lr_d
         return [torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
-                torch.optim.Adam(self.discriminator.parameters(), lr=lr_d, betas=betas)]
+                torch.optim.Adam(self.discriminator.parameters(), lr=self._lr_d(), betas=betas)]
+
+    def _lr_d(self) -> float:
+        return self.hparams.lr if self.hparams.lr_d is None else self.hparams.lr_d
 
     # ---- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -92,3 +92,11 @@ def test_unknown_study(project: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_bad_seeds(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _with(project, "hello_lstm", seeds="zero")
     assert "seeds" in _one_line_error(capsys, ["train", "hello_lstm"])
+
+
+def test_continue_from_a_missing_checkpoint_or_without_a_seed(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _with(project, "hello_lstm", seeds=[0, 1])
+    err = _one_line_error(capsys, ["train", "hello_lstm", "--continue-from", "last.ckpt"])
+    assert "seeds [0, 1]" in err and "add --seed N" in err
+    err = _one_line_error(capsys, ["train", "hello_lstm", "--seed", "0", "--continue-from", "gone/last.ckpt"])
+    assert "--continue-from gone/last.ckpt: no such checkpoint" in err and "ckpt/last.ckpt" in err

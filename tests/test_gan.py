@@ -13,7 +13,7 @@ from torch import Tensor
 
 from datamodules.images import DigitsDataModule
 from datamodules.sources import sha256_file
-from lightning_modules.gan import GAN, discriminator_objective, generator_loss
+from lightning_modules.gan import GAN, discriminator_objective, generator_loss, linear_decay_factor
 
 TINY = {"latent_dim": 8, "base_channels": 8}
 
@@ -156,7 +156,8 @@ def test_gan_sizes_and_bad_values() -> None:
     for bad, match in (({"image_shape": [1, 10, 10]}, "image_shape"), ({"g_loss": "wgan"}, "g_loss"),
                        ({"lr": 0.0}, "lr"), ({"betas": [0.5]}, "betas"), ({"latent_dim": 0}, "latent_dim"),
                        ({"ema_decay": 1.0}, "ema_decay"), ({"extra_convs": -1}, "extra_convs"),
-                       ({"d_norm": "layer"}, "d_norm"), ({"lr_d": 0.0}, "lr_d")):
+                       ({"d_norm": "layer"}, "d_norm"), ({"lr_d": 0.0}, "lr_d"), ({"lr_decay_from": -1}, "lr_decay_from"),
+                       ({"lr_decay_from": 1.5}, "lr_decay_from")):
         with pytest.raises(ValueError, match=match):
             GAN(**({"image_shape": [1, 8, 8]} | bad))
 
@@ -190,6 +191,29 @@ def test_two_time_scales_and_spectral_d_train_reproducibly() -> None:
     assert torch.equal(first.sample_images(), second.sample_images())
     plain = _train_tiny(3, None)[1].optimizers
     assert plain[0].param_groups[0]["lr"] == plain[1].param_groups[0]["lr"] == 2e-4  # lr_d defaults to lr
+
+
+def test_learning_rates_hold_then_fall_linearly_to_zero_at_max_epochs() -> None:
+    assert [linear_decay_factor(e, 2, 6) for e in range(7)] == [1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+
+    seen: list[tuple[float, float]] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            if args[-1] == 0:  # batch_idx: the rates the epoch's first step uses
+                seen.append(tuple(opt.param_groups[0]["lr"] for opt in trainer.optimizers))
+
+    pl.seed_everything(0, verbose=False)
+    model = GAN(image_shape=[1, 8, 8], **TINY, sample_grid=0, lr=1e-4, lr_d=3e-4, lr_decay_from=1)
+    trainer = pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, logger=False, callbacks=[Record()],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
+    # Epoch 0 and the first decaying epoch at full rate, then (3 - 2) / (3 - 1) = one half; D keeps its ratio.
+    assert seen == [pytest.approx((1e-4, 3e-4)), pytest.approx((1e-4, 3e-4)), pytest.approx((5e-5, 1.5e-4))]
+    late = GAN(image_shape=[1, 8, 8], **TINY, sample_grid=0, lr_decay_from=3)
+    with pytest.raises(ValueError, match="lr_decay_from \\(3\\) needs a trainer max_epochs above it"):
+        pl.Trainer(max_epochs=3, limit_train_batches=1, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False).fit(late, datamodule=DigitsDataModule(batch_size=16))
 
 
 def test_weight_average_follows_its_update_rule_and_draws_the_samples() -> None:

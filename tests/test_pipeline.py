@@ -100,3 +100,25 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project:
     assert resumed["timing"]["epochs"] == exp.trainer["max_epochs"]
     fresh = run_seed(exp, 0, run_options(project, resume=False))
     assert fresh["metrics"]["test/loss"] == pytest.approx(resumed["metrics"]["test/loss"], rel=1e-5)
+
+
+def test_a_finished_run_goes_on_from_its_checkpoint_under_a_longer_budget(project: Path) -> None:
+    from dataclasses import replace
+
+    from benchmarks.errors import ArchbenchError
+
+    hello = experiment_from_params(load_params(), "hello_lstm")
+    longer = replace(hello, trainer=hello.trainer | {"max_epochs": 3})
+    shorter = replace(hello, trainer=hello.trainer | {"max_epochs": 2})
+    first = run_seed(shorter, 0, run_options(project))
+    ckpt = seed_state_dir(shorter, 0, run_options(project)) / "ckpt" / "last.ckpt"
+    continued = run_seed(longer, 0, run_options(project, continue_from=ckpt))
+    assert first["timing"]["epochs"] == 2 and continued["timing"]["epochs"] == 3
+    run = _client(project).get_run(continued["run_id"])
+    assert continued["run_id"] != first["run_id"] and run.data.tags["continued_from"] == str(ckpt)
+    # Going on from epoch 2 lands where three epochs in one go land.
+    straight = run_seed(longer, 0, run_options(project, resume=False))
+    assert straight["metrics"]["test/loss"] == pytest.approx(continued["metrics"]["test/loss"], rel=1e-5)
+    assert straight["metrics"]["test/loss"] != pytest.approx(first["metrics"]["test/loss"], rel=1e-5)
+    with pytest.raises(ArchbenchError, match="--continue-from .*missing.ckpt: no such checkpoint"):
+        run_seed(longer, 0, run_options(project, resume=False, continue_from=project / "missing.ckpt"))

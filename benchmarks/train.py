@@ -85,6 +85,7 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
             raise ArchbenchError(f"--continue-from {opts.continue_from}: no such checkpoint; pass a run's "
                                  f"ckpt/last.ckpt (under {opts.state_dir / 'runs'}) or drop the option")
         resume_from = str(opts.continue_from)
+        opts = replace(opts, tags=opts.tags | {"continued_from": resume_from})
     run_id_file = state / "run_id"
     old_run_id = run_id_file.read_text().strip() if resume_from and run_id_file.is_file() else None
 
@@ -93,8 +94,6 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     dm = build_datamodule(exp, opts.data_dir)
     model = build_model(exp, dm, opts.model_overrides)
 
-    if resume_from and not old_run_id:
-        opts = replace(opts, tags=opts.tags | {"continued_from": resume_from})
     logger = _make_logger(exp, seed, opts, old_run_id)
     run_id = logger.run_id
     run_id_file.write_text(run_id)

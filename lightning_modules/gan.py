@@ -182,7 +182,8 @@ class GAN(MonitorsFID, pl.LightningModule):
             raise ValueError(f"g_loss must be one of {G_LOSSES}, got {g_loss!r}")
         for name, value, low in (("latent_dim", latent_dim, 1), ("base_channels", base_channels, 1),
                                  ("fid_samples", fid_samples, 2), ("sample_grid", sample_grid, 0),
-                                 ("noise_seed", noise_seed, 0), ("extra_convs", extra_convs, 0)):
+                                 ("noise_seed", noise_seed, 0), ("extra_convs", extra_convs, 0),
+                                 *((("lr_decay_from", lr_decay_from, 0),) if lr_decay_from is not None else ())):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not lr > 0:
@@ -191,10 +192,6 @@ class GAN(MonitorsFID, pl.LightningModule):
             raise ValueError(f"lr_d must be positive, or null for D to use lr, got {lr_d!r}")
         if d_norm not in D_NORMS:
             raise ValueError(f"d_norm must be one of {D_NORMS}, got {d_norm!r}")
-        if lr_decay_from is not None and (isinstance(lr_decay_from, bool) or not isinstance(lr_decay_from, int)
-                                          or lr_decay_from < 0):
-            raise ValueError(f"lr_decay_from must be an epoch >= 0, or null for constant learning rates, "
-                             f"got {lr_decay_from!r}")
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         if isinstance(ema_decay, bool) or not 0 <= ema_decay < 1:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from benchmarks.errors import ArchbenchError
 from benchmarks.params import experiment_from_params, load_params
 from benchmarks.train import run_experiment, run_seed, seed_state_dir
 from tests.conftest import run_options
@@ -103,10 +105,6 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project:
 
 
 def test_a_finished_run_goes_on_from_its_checkpoint_under_a_longer_budget(project: Path) -> None:
-    from dataclasses import replace
-
-    from benchmarks.errors import ArchbenchError
-
     hello = experiment_from_params(load_params(), "hello_lstm")
     longer = replace(hello, trainer=hello.trainer | {"max_epochs": 3})
     shorter = replace(hello, trainer=hello.trainer | {"max_epochs": 2})

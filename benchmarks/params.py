@@ -3,7 +3,9 @@
 An experiment is ``{model, data, model_args, data_args, trainer, seeds}``. Experiments live in two
 sections: ``experiments`` (the default suite, run by ``dvc repro``) and ``full_experiments`` (the full
 profile). A full experiment may say ``extends: <name>`` to start from another experiment and override
-parts of it, so the profiles differ in params, never in code.
+parts of it, so the profiles differ in params, never in code. It may also say ``continues: <name>``: each
+seed then goes on from that experiment's best checkpoint of the same seed (weights, optimiser states,
+epoch and elapsed time), e.g. a second training phase with a changed recipe.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from benchmarks.errors import ArchbenchError
 
 PARAMS_ENV = "ARCHBENCH_PARAMS"
 EXPERIMENT_SECTIONS = ("experiments", "full_experiments")
-EXPERIMENT_KEYS = {"model", "data", "model_args", "data_args", "trainer", "seeds", "description", "extends"}
+EXPERIMENT_KEYS = {"model", "data", "model_args", "data_args", "trainer", "seeds", "description", "extends", "continues"}
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,10 @@ class Experiment:
     seeds: tuple[int, ...] = (0,)
     profile: str = "default"
     description: str = ""
+    continues: str | None = None  # the experiment whose best checkpoint (same seed) this one goes on from
 
     def as_dict(self) -> dict[str, Any]:
+        # "continues" only when set, so every other experiment keeps its config hash.
         return {
             "model": self.model,
             "data": self.data,
@@ -43,7 +47,7 @@ class Experiment:
             "data_args": self.data_args,
             "trainer": self.trainer,
             "seeds": list(self.seeds),
-        }
+        } | ({"continues": self.continues} if self.continues else {})
 
     def config_hash(self) -> str:
         """Hash of everything that changes the numbers; a resumed run must match it."""
@@ -134,6 +138,10 @@ def experiment_from_params(params: dict[str, Any], name: str) -> Experiment:
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ArchbenchError(f"experiment '{name}': 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    continues = raw.get("continues")
+    if continues is not None and (not isinstance(continues, str) or continues not in table or continues == name):
+        raise ArchbenchError(f"experiment '{name}': 'continues' must name another experiment in params.yaml, "
+                             f"got {continues!r}")
     data_args = dict(raw.get("data_args") or {})
     return Experiment(
         name=name,
@@ -145,6 +153,7 @@ def experiment_from_params(params: dict[str, Any], name: str) -> Experiment:
         seeds=tuple(seeds),
         profile=table[name][0],
         description=str(raw.get("description", "")),
+        continues=continues,
     )
 
 

@@ -66,6 +66,16 @@ def _make_logger(exp: Experiment, seed: int, opts: RunOptions, run_id: str | Non
     )
 
 
+def _continued_checkpoint(exp: Experiment, seed: int, opts: RunOptions) -> Path:
+    """The best checkpoint of the same seed of the experiment ``exp`` continues, which must have been run."""
+    results = opts.results_dir if opts.results_dir is not None else opts.project_dir / "results"
+    ckpt = results / str(exp.continues) / "seeds" / f"seed_{seed}" / "best.ckpt"
+    if not ckpt.is_file():
+        raise ArchbenchError(f"experiment '{exp.name}' continues '{exp.continues}', but {ckpt} does not exist; "
+                             f"run `archbench train {exp.continues} --seed {seed}` first")
+    return ckpt
+
+
 def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     """Train, validate and test one seed; returns {'metrics', 'timing', 'settings', 'run_id'}."""
     import lightning.pytorch as pl
@@ -80,6 +90,8 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     state.mkdir(parents=True, exist_ok=True)
     last = state / "ckpt" / "last.ckpt"
     resume_from = str(last) if opts.resume and last.is_file() else None
+    if exp.continues and opts.continue_from is None:
+        opts = replace(opts, continue_from=_continued_checkpoint(exp, seed, opts))
     if resume_from is None and opts.continue_from is not None:
         if not Path(opts.continue_from).is_file():
             raise ArchbenchError(f"--continue-from {opts.continue_from}: no such checkpoint; pass a run's "
@@ -109,9 +121,13 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     # A model may choose what "best" means (a GAN keeps the best validation FID); the default is val/loss.
     monitor, mode = getattr(model, "monitor", "val/loss"), getattr(model, "monitor_mode", "min")
     checkpoint = ModelCheckpoint(
-        dirpath=state / "ckpt", filename="best", monitor=monitor, mode=mode, save_last=True, auto_insert_metric_name=False
+        dirpath=state / "ckpt", filename="best", monitor=monitor, mode=mode, auto_insert_metric_name=False
     )
-    callbacks = [checkpoint, CurveWriter(state / "curve.csv"), SampleLogger(state / "samples"), *opts.extra_callbacks]
+    # last.ckpt every epoch, whatever the monitor did: Lightning 2.6's save_last only writes it on epochs
+    # that improved the best, so a killed run would resume from the best epoch and lose the ones after.
+    # Listed after ``checkpoint`` so the file carries the best score of the same epoch.
+    latest = ModelCheckpoint(dirpath=state / "ckpt", filename="last", enable_version_counter=False)
+    callbacks = [checkpoint, latest, CurveWriter(state / "curve.csv"), SampleLogger(state / "samples"), *opts.extra_callbacks]
     if opts.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = pl.Trainer(
@@ -143,7 +159,7 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
         | getattr(model, "metric_settings", lambda: {})(),
     }
     client = logger.experiment
-    for path in (checkpoint.best_model_path, checkpoint.last_model_path):
+    for path in (checkpoint.best_model_path, latest.best_model_path):
         if path:
             client.log_artifact(run_id, path, "checkpoints")
     client.log_dict(run_id, result, "metrics.json")

@@ -47,6 +47,21 @@ def generator_loss(d_fake_logits: Tensor, kind: str) -> Tensor:
     raise ValueError(f"g_loss must be one of {G_LOSSES}, got {kind!r}")
 
 
+def r1_penalty(discriminator: nn.Module, real: Tensor) -> tuple[Tensor, Tensor]:
+    """D's logits on ``real`` [batch] and R1 = mean_x ||d logit / d x||² (Mescheder et al. 2018), kept differentiable.
+
+    R1 penalises D's slope on the data only. At the equilibrium (P_gen = P_data, D flat) it is zero, so the
+    game's fixed point is unchanged; near it, it damps the rotation the plain game orbits with instead of
+    converging (https://arxiv.org/abs/1801.04406, Section 4). ``create_graph`` lets D's step descend through
+    the gradient itself. With BatchNorm in D the gradient of the summed logits also carries the coupling
+    BatchNorm makes between a batch's images; D is applied to the reals once, as without the penalty.
+    """
+    real = real.detach().requires_grad_(True)
+    logits = discriminator(real)  # [batch]
+    (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)  # [batch, C, H, W]
+    return logits, grad.pow(2).flatten(1).sum(1).mean()
+
+
 def linear_decay_factor(epoch: int, decay_from: int, max_epochs: int) -> float:
     """1 before ``decay_from``, then falling linearly to 0 at ``max_epochs`` (pix2pix/CycleGAN's schedule)."""
     if epoch < decay_from:
@@ -175,6 +190,7 @@ class GAN(MonitorsFID, pl.LightningModule):
         lr_d: float | None = None,
         d_norm: str = "batch",
         lr_decay_from: int | None = None,
+        r1_gamma: float = 0.0,
     ) -> None:
         super().__init__()
         check_image_shape(image_shape)
@@ -194,6 +210,8 @@ class GAN(MonitorsFID, pl.LightningModule):
             raise ValueError(f"d_norm must be one of {D_NORMS}, got {d_norm!r}")
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        if isinstance(r1_gamma, bool) or not isinstance(r1_gamma, (int, float)) or not 0 <= r1_gamma < math.inf:
+            raise ValueError(f"r1_gamma must be a number >= 0 (0 turns the penalty off), got {r1_gamma!r}")
         if isinstance(ema_decay, bool) or not 0 <= ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0 turns the weight average off), got {ema_decay!r}")
         self.save_hyperparameters()
@@ -242,9 +260,16 @@ class GAN(MonitorsFID, pl.LightningModule):
 
         # D: one descent step on R (Goodfellow et al. Algorithm 1 with k = 1); detach keeps G out of it.
         self.toggle_optimizer(opt_d)
-        d_loss = discriminator_objective(self.discriminator(real), self.discriminator(fake.detach()))
+        gamma = self.hparams.r1_gamma
+        if gamma > 0:
+            d_real, r1 = r1_penalty(self.discriminator, real)
+            self.log("train/r1", r1.detach(), on_step=False, on_epoch=True, batch_size=len(real))
+        else:
+            d_real, r1 = self.discriminator(real), None
+        d_loss = discriminator_objective(d_real, self.discriminator(fake.detach()))
+        # D descends R + γ/2 R1; d_loss (logged as train/loss) stays the seed's R alone.
         opt_d.zero_grad()
-        self.manual_backward(d_loss)
+        self.manual_backward(d_loss if r1 is None else d_loss + 0.5 * gamma * r1)
         opt_d.step()
         self.untoggle_optimizer(opt_d)
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from datamodules.images import DigitsDataModule
 from datamodules.sources import sha256_file
-from lightning_modules.gan import GAN, discriminator_objective, generator_loss, linear_decay_factor
+from lightning_modules.gan import GAN, discriminator_objective, generator_loss, linear_decay_factor, r1_penalty
 
 TINY = {"latent_dim": 8, "base_channels": 8}
 
@@ -157,7 +157,8 @@ def test_gan_sizes_and_bad_values() -> None:
                        ({"lr": 0.0}, "lr"), ({"betas": [0.5]}, "betas"), ({"latent_dim": 0}, "latent_dim"),
                        ({"ema_decay": 1.0}, "ema_decay"), ({"extra_convs": -1}, "extra_convs"),
                        ({"d_norm": "layer"}, "d_norm"), ({"lr_d": 0.0}, "lr_d"), ({"lr_decay_from": -1}, "lr_decay_from"),
-                       ({"lr_decay_from": 1.5}, "lr_decay_from")):
+                       ({"lr_decay_from": 1.5}, "lr_decay_from"), ({"r1_gamma": -0.1}, "r1_gamma"),
+                       ({"r1_gamma": "big"}, "r1_gamma"), ({"r1_gamma": float("inf")}, "r1_gamma")):
         with pytest.raises(ValueError, match=match):
             GAN(**({"image_shape": [1, 8, 8]} | bad))
 
@@ -248,3 +249,39 @@ def test_weight_average_trains_reproducibly_beside_the_game() -> None:
     assert not any(p.requires_grad for p in first.generator_ema.parameters())  # and the average frozen
     assert torch.equal(first.sample_images(), second.sample_images())
     assert first.metric_settings()["samples_from"] == "EMA of G's weights"
+
+
+# --- R1 -----------------------------------------------------------------------------------------------
+def test_r1_matches_closed_forms_and_stays_differentiable() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(5, 1, 8, 8, dtype=torch.float64)
+    # A linear D, logit = w . x + b: the input gradient is w for every image, so R1 = ||w||².
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1)).double()
+    logits, r1 = r1_penalty(linear, x)
+    w = linear[1].weight.detach()
+    assert torch.allclose(logits, linear(x)) and logits.shape == (5, 1)
+    assert float(r1) == pytest.approx(float(w.pow(2).sum()), rel=1e-12)
+    # create_graph: D's step sees d(γ/2 R1)/dw = γ w.
+    (0.5 * 0.3 * r1).backward()
+    assert torch.allclose(linear[1].weight.grad, 0.3 * w, atol=1e-12)
+    assert x.grad is None  # the penalty differentiates a detached copy, not the caller's batch
+
+    # A quadratic D, logit = sum x²: the gradient is 2x, so R1 = mean 4 ||x||².
+    class Quadratic(torch.nn.Module):
+        def forward(self, images: Tensor) -> Tensor:
+            return images.pow(2).flatten(1).sum(1)
+
+    _, r1 = r1_penalty(Quadratic(), x)
+    assert float(r1) == pytest.approx(float(4 * x.pow(2).flatten(1).sum(1).mean()), rel=1e-12)
+
+
+def test_r1_changes_the_game_and_trains_reproducibly() -> None:
+    plain, _, _, before = _train_tiny(7, None)
+    first, trainer, _, _ = _train_tiny(7, None, r1_gamma=1.0)
+    second, _, _, _ = _train_tiny(7, None, r1_gamma=1.0)
+    assert float(trainer.callback_metrics["train/r1"]) > 0
+    d_weights = [k for k in before if k.startswith("discriminator.") and k.endswith("weight")]
+    # Step 1's D update already differs, and every later step of both players follows from it.
+    assert any(not torch.allclose(plain.state_dict()[k], first.state_dict()[k]) for k in d_weights)
+    assert all(torch.equal(first.state_dict()[k], second.state_dict()[k]) for k in first.state_dict())
+    assert all(p.requires_grad for p in first.parameters())

@@ -104,6 +104,29 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project:
     assert fresh["metrics"]["test/loss"] == pytest.approx(resumed["metrics"]["test/loss"], rel=1e-5)
 
 
+def test_last_checkpoint_is_the_latest_epoch_even_when_it_is_not_the_best(project: Path, monkeypatch) -> None:
+    import lightning.pytorch as pl
+    import torch
+
+    from lightning_modules.char_lm import CharLM
+
+    # "max" on a falling val/loss: epoch 0 stays the best, every later epoch is worse by the monitor.
+    monkeypatch.setattr(CharLM, "monitor_mode", "max", raising=False)
+
+    class KillAfterSecondEpoch(pl.Callback):
+        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.current_epoch == 2:  # epoch 1 is validated and checkpointed
+                raise Boom("killed")
+
+    hello = experiment_from_params(load_params(), "hello_lstm")
+    exp = replace(hello, trainer=hello.trainer | {"max_epochs": 3})
+    with pytest.raises(Boom):
+        run_seed(exp, 0, run_options(project, extra_callbacks=[KillAfterSecondEpoch()]))
+    ckpt = seed_state_dir(exp, 0, run_options(project)) / "ckpt"
+    assert torch.load(ckpt / "best.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(ckpt / "last.ckpt", weights_only=False)["epoch"] == 1  # a resume loses no finished epoch
+
+
 def test_a_finished_run_goes_on_from_its_checkpoint_under_a_longer_budget(project: Path) -> None:
     hello = experiment_from_params(load_params(), "hello_lstm")
     longer = replace(hello, trainer=hello.trainer | {"max_epochs": 3})
@@ -120,3 +143,28 @@ def test_a_finished_run_goes_on_from_its_checkpoint_under_a_longer_budget(projec
     assert straight["metrics"]["test/loss"] != pytest.approx(first["metrics"]["test/loss"], rel=1e-5)
     with pytest.raises(ArchbenchError, match="--continue-from .*missing.ckpt: no such checkpoint"):
         run_seed(longer, 0, run_options(project, resume=False, continue_from=project / "missing.ckpt"))
+
+
+def test_an_experiment_that_continues_another_starts_from_its_best_checkpoint(project: Path) -> None:
+    hello = experiment_from_params(load_params(), "hello_lstm")
+    first = replace(hello, seeds=(0,), trainer=hello.trainer | {"max_epochs": 2})
+    second = replace(first, name="hello_lstm_more", continues="hello_lstm", trainer=hello.trainer | {"max_epochs": 3})
+    with pytest.raises(ArchbenchError, match="continues 'hello_lstm', but .*seed_0/best.ckpt does not exist; "
+                                             "run `archbench train hello_lstm --seed 0` first"):
+        run_seed(second, 0, run_options(project))
+    run_seed(first, 0, run_options(project))
+    continued = run_seed(second, 0, run_options(project))
+    ckpt = project / "results" / "hello_lstm" / "seeds" / "seed_0" / "best.ckpt"
+    assert continued["timing"]["epochs"] == 3
+    assert _client(project).get_run(continued["run_id"]).data.tags["continued_from"] == str(ckpt)
+    assert second.config_hash() != replace(second, continues=None).config_hash()
+    assert "continues" not in hello.as_dict()  # experiments without it keep their hash
+
+
+def test_continues_must_name_another_experiment() -> None:
+    params = load_params()
+    for bad in ("no_such_experiment", 3, "hello_lstm"):
+        broken = params | {"experiments": params["experiments"] | {"hello_lstm": params["experiments"]["hello_lstm"]
+                                                                  | {"continues": bad}}}
+        with pytest.raises(ArchbenchError, match="'continues' must name another experiment"):
+            experiment_from_params(broken, "hello_lstm")

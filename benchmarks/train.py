@@ -69,7 +69,7 @@ def _make_logger(exp: Experiment, seed: int, opts: RunOptions, run_id: str | Non
 def _continued_checkpoint(exp: Experiment, seed: int, opts: RunOptions) -> Path:
     """The best checkpoint of the same seed of the experiment ``exp`` continues, which must have been run."""
     results = opts.results_dir if opts.results_dir is not None else opts.project_dir / "results"
-    ckpt = results / str(exp.continues) / "seeds" / f"seed_{seed}" / "best.ckpt"
+    ckpt = seed_results_dir(results / str(exp.continues), seed) / "best.ckpt"
     if not ckpt.is_file():
         raise ArchbenchError(f"experiment '{exp.name}' continues '{exp.continues}', but {ckpt} does not exist; "
                              f"run `archbench train {exp.continues} --seed {seed}` first")
@@ -90,7 +90,7 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     state.mkdir(parents=True, exist_ok=True)
     last = state / "ckpt" / "last.ckpt"
     resume_from = str(last) if opts.resume and last.is_file() else None
-    if exp.continues and opts.continue_from is None:
+    if resume_from is None and opts.continue_from is None and exp.continues:
         opts = replace(opts, continue_from=_continued_checkpoint(exp, seed, opts))
     if resume_from is None and opts.continue_from is not None:
         if not Path(opts.continue_from).is_file():
@@ -169,12 +169,17 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     return result
 
 
+def seed_results_dir(out: Path, seed: int) -> Path:
+    """results/<exp>/seeds/seed_N/: one seed's metrics, samples and best checkpoint."""
+    return out / "seeds" / f"seed_{seed}"
+
+
 def _write_seed_results(out: Path, seed: int, state: Path, best_ckpt: str, result: dict[str, Any]) -> None:
     """results/<exp>/seeds/seed_N/ (metrics, samples, best checkpoint) and results/<exp>/curves/seed_N.csv.
 
     Curves sit apart from the seed folders because DVC tracks them as plots and the rest as outputs.
     """
-    seed_dir = out / "seeds" / f"seed_{seed}"
+    seed_dir = seed_results_dir(out, seed)
     seed_dir.mkdir(parents=True, exist_ok=True)
     (seed_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     if (state / "curve.csv").is_file():

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from datamodules.sources import sha256_file
 from lightning_modules.classifier import DomainClassifier
 from lightning_modules.fid import DomainFID, MonitorsFID, floor_images, load_feature_extractor
-from lightning_modules.gan import check_image_shape, discriminator_objective, generator_loss
+from lightning_modules.dcgan_nets import check_image_shape
+from lightning_modules.gan import discriminator_objective, generator_loss
 from lightning_modules.image_grids import columns_grid
 from lightning_modules.pix2pix import PatchDiscriminator
 

@@ -53,10 +53,10 @@ def seed_state_dir(exp: Experiment, seed: int, opts: RunOptions) -> Path:
 
 
 def _make_logger(exp: Experiment, seed: int, opts: RunOptions, run_id: str | None) -> Any:
-    from lightning.pytorch.loggers import MLFlowLogger
+    from benchmarks.resumable_logger import ResumableMLFlowLogger
 
     tags = {"experiment": exp.name, "seed": str(seed), "model": exp.model, "data": exp.data, "profile": exp.profile}
-    return MLFlowLogger(
+    return ResumableMLFlowLogger(
         experiment_name=opts.mlflow_experiment,
         run_name=f"{exp.name}/seed{seed}",
         tracking_uri=tracking_uri(opts.project_dir),

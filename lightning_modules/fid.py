@@ -119,11 +119,10 @@ class DomainFID:
         self.metric.reset()
 
     @torch.no_grad()
-    def floor(self, other_real: Tensor, batch_size: int = 512) -> float:
-        """FID between this metric's real reference and another real set, e.g. as many train images as fakes.
+    def versus(self, images: Tensor, batch_size: int = 512) -> float:
+        """FID between this metric's real reference and another set [N, C, H, W], leaving the metric as it is.
 
-        The floor a perfect generator would get with these sample counts (FID is biased upwards at small
-        N), computed against the very reference features the model's FID used; the fake side is untouched.
+        Many sets (several noise draws, several real subsets) can so be scored against one reference pass.
         """
         from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -132,9 +131,17 @@ class DomainFID:
         probe = probe.to(source.device)
         for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
             setattr(probe, name, getattr(source, name).clone())
-        for batch in other_real.split(batch_size):
+        for batch in images.split(batch_size):
             probe.update(batch.to(source.device), real=False)
         return float(probe.compute())
+
+    def floor(self, other_real: Tensor, batch_size: int = 512) -> float:
+        """FID between this metric's real reference and another real set, e.g. as many train images as fakes.
+
+        The floor a perfect generator would get with these sample counts (FID is biased upwards at small
+        N), computed against the very reference features the model's FID used; the fake side is untouched.
+        """
+        return self.versus(other_real, batch_size)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -172,13 +179,22 @@ def fid_floor(extractor: nn.Module, real_a: Tensor, real_b: Tensor, batch_size: 
     return fid.compute()
 
 
-def floor_images(trainer: Any, n: int, label: int | None = None) -> Tensor | None:
-    """The first ``n`` training images (of class ``label`` if given) of the trainer's datamodule, for
-    ``DomainFID.floor``; None when the datamodule cannot hand out whole splits."""
+def floor_image_sets(trainer: Any, n: int, count: int, label: int | None = None) -> list[Tensor] | None:
+    """Up to ``count`` disjoint sets of ``n`` training images (of class ``label`` if given), the first set
+    being the first ``n`` images, for ``DomainFID.floor``; None when the datamodule cannot hand out whole
+    splits. Fewer sets come back when the split is too small for ``count`` (always at least one)."""
     dm = getattr(trainer, "datamodule", None)
     if dm is None or not hasattr(dm, "images"):
         return None
     images = dm.images("train")  # [N, C, H, W] in [0, 1]
     if label is not None:
         images = images[dm.labels("train") == label]
-    return images[:n]
+    sets = max(1, min(count, len(images) // max(n, 1)))
+    return [images[i * n:(i + 1) * n] for i in range(sets)]
+
+
+def floor_images(trainer: Any, n: int, label: int | None = None) -> Tensor | None:
+    """The first ``n`` training images (of class ``label`` if given) of the trainer's datamodule, for
+    ``DomainFID.floor``; None when the datamodule cannot hand out whole splits."""
+    sets = floor_image_sets(trainer, n, 1, label)
+    return None if sets is None else sets[0]

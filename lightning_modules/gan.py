@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.dcgan_nets import D_NORMS, Discriminator, Generator, check_image_shape
-from lightning_modules.fid import (DomainFID, FeatureExtractor, MonitorsFID, floor_images, inception_score,
+from lightning_modules.fid import (DomainFID, FeatureExtractor, MonitorsFID, floor_image_sets, inception_score,
                                    load_feature_extractor)
 from lightning_modules.image_grids import image_grid
 
@@ -75,7 +76,8 @@ class GAN(MonitorsFID, pl.LightningModule):
 
     Metrics: ``val/loss`` = R on val reals vs fresh fakes; with ``fid_checkpoint`` (a DomainClassifier
     checkpoint) also ``val/fid`` (``fid_samples`` fakes vs the val split, and the checkpoint monitor),
-    ``test/fid`` vs the test split and ``test/is``. The fakes for FID/IS use fixed seeded noise.
+    and on the test split ``test/fid``, ``test/is`` and ``test/fid_floor`` (real train images), each a mean
+    over ``fid_repeats`` draws with its ``_std``, and ``test/fid_ratio``. The fakes use fixed seeded noise.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class GAN(MonitorsFID, pl.LightningModule):
         d_norm: str = "batch",
         lr_decay_from: int | None = None,
         r1_gamma: float = 0.0,
+        fid_repeats: int = 25,
     ) -> None:
         super().__init__()
         check_image_shape(image_shape)
@@ -105,6 +108,7 @@ class GAN(MonitorsFID, pl.LightningModule):
         for name, value, low in (("latent_dim", latent_dim, 1), ("base_channels", base_channels, 1),
                                  ("fid_samples", fid_samples, 2), ("sample_grid", sample_grid, 0),
                                  ("noise_seed", noise_seed, 0), ("extra_convs", extra_convs, 0),
+                                 ("fid_repeats", fid_repeats, 1),
                                  *((("lr_decay_from", lr_decay_from, 0),) if lr_decay_from is not None else ())):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -277,16 +281,14 @@ class GAN(MonitorsFID, pl.LightningModule):
         if fid is not None:
             fid.update_real(real)
 
-    def _fid_of_fakes(self, stage: str) -> Tensor | None:
-        """Adds ``fid_samples`` fakes, logs ``<stage>/fid``, returns the fakes (None when FID is off)."""
+    def _fid_of_fakes(self, stage: str) -> None:
+        """Scores ``fid_samples`` fakes of the fixed FID noise against the stage's reals: logs ``<stage>/fid``."""
         fid = self._fid(stage)
         if fid is None:
-            return None
-        fakes = self.generate(self.hparams.fid_samples, seed=self.hparams.noise_seed + FID_NOISE_OFFSET)
-        fid.update_fake(fakes)
+            return
+        fid.update_fake(self.generate(self.hparams.fid_samples, seed=self.hparams.noise_seed + FID_NOISE_OFFSET))
         self.log(f"{stage}/fid", fid.compute())
         self._fid_settings = {f"fid_{k}": v for k, v in fid.settings().items()}
-        return fakes
 
     def on_validation_epoch_start(self) -> None:
         if "fid" in self._frozen:
@@ -305,12 +307,38 @@ class GAN(MonitorsFID, pl.LightningModule):
         self._eval_step(batch, batch_idx, "test")
 
     def on_test_epoch_end(self) -> None:
-        fakes = self._fid_of_fakes("test")
-        if fakes is not None:
-            self.log("test/is", inception_score(self._frozen["extractor"].to(self.device).logits(fakes)))
-            real = floor_images(self.trainer, len(fakes))
-            if real is not None:  # the floor: as many real train images as fakes, against the same test reference
-                self.log("test/fid_floor", self._frozen["fid"].floor(real))
+        # One draw of fakes and one real subset move a small-N FID by several percent each (FID at 2000
+        # samples is biased and noisy), so the test numbers are means over ``fid_repeats`` noise draws and
+        # as many disjoint train subsets, with their spread; the ratio is of the two means.
+        fid = self._fid("test")
+        if fid is None:
+            return
+        n, seeds = self.hparams.fid_samples, self._test_noise_seeds()
+        extractor: FeatureExtractor = self._frozen["extractor"].to(self.device)
+        fids, scores = [], []
+        for seed in seeds:
+            fakes = self.generate(n, seed=seed)  # [n, C, H, W] in [0, 1]
+            fids.append(fid.versus(fakes))
+            scores.append(inception_score(extractor.logits(fakes)))
+        self._log_mean_and_spread("test/fid", fids)
+        self.log("test/is", statistics.fmean(scores))
+        real_sets = floor_image_sets(self.trainer, n, len(seeds))
+        self._fid_settings = {"fid_n_real": int(fid.metric.real_features_num_samples), "fid_n_fake": n,
+                              "fid_noise_seeds": seeds, "fid_floor_train_slices": []}
+        if real_sets is not None:  # the floor: as many real train images as fakes, against the same test reference
+            floors = [fid.floor(real) for real in real_sets]
+            self._log_mean_and_spread("test/fid_floor", floors)
+            self.log("test/fid_ratio", statistics.fmean(fids) / statistics.fmean(floors))
+            self._fid_settings["fid_floor_train_slices"] = [[i * n, (i + 1) * n] for i in range(len(real_sets))]
+
+    def _test_noise_seeds(self) -> list[int]:
+        first = self.hparams.noise_seed + FID_NOISE_OFFSET  # the first draw is val's: the same z as every epoch
+        return [first + i for i in range(self.hparams.fid_repeats)]
+
+    def _log_mean_and_spread(self, name: str, values: list[float]) -> None:
+        self.log(name, statistics.fmean(values))
+        if len(values) > 1:
+            self.log(f"{name}_std", statistics.stdev(values))
 
     def metric_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {"loss": "R = mean[-1/2 log D(x) - 1/2 log(1 - D(G(z)))] in nats, D's objective",
@@ -320,7 +348,9 @@ class GAN(MonitorsFID, pl.LightningModule):
             extractor: FeatureExtractor | None = self._frozen.get("extractor")
             settings |= {"fid_extractor_sha256": self._frozen["fid"].extractor_hash if extractor is not None else None,
                          "fid_samples": self.hparams.fid_samples, "fid_reference_split": "test",
-                         "fid_noise_seed": self.hparams.noise_seed + FID_NOISE_OFFSET,
-                         "is": "exp(E KL(p(y|x) || p(y))) over the same fakes, extractor's classifier, 1 split"}
+                         "fid_repeats": self.hparams.fid_repeats,
+                         "fid": "mean over fid_repeats noise draws of fid_samples fakes (std beside it); the floor "
+                                "likewise over as many disjoint train slices; fid_ratio = mean FID / mean floor",
+                         "is": "exp(E KL(p(y|x) || p(y))) per draw, extractor's classifier, 1 split; mean over draws"}
             settings |= self._fid_settings
         return settings

@@ -78,6 +78,24 @@ def test_floor_uses_the_reference_features_and_leaves_the_fakes_alone() -> None:
     assert fid.settings()["n_fake"] == 3000
 
 
+def test_floor_sets_are_disjoint_slices_and_shrink_to_what_the_split_holds() -> None:
+    from types import SimpleNamespace
+
+    from lightning_modules.fid import floor_image_sets, floor_images
+
+    images = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1)  # image i holds the value i
+    labels = torch.tensor([0, 1] * 5)
+    dm = SimpleNamespace(images=lambda split: images, labels=lambda split: labels)
+    trainer = SimpleNamespace(datamodule=dm)
+    sets = floor_image_sets(trainer, 3, 2)
+    assert [s.flatten().tolist() for s in sets] == [[0, 1, 2], [3, 4, 5]]
+    assert len(floor_image_sets(trainer, 3, 9)) == 3  # only three disjoint sets of 3 fit in 10
+    assert len(floor_image_sets(trainer, 20, 4)) == 1  # a split smaller than n still gives its one set
+    assert [s.flatten().tolist() for s in floor_image_sets(trainer, 2, 2, label=1)] == [[1, 3], [5, 7]]
+    assert torch.equal(floor_images(trainer, 3), sets[0])
+    assert floor_image_sets(SimpleNamespace(datamodule=None), 3, 2) is None
+
+
 # --- Inception score ------------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [2, 5, 10])
 def test_confident_uniform_predictions_score_k(k: int) -> None:

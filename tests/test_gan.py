@@ -119,6 +119,34 @@ def test_tiny_gan_steps_both_players_and_reports_fid(classifier_ckpt: Path) -> N
     assert list(samples) == ["samples.png"] and hasattr(samples["samples.png"], "savefig")
 
 
+def test_test_fid_and_floor_are_means_over_draws_and_disjoint_slices(classifier_ckpt: Path) -> None:
+    from lightning_modules.fid import fid_floor, load_feature_extractor
+
+    model, trainer, dm, _ = _train_tiny(0, classifier_ckpt, fid_repeats=3)
+    tested = trainer.test(model, datamodule=dm, verbose=False)[0]
+    # The oracle: FIDs computed one set at a time, against the 64 test images the 2 test batches hold.
+    extractor, _ = load_feature_extractor(classifier_ckpt)
+    reference, train = dm.images("test")[:64], dm.images("train")
+    fids = [fid_floor(extractor, reference, model.generate(64, seed=seed)) for seed in (1, 2, 3)]
+    floors = [fid_floor(extractor, reference, train[i * 64:(i + 1) * 64]) for i in range(3)]
+    assert len(set(fids)) == 3 and len(set(floors)) == 3  # three different draws and three different slices
+    assert tested["test/fid"] == pytest.approx(sum(fids) / 3, rel=1e-4)
+    assert tested["test/fid_std"] == pytest.approx(torch.tensor(fids).std().item(), rel=1e-3)
+    assert tested["test/fid_floor"] == pytest.approx(sum(floors) / 3, rel=1e-4)
+    assert tested["test/fid_floor_std"] == pytest.approx(torch.tensor(floors).std().item(), rel=1e-3)
+    assert tested["test/fid_ratio"] == pytest.approx(sum(fids) / sum(floors), rel=1e-4)
+    settings = model.metric_settings()
+    assert settings["fid_repeats"] == 3 and settings["fid_noise_seeds"] == [1, 2, 3]
+    assert settings["fid_floor_train_slices"] == [[0, 64], [64, 128], [128, 192]]
+    # One draw keeps the single-set protocol: no spread to report.
+    single, trainer1, dm1, _ = _train_tiny(0, classifier_ckpt, fid_repeats=1)
+    one = trainer1.test(single, datamodule=dm1, verbose=False)[0]
+    assert "test/fid_std" not in one and one["test/fid"] == pytest.approx(fids[0], rel=1e-4)
+    assert one["test/fid_floor"] == pytest.approx(floors[0], rel=1e-4)
+    with pytest.raises(ValueError, match="fid_repeats must be an integer >= 1"):
+        GAN(image_shape=[1, 8, 8], fid_repeats=0)
+
+
 def test_same_seed_gives_identical_samples_and_metrics() -> None:
     first, trainer1, _, _ = _train_tiny(3, None)
     second, trainer2, _, _ = _train_tiny(3, None)

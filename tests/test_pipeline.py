@@ -104,6 +104,36 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project:
     assert fresh["metrics"]["test/loss"] == pytest.approx(resumed["metrics"]["test/loss"], rel=1e-5)
 
 
+def test_a_run_resumes_under_a_new_commit_and_records_what_changed(project: Path, monkeypatch) -> None:
+    import lightning.pytorch as pl
+
+    import benchmarks.train
+
+    class KillAfterFirstEpoch(pl.Callback):
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.current_epoch == 0:
+                trainer.save_checkpoint(trainer.checkpoint_callback.dirpath + "/last.ckpt")
+                raise Boom("killed")
+
+    exp = experiment_from_params(load_params(), "hello_lstm")
+    with pytest.raises(Boom):
+        run_seed(exp, 0, run_options(project, extra_callbacks=[KillAfterFirstEpoch()]))
+    (killed,) = _runs(project)
+    first = killed.data.params
+    # The code moved on before the resume: a new commit, and a model argument whose value differs.
+    monkeypatch.setattr(benchmarks.train, "git_commit", lambda project_dir: "0" * 40)
+    lr = float(first["lr"]) / 2
+    resumed = run_seed(exp, 0, run_options(project, model_overrides={"lr": lr}))
+    (run,) = _runs(project)  # still one run: the same one, finished
+    assert run.info.run_id == killed.info.run_id == resumed["run_id"] and run.info.status == "FINISHED"
+    assert run.data.params["git_commit"] == first["git_commit"] and run.data.params["lr"] == first["lr"]
+    tags = run.data.tags
+    assert tags["changed_on_resume.git_commit"] == f"{first['git_commit']} -> {'0' * 40}"
+    assert tags["changed_on_resume.lr"] == f"{first['lr']} -> {lr}"
+    assert not any(k.startswith("changed_on_resume.") for k in set(tags) - {"changed_on_resume.git_commit",
+                                                                             "changed_on_resume.lr"})
+
+
 def test_last_checkpoint_is_the_latest_epoch_even_when_it_is_not_the_best(project: Path, monkeypatch) -> None:
     import lightning.pytorch as pl
     import torch

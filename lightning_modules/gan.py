@@ -313,7 +313,9 @@ class GAN(MonitorsFID, pl.LightningModule):
         fid = self._fid("test")
         if fid is None:
             return
-        n, seeds = self.hparams.fid_samples, self._test_noise_seeds()
+        n = self.hparams.fid_samples
+        first = self.hparams.noise_seed + FID_NOISE_OFFSET  # the first draw is val's: the same z as every epoch
+        seeds = [first + i for i in range(self.hparams.fid_repeats)]
         extractor: FeatureExtractor = self._frozen["extractor"].to(self.device)
         fids, scores = [], []
         for seed in seeds:
@@ -322,18 +324,14 @@ class GAN(MonitorsFID, pl.LightningModule):
             scores.append(inception_score(extractor.logits(fakes)))
         self._log_mean_and_spread("test/fid", fids)
         self.log("test/is", statistics.fmean(scores))
-        real_sets = floor_image_sets(self.trainer, n, len(seeds))
-        self._fid_settings = {"fid_n_real": int(fid.metric.real_features_num_samples), "fid_n_fake": n,
-                              "fid_noise_seeds": seeds, "fid_floor_train_slices": []}
-        if real_sets is not None:  # the floor: as many real train images as fakes, against the same test reference
-            floors = [fid.floor(real) for real in real_sets]
+        # The floor: as many real train images as fakes, against the same test reference (none without a split).
+        floors = [fid.floor(real) for real in floor_image_sets(self.trainer, n, len(seeds)) or []]
+        if floors:
             self._log_mean_and_spread("test/fid_floor", floors)
             self.log("test/fid_ratio", statistics.fmean(fids) / statistics.fmean(floors))
-            self._fid_settings["fid_floor_train_slices"] = [[i * n, (i + 1) * n] for i in range(len(real_sets))]
-
-    def _test_noise_seeds(self) -> list[int]:
-        first = self.hparams.noise_seed + FID_NOISE_OFFSET  # the first draw is val's: the same z as every epoch
-        return [first + i for i in range(self.hparams.fid_repeats)]
+        self._fid_settings = {"fid_n_real": int(fid.metric.real_features_num_samples), "fid_n_fake": n,
+                              "fid_noise_seeds": seeds,
+                              "fid_floor_train_slices": [[i * n, (i + 1) * n] for i in range(len(floors))]}
 
     def _log_mean_and_spread(self, name: str, values: list[float]) -> None:
         self.log(name, statistics.fmean(values))

@@ -82,7 +82,8 @@ def test_a_run_that_raises_ends_failed(project: Path) -> None:
     assert run.info.status == "FAILED"
 
 
-def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project: Path) -> None:
+def _kill_after_first_epoch() -> object:
+    """A callback that saves last.ckpt after epoch 0 and then raises, as a killed run would stop."""
     import lightning.pytorch as pl
 
     class KillAfterFirstEpoch(pl.Callback):
@@ -91,9 +92,13 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project:
                 trainer.save_checkpoint(trainer.checkpoint_callback.dirpath + "/last.ckpt")
                 raise Boom("killed")
 
+    return KillAfterFirstEpoch()
+
+
+def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project: Path) -> None:
     exp = experiment_from_params(load_params(), "hello_lstm")
     with pytest.raises(Boom):
-        run_seed(exp, 0, run_options(project, extra_callbacks=[KillAfterFirstEpoch()]))
+        run_seed(exp, 0, run_options(project, extra_callbacks=[_kill_after_first_epoch()]))
     state = seed_state_dir(exp, 0, run_options(project))
     assert (state / "ckpt" / "last.ckpt").is_file()
     resumed = run_seed(exp, 0, run_options(project))
@@ -105,19 +110,11 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project:
 
 
 def test_a_run_resumes_under_a_new_commit_and_records_what_changed(project: Path, monkeypatch) -> None:
-    import lightning.pytorch as pl
-
     import benchmarks.train
-
-    class KillAfterFirstEpoch(pl.Callback):
-        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            if trainer.current_epoch == 0:
-                trainer.save_checkpoint(trainer.checkpoint_callback.dirpath + "/last.ckpt")
-                raise Boom("killed")
 
     exp = experiment_from_params(load_params(), "hello_lstm")
     with pytest.raises(Boom):
-        run_seed(exp, 0, run_options(project, extra_callbacks=[KillAfterFirstEpoch()]))
+        run_seed(exp, 0, run_options(project, extra_callbacks=[_kill_after_first_epoch()]))
     (killed,) = _runs(project)
     first = killed.data.params
     # The code moved on before the resume: a new commit, and a model argument whose value differs.

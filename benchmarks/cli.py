@@ -21,6 +21,7 @@ def _options(params: dict[str, Any], progress: bool = True) -> Any:
         state_dir=Path(conf["state_dir"]),
         mlflow_experiment=conf["mlflow_experiment"],
         progress_bar=progress,
+        threads=conf["threads"],
     )
 
 
@@ -58,8 +59,32 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  f"{list(exp.seeds)}; add --seed N")
         opts.continue_from = Path(args.continue_from)
     summary = run_experiment(exp, opts, seeds=[args.seed] if args.seed is not None else None)
-    for key, stats in summary["summary"].items():
-        print(f"{exp.name} {key}: {stats['mean']:.4f} ± {stats['std']:.4f} (n={stats['n']})")
+    _print_summary(exp.name, summary)
+    return 0
+
+
+def _print_summary(name: str, summary: dict[str, Any]) -> None:
+    for key, stats in summary.get("summary", {}).items():
+        print(f"{name} {key}: {stats['mean']:.4f} ± {stats['std']:.4f} (n={stats['n']})")
+    missing = summary.get("missing_seeds")
+    if missing:
+        print(f"{name}: seeds {missing} not finished yet; run them (`archbench train {name} --seed N`), then "
+              f"`archbench collect {name}`")
+    truncated = [s for s, why in summary.get("stopped_by", {}).items() if why == "max_time"]
+    if truncated:
+        print(f"{name}: seeds {truncated} were cut by max_time (a safety limit): their numbers are marked truncated")
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from benchmarks.params import experiment_from_params, experiment_names, load_params, settings
+    from benchmarks.results import merge_seeds
+
+    params = load_params(args.params)
+    names = args.experiments or [n for n in experiment_names(params)
+                                 if (Path(settings(params)["results_dir"]) / n / "seeds").is_dir()]
+    exps = [experiment_from_params(params, n) for n in names]
+    for exp in exps:
+        _print_summary(exp.name, merge_seeds(exp, Path(settings(params)["results_dir"])))
     return 0
 
 
@@ -93,7 +118,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     params = load_params(args.params)
     best = run_study(params, args.study, _options(params, progress=not args.no_progress), n_trials=args.n_trials)
-    print(f"best {best['metric']} = {best['value']:.4f} with {best['params']}")
+    if best["value"] is None:  # this worker is done while others still run the study's first trials
+        print(f"study {best['study']}: no trial complete yet; other workers are still running")
+    else:
+        status = "" if best["complete"] else " so far (other workers are still running)"
+        print(f"best {best['metric']} = {best['value']:.4f} with {best['params']}{status}")
     return 0
 
 
@@ -144,8 +173,25 @@ def cmd_speed(args: argparse.Namespace) -> int:
     return speed_main(args.rest)
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer seed") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; seeds are integers >= 0")
+    return value
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors as the suite's one line (and exit code 2), not a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ArchbenchError(f"{message} (see `archbench {self.prog.partition(' ')[2]} --help`)".replace("  --", " --"))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="archbench", description="Reproducible, experiment-tracked benchmarks of classic neural architectures."
     )
     parser.add_argument("--params", default=None, help="params file (default: params.yaml or $ARCHBENCH_PARAMS)")
@@ -155,13 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one experiment (all its seeds, or --seed N)")
     p.add_argument("experiment")
-    p.add_argument("--seed", type=int, default=None, help="run only this seed")
+    p.add_argument("--seed", type=_seed, default=None, help="run only this seed (one of the experiment's seeds)")
     p.add_argument("--restart", action="store_true", help="ignore a resumable checkpoint and start over")
     p.add_argument("--continue-from", metavar="CKPT", default=None,
                    help="go on from another run's checkpoint (e.g. a finished run under a longer max_time): "
                         "weights, optimiser states, epoch and elapsed time come from it, in a new MLflow run")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("collect", help="merge every finished seed of experiments run as separate jobs into "
+                                       "results/<exp>/metrics.json and summary.json")
+    p.add_argument("experiments", nargs="*", help="experiment names (default: every experiment with seeds on disk)")
+    p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("suite", help="train every experiment of a profile, then write the report")
     p.add_argument("--profile", choices=["default", "full"], default="default")
@@ -198,18 +249,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.errors import DivergedError
+
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "speed":
-        args.rest = rest  # the benchmark parses its own options
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return int(args.func(args) or 0)
+        args, rest = parser.parse_known_args(argv)
+        if args.command == "speed":
+            args.rest = rest  # the benchmark parses its own options
+        elif rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        code = int(args.func(args) or 0)
+    except DivergedError as exc:
+        print(f"archbench: failed: {exc}", file=sys.stderr)
+        return 3
     except ArchbenchError as exc:
         print(f"archbench: error: {exc}", file=sys.stderr)
         return 2
+    _fast_exit(code)
+    return code
+
+
+def _fast_exit(code: int) -> None:
+    """Leave without the interpreter's slow teardown (1.5-2 s of module finalisers after a training run).
+
+    Only from the console script, after everything is written: streams are flushed and the MLflow client's
+    (every MLflow call here is synchronous). Tests call ``main`` in-process and keep the normal exit."""
+    if not getattr(sys, "_archbench_console", False) or "torch" not in sys.modules:
+        return
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def console() -> int:
+    sys._archbench_console = True  # type: ignore[attr-defined]
+    return main()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

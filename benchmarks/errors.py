@@ -7,3 +7,7 @@ class ArchbenchError(Exception):
     def __init__(self, message: str) -> None:
         # One line, always: the CLI prints it as is, and multi-line YAML/argparse errors are folded.
         super().__init__(" ".join(str(message).split()))
+
+
+class DivergedError(ArchbenchError):
+    """A run whose loss became NaN/inf or passed its bound: a failure, never a published number."""

@@ -22,6 +22,7 @@ from benchmarks.errors import ArchbenchError
 
 PARAMS_ENV = "ARCHBENCH_PARAMS"
 EXPERIMENT_SECTIONS = ("experiments", "full_experiments")
+SECTIONS = {"settings", "experiments", "full_experiments", "studies", "full_studies", "claims", "full_claims", "density"}
 EXPERIMENT_KEYS = {"model", "data", "model_args", "data_args", "trainer", "seeds", "description", "extends", "continues"}
 
 
@@ -66,8 +67,12 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     p = params_path(path)
     if not p.is_file():
         raise ArchbenchError(f"{p} not found: run from the project root or pass --params PATH (or set {PARAMS_ENV})")
+    if p.is_dir():
+        raise ArchbenchError(f"{p} is a folder, not a params file; pass --params PATH to a YAML file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ArchbenchError(f"{p} is not a text file (not UTF-8); point --params at a YAML params file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -75,6 +80,10 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
         raise ArchbenchError(f"{p} is not valid YAML{where}: {problem}; fix the syntax there") from None
     if not isinstance(data, dict):
         raise ArchbenchError(f"{p} must be a mapping of sections (experiments, studies, ...), got {type(data).__name__}")
+    unknown = sorted(set(data) - SECTIONS)
+    if unknown:
+        raise ArchbenchError(f"{p}: unknown section '{unknown[0]}' (known: {', '.join(sorted(SECTIONS))}); "
+                             f"fix its name or remove it")
     return data
 
 
@@ -163,12 +172,23 @@ def experiment_names(params: dict[str, Any], profile: str | None = None) -> list
 
 def settings(params: dict[str, Any]) -> dict[str, Any]:
     """Global settings with their defaults: where data, results and tracking live."""
+    # threads: one torch thread per job. On a shared 2-core machine two threads ran 3-8x slower under load
+    # than one, and jobs (seeds, trials, claim cells) run side by side; raise it for a single job on a big machine.
     defaults = {"data_dir": "data", "results_dir": "results", "state_dir": ".archbench", "mlflow_experiment": "archbench",
-                "optuna_storage": "sqlite:///optuna.db"}
+                "optuna_storage": "sqlite:///optuna.db", "threads": 1}
     given = params.get("settings") or {}
     if not isinstance(given, dict):
         raise ArchbenchError("params section 'settings' must be a mapping")
     unknown = set(given) - set(defaults)
     if unknown:
         raise ArchbenchError(f"settings: unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(defaults))})")
-    return defaults | given
+    merged = defaults | given
+    threads = merged["threads"]
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ArchbenchError(f"settings.threads must be a positive integer (torch threads per job), got {threads!r}")
+    for key in ("data_dir", "results_dir", "state_dir", "mlflow_experiment", "optuna_storage"):
+        if not isinstance(merged[key], str) or not merged[key]:
+            if key == "data_dir" and merged[key] is None:
+                continue
+            raise ArchbenchError(f"settings.{key} must be a non-empty string, got {merged[key]!r}")
+    return merged

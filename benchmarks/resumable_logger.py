@@ -22,7 +22,7 @@ PARAM_CHARS = 250
 class ResumableMLFlowLogger(MLFlowLogger):
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
-        flat = {k: str(v)[:PARAM_CHARS] for k, v in _flatten_dict(_convert_params(params)).items()}
+        flat = {k: _one_line(v) for k, v in _flatten_dict(_convert_params(params)).items()}
         logged = self.experiment.get_run(self.run_id).data.params
         changed = {k: v for k, v in flat.items() if k in logged and logged[k] != v}
         for key, value in changed.items():
@@ -30,3 +30,11 @@ class ResumableMLFlowLogger(MLFlowLogger):
         fresh = {k: v for k, v in flat.items() if k not in logged}
         if fresh:
             super().log_hyperparams(fresh)
+
+
+def _one_line(value: Any) -> str:
+    """A param as one line: control characters (a vocabulary's end-of-word newline) are shown escaped."""
+    text = str(value)
+    if any(ch in text for ch in "\n\r\t"):
+        text = text.encode("unicode_escape").decode("ascii")
+    return text[:PARAM_CHARS]

@@ -1,31 +1,32 @@
 """Training one experiment: every seed through Lightning, tracked in MLflow, written for DVC.
 
-Per seed, a state folder (outside DVC's outputs, which DVC deletes before a stage runs) keeps the last
-checkpoint and the MLflow run id, so a killed run resumes where it stopped, in the same MLflow run.
+Order matters here. Everything that can reject the input (names, values, budget, Trainer arguments, data,
+model arguments, folders) runs before the first file or MLflow run is written. Per seed, a state folder
+(outside DVC's outputs, which DVC deletes before a stage runs; see run_state.py) keeps the last checkpoint
+and the MLflow run id, so a killed run resumes where it stopped, in the same MLflow run.
+
+Under DDP every process runs this function (Lightning's launcher re-runs the command); only global rank 0
+writes files or talks to MLflow.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
-import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from benchmarks.build import build_datamodule, build_model, check_experiment, trainer_args
-from benchmarks.errors import ArchbenchError
+from benchmarks.errors import ArchbenchError, DivergedError
 from benchmarks.params import Experiment
-from benchmarks.tracking import (
-    artifact_location,
-    flatten,
-    git_commit,
-    package_versions,
-    set_status,
-    tracking_uri,
-)
+from benchmarks.results import load_seed_results, merge_seeds, seed_results_dir, write_seed_results
+from benchmarks.run_state import Fingerprint, check_checkpoint, discard_checkpoints, resume_point, write_fingerprint
+
+__all__ = ["RunOptions", "run_seed", "run_experiment", "seed_state_dir", "load_seed_results", "merge_seeds",
+           "seed_results_dir", "validate_run"]
 
 
 @dataclass
@@ -46,24 +47,65 @@ class RunOptions:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     trainer_overrides: dict[str, Any] = field(default_factory=dict)
     progress_bar: bool = True
+    threads: int | None = 1  # torch intra-op threads; one per job when jobs share a small machine
+    datamodule: Any = None  # a built datamodule to reuse (a study builds it once for all its trials)
+    skip_test: bool = False  # a study's trials are judged on validation; their test pass would be unused
+    monitor: str | None = None  # checkpoint on this metric instead of the model's own
+    on_run_created: Callable[[str], None] | None = None  # told the MLflow run id as soon as it exists
+    divergence_ratio: float = 100.0  # a training loss this many times its first value means divergence
 
 
 def seed_state_dir(exp: Experiment, seed: int, opts: RunOptions) -> Path:
     return opts.state_dir / "runs" / exp.name / f"seed{seed}-{exp.config_hash()}"
 
 
-def _make_logger(exp: Experiment, seed: int, opts: RunOptions, run_id: str | None) -> Any:
-    from benchmarks.resumable_logger import ResumableMLFlowLogger
+def _is_global_zero() -> bool:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    tags = {"experiment": exp.name, "seed": str(seed), "model": exp.model, "data": exp.data, "profile": exp.profile}
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def validate_run(exp: Experiment, opts: RunOptions) -> dict[str, Any]:
+    """Every check that needs no data, before anything is written; returns the Trainer arguments."""
+    from benchmarks.validate import check_budget, check_trainer, check_values, check_writable
+
+    check_experiment(exp)
+    check_values(exp)
+    args = trainer_args(exp, opts.trainer_overrides)
+    check_budget(exp, args)
+    if opts.results_dir is not None:
+        check_writable(opts.results_dir, "results_dir")
+    check_writable(opts.state_dir, "state_dir")
+    check_trainer(exp, args)
+    return args
+
+
+def _make_logger(exp: Experiment, seed: int, opts: RunOptions, run_id: str | None, commit: str) -> Any:
+    from benchmarks.resumable_logger import ResumableMLFlowLogger
+    from benchmarks.tracking import artifact_location, tracking_uri
+
+    tags = {"experiment": exp.name, "seed": str(seed), "model": exp.model, "data": exp.data, "profile": exp.profile,
+            "mlflow.source.git.commit": commit.removesuffix("-dirty"), "git_dirty": str(commit.endswith("-dirty")),
+            "mlflow.note.content": exp.description or f"{exp.model} on {exp.data}"}
     return ResumableMLFlowLogger(
-        experiment_name=opts.mlflow_experiment,
-        run_name=f"{exp.name}/seed{seed}",
-        tracking_uri=tracking_uri(opts.project_dir),
-        artifact_location=artifact_location(opts.project_dir),
-        tags=tags | opts.tags,
-        run_id=run_id,
+        experiment_name=opts.mlflow_experiment, run_name=f"{exp.name}/seed{seed}",
+        tracking_uri=tracking_uri(opts.project_dir), artifact_location=artifact_location(opts.project_dir),
+        tags=tags | opts.tags, run_id=run_id,
     )
+
+
+def _close_stale_run(run_id_file: Path, opts: RunOptions) -> None:
+    """A run killed before its first checkpoint cannot be resumed: its MLflow run is closed, not left RUNNING."""
+    from benchmarks.tracking import set_status, tracking_uri
+
+    if run_id_file.is_file() and run_id_file.read_text().strip():
+        from mlflow.tracking import MlflowClient
+
+        run_id = run_id_file.read_text().strip()
+        client = MlflowClient(tracking_uri=tracking_uri(opts.project_dir))
+        if client.get_run(run_id).info.status == "RUNNING":
+            set_status(run_id, "KILLED", tracking_uri(opts.project_dir))
+        run_id_file.unlink()
 
 
 def _continued_checkpoint(exp: Experiment, seed: int, opts: RunOptions) -> Path:
@@ -76,151 +118,174 @@ def _continued_checkpoint(exp: Experiment, seed: int, opts: RunOptions) -> Path:
     return ckpt
 
 
-def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
-    """Train, validate and test one seed; returns {'metrics', 'timing', 'settings', 'run_id'}."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-
-    from benchmarks.callbacks import CurveWriter, SampleLogger
-
-    check_experiment(exp)
-    state = seed_state_dir(exp, seed, opts)
-    if not opts.resume or (state / "done.json").exists():
-        shutil.rmtree(state, ignore_errors=True)
-    state.mkdir(parents=True, exist_ok=True)
-    last = state / "ckpt" / "last.ckpt"
-    resume_from = str(last) if opts.resume and last.is_file() else None
+def _start_point(exp: Experiment, seed: int, opts: RunOptions, state: Path, fp: Fingerprint
+                 ) -> tuple[str | None, RunOptions]:
+    """The checkpoint this seed starts from (its own last one, or another run's), and the options it implies."""
+    if _is_global_zero():
+        resume_from = resume_point(state, fp, opts.resume, exp.name)
+    else:  # rank 0 has already decided and cleared; the other ranks follow what is on disk
+        last = state / "ckpt" / "last.ckpt"
+        resume_from = str(last) if opts.resume and last.is_file() else None
     if resume_from is None and opts.continue_from is None and exp.continues:
         opts = replace(opts, continue_from=_continued_checkpoint(exp, seed, opts))
     if resume_from is None and opts.continue_from is not None:
         if not Path(opts.continue_from).is_file():
             raise ArchbenchError(f"--continue-from {opts.continue_from}: no such checkpoint; pass a run's "
                                  f"ckpt/last.ckpt (under {opts.state_dir / 'runs'}) or drop the option")
+        check_checkpoint(Path(opts.continue_from), exp.name)
         resume_from = str(opts.continue_from)
         opts = replace(opts, tags=opts.tags | {"continued_from": resume_from})
-    run_id_file = state / "run_id"
-    old_run_id = run_id_file.read_text().strip() if resume_from and run_id_file.is_file() else None
+    return resume_from, opts
 
+
+def _finite_metrics(exp: Experiment, seed: int, tested: list[dict[str, Any]], skip_test: bool) -> dict[str, float]:
+    if not tested and not skip_test:
+        raise ArchbenchError(f"experiment '{exp.name}' seed {seed}: the test pass logged no metric; check the data "
+                             f"(an empty or garbage test split?)")
+    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v) and "loss" in k)
+    if bad:
+        raise DivergedError(f"experiment '{exp.name}' seed {seed}: {bad[0]} is {metrics[bad[0]]} on the test set; "
+                            f"nothing was published; lower the learning rate or fix the data")
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}
+
+
+def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
+    """Train, validate and test one seed; returns {'metrics', 'stopped_by', 'timing', 'settings', 'run_id', ...}."""
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from benchmarks.callbacks import CurveWriter, SampleLogger
+    from benchmarks.guards import DivergenceGuard, stopped_by
+    from benchmarks.provenance import code_hash, git_commit, lock_state, machine
+    from benchmarks.tracking import package_versions, set_status, tracking_uri
+
+    args = validate_run(exp, opts)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    rank0 = _is_global_zero()
     # Seed before anything random is built: weights, dataloader shuffling, workers, sampling noise.
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm = build_datamodule(exp, opts.data_dir)
+    dm = opts.datamodule if opts.datamodule is not None else build_datamodule(exp, opts.data_dir)
     model = build_model(exp, dm, opts.model_overrides)
-
-    logger = _make_logger(exp, seed, opts, old_run_id)
-    run_id = logger.run_id
-    run_id_file.write_text(run_id)
     data_hash = dm.content_hash()
+    fp = Fingerprint(exp.config_hash(), data_hash, code_hash())
+    state = seed_state_dir(exp, seed, opts)
+    resume_from, opts = _start_point(exp, seed, opts, state, fp)
+    run_id_file = state / "run_id"
+    commit = git_commit(opts.project_dir)
+    logger, run_id = None, None
+    if rank0:
+        state.mkdir(parents=True, exist_ok=True)
+        write_fingerprint(state, fp)
+        if resume_from is None or opts.continue_from is not None:
+            _close_stale_run(run_id_file, opts)
+        old_run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
+        logger = _make_logger(exp, seed, opts, old_run_id, commit)
+        run_id = logger.run_id
+        run_id_file.write_text(run_id)
+        if opts.on_run_created is not None:
+            opts.on_run_created(run_id)
+    else:
+        logger = _make_logger(exp, seed, opts, None, commit)  # rank-zero-only inside: writes nothing here
     # Trainable parameters, so models of "comparable size" can be checked rather than assumed.
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    extra = {f"exp.{k}": v for k, v in flatten(exp.as_dict()).items()}
-    logger.log_hyperparams(
-        extra | {"seed": seed, "data_hash": data_hash, "git_commit": git_commit(opts.project_dir), "config_hash": exp.config_hash(),
-                 "parameters": n_params}
-        | package_versions()
-    )
+    # The model's own arguments reach MLflow through Lightning (save_hyperparameters); these are the rest.
+    extra = {f"exp.{k}": v for k, v in _flat(exp.as_dict()).items() if not k.startswith("model_args.")}
+    logger.log_hyperparams(extra | {"seed": seed, "data_hash": data_hash, "git_commit": commit, "code_hash": fp.code_hash,
+                                    "config_hash": exp.config_hash(), "parameters": n_params} | package_versions())
     # A model may choose what "best" means (a GAN keeps the best validation FID); the default is val/loss.
-    monitor, mode = getattr(model, "monitor", "val/loss"), getattr(model, "monitor_mode", "min")
-    checkpoint = ModelCheckpoint(
-        dirpath=state / "ckpt", filename="best", monitor=monitor, mode=mode, auto_insert_metric_name=False
-    )
-    # last.ckpt every epoch, whatever the monitor did: Lightning 2.6's save_last only writes it on epochs
-    # that improved the best, so a killed run would resume from the best epoch and lose the ones after.
-    # Listed after ``checkpoint`` so the file carries the best score of the same epoch.
+    monitor = opts.monitor or getattr(model, "monitor", "val/loss")
+    mode = getattr(model, "monitor_mode", "min") if monitor == getattr(model, "monitor", "val/loss") else _direction(monitor)
+    checkpoint = ModelCheckpoint(dirpath=state / "ckpt", filename="best", monitor=monitor, mode=mode,
+                                 auto_insert_metric_name=False)
+    # last.ckpt every epoch, whatever the monitor did: Lightning 2.6's save_last only writes it on epochs that
+    # improved the best. Listed after ``checkpoint`` so the file carries the best score of the same epoch.
     latest = ModelCheckpoint(dirpath=state / "ckpt", filename="last", enable_version_counter=False)
-    callbacks = [checkpoint, latest, CurveWriter(state / "curve.csv"), SampleLogger(state / "samples"), *opts.extra_callbacks]
+    guard = DivergenceGuard(ratio=opts.divergence_ratio)
+    callbacks = [guard, checkpoint, latest, CurveWriter(state / "curve.csv"), SampleLogger(state / "samples"),
+                 *opts.extra_callbacks]
     if opts.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    trainer = pl.Trainer(
-        **trainer_args(exp, opts.trainer_overrides),
-        logger=logger,
-        callbacks=callbacks,
-        default_root_dir=state,
-        enable_progress_bar=opts.progress_bar,
-        enable_model_summary=False,
-    )
+    trainer = pl.Trainer(**args, logger=logger, callbacks=callbacks, default_root_dir=state,
+                         enable_progress_bar=opts.progress_bar, enable_model_summary=False)
     try:
         started = time.perf_counter()
         trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
         fit_s = time.perf_counter() - started
-        tested = trainer.test(model, datamodule=dm, ckpt_path="best" if checkpoint.best_model_path else None, verbose=False)
+        stop = stopped_by(trainer, guard)
+        if stop == "diverged":
+            raise DivergedError(f"experiment '{exp.name}' seed {seed} diverged: {guard.reason}; nothing was published; "
+                                f"lower the learning rate (or raise divergence_ratio if this loss may grow)")
+        tested = [] if opts.skip_test else trainer.test(
+            model, datamodule=dm, ckpt_path="best" if checkpoint.best_model_path else None, verbose=False)
+        metrics = _finite_metrics(exp, seed, tested, opts.skip_test)
     except BaseException as exc:
-        set_status(run_id, "KILLED" if type(exc).__name__ == "TrialPruned" else "FAILED", tracking_uri(opts.project_dir))
+        killed = isinstance(exc, (KeyboardInterrupt, SystemExit))  # Lightning turns Ctrl-C into SystemExit
+        if rank0:
+            pruned = type(exc).__name__ == "TrialPruned"
+            set_status(run_id, "KILLED" if killed or pruned else "FAILED", tracking_uri(opts.project_dir))
+            if not killed:  # a failed run leaves nothing that a later run would resume
+                discard_checkpoints(state)
         raise
-    metrics = {k: float(v) for k, v in tested[0].items()}
     if checkpoint.best_model_score is not None:
         metrics[f"{monitor}_best"] = float(checkpoint.best_model_score)
+    budget = {k: args.get(k) for k in ("max_epochs", "max_steps", "max_time")}
     result = {
-        "experiment": exp.name,
-        "seed": seed,
-        "run_id": run_id,
-        "metrics": metrics,
-        "timing": {"fit_s": round(fit_s, 2), "epochs": trainer.current_epoch, "device": str(model.device)},
-        "settings": {"data_hash": data_hash, "data": dm.describe(), "config_hash": exp.config_hash(), "parameters": n_params}
-        | getattr(model, "metric_settings", lambda: {})(),
+        "experiment": exp.name, "seed": seed, "metrics": metrics, "stopped_by": stop, "epochs": trainer.current_epoch,
+        "steps": trainer.global_step, "budget": budget, "config_hash": exp.config_hash(), "code_hash": fp.code_hash,
+        "data_hash": data_hash,
+        "settings": {"data_hash": data_hash, "data": dm.describe(), "config_hash": exp.config_hash(),
+                     "parameters": n_params} | getattr(model, "metric_settings", lambda: {})(),
     }
-    client = logger.experiment
-    for path in (checkpoint.best_model_path, latest.best_model_path):
-        if path:
-            client.log_artifact(run_id, path, "checkpoints")
-    client.log_dict(run_id, result, "metrics.json")
-    (state / "done.json").write_text(json.dumps(result, indent=2))
-    if opts.results_dir is not None:
-        _write_seed_results(opts.results_dir / exp.name, seed, state, checkpoint.best_model_path, result)
-    return result
+    provenance = {"run_id": run_id, "tracking_uri": tracking_uri(opts.project_dir), "git_commit": commit,
+                  "dvc_lock": lock_state(opts.project_dir), "machine": machine(torch.get_num_threads()),
+                  "device": str(model.device), "fit_s": round(fit_s, 2), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if rank0:
+        client = logger.experiment
+        client.set_tag(run_id, "stopped_by", stop)
+        for path in (checkpoint.best_model_path, latest.best_model_path):
+            if path:
+                client.log_artifact(run_id, path, "checkpoints")
+        client.log_dict(run_id, result | {"provenance": provenance}, "result.json")
+        (state / "done.json").write_text(json.dumps(result, indent=2, default=str))
+        if opts.results_dir is not None:
+            write_seed_results(opts.results_dir / exp.name, state, checkpoint.best_model_path, result, provenance)
+    return result | {"run_id": run_id, "provenance": provenance,
+                     "timing": {"fit_s": round(fit_s, 2), "epochs": trainer.current_epoch, "device": str(model.device)}}
 
 
-def seed_results_dir(out: Path, seed: int) -> Path:
-    """results/<exp>/seeds/seed_N/: one seed's metrics, samples and best checkpoint."""
-    return out / "seeds" / f"seed_{seed}"
+def _direction(key: str) -> str:
+    from benchmarks.metric_keys import direction
+
+    found = direction(key)
+    return "max" if found == "max" else "min"
 
 
-def _write_seed_results(out: Path, seed: int, state: Path, best_ckpt: str, result: dict[str, Any]) -> None:
-    """results/<exp>/seeds/seed_N/ (metrics, samples, best checkpoint) and results/<exp>/curves/seed_N.csv.
-
-    Curves sit apart from the seed folders because DVC tracks them as plots and the rest as outputs.
-    """
-    seed_dir = seed_results_dir(out, seed)
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    (seed_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-    if (state / "curve.csv").is_file():
-        (out / "curves").mkdir(parents=True, exist_ok=True)
-        shutil.copy(state / "curve.csv", out / "curves" / f"seed_{seed}.csv")
-    if (state / "samples").is_dir():
-        shutil.copytree(state / "samples", seed_dir / "samples", dirs_exist_ok=True)
-    if best_ckpt:
-        shutil.copy(best_ckpt, seed_dir / "best.ckpt")
-
-
-def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample std over seeds for every metric (std is 0 for a single seed)."""
-    keys = sorted({k for r in results for k in r["metrics"]})
-    summary: dict[str, Any] = {}
-    for key in keys:
-        values = [r["metrics"][key] for r in results if key in r["metrics"] and math.isfinite(r["metrics"][key])]
-        if values:
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            summary[key] = {"mean": statistics.fmean(values), "std": std, "n": len(values)}
-    return summary
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; MLflow params are flat one-line strings."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = " ".join(str(value).split()) if isinstance(value, str) else value
+    return flat
 
 
 def run_experiment(exp: Experiment, opts: RunOptions, seeds: list[int] | None = None) -> dict[str, Any]:
-    """All seeds of one experiment, then results/<exp>/metrics.json with the per-seed and summary numbers."""
-    check_experiment(exp)
+    """The chosen seeds (all by default) of one experiment, then the merge of every finished seed on disk."""
+    from benchmarks.results import aggregate
+    from benchmarks.validate import check_seed_choice
+
+    validate_run(exp, opts)
+    check_seed_choice(exp, seeds)
     chosen = list(seeds) if seeds else list(exp.seeds)
     results = [run_seed(exp, seed, opts) for seed in chosen]
-    summary = {
-        "experiment": exp.name,
-        "model": exp.model,
-        "data": exp.data,
-        "profile": exp.profile,
-        "seeds": chosen,
-        "summary": aggregate(results),
-        "per_seed": {str(r["seed"]): r["metrics"] for r in results},
-        "settings": results[0]["settings"],
-        "wall_time_s": round(sum(r["timing"]["fit_s"] for r in results), 2),
-    }
-    if opts.results_dir is not None:
-        out = opts.results_dir / exp.name
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    if not _is_global_zero():
+        return {"experiment": exp.name, "summary": aggregate(results)}
+    if opts.results_dir is None:
+        return {"experiment": exp.name, "seeds": chosen, "summary": aggregate(results),
+                "per_seed": {str(r["seed"]): r["metrics"] for r in results}}
+    return merge_seeds(exp, opts.results_dir)

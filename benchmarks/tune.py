@@ -1,22 +1,53 @@
-"""Optuna studies from params.yaml: a seeded TPE sampler, median pruning on the validation loss through
-Optuna's Lightning callback, durable storage (rerunning continues the study up to ``n_trials``), and one
-MLflow parent run per study with a nested run per trial."""
+"""Optuna studies from params.yaml, run by any number of workers that share one RDB storage.
+
+Each ``archbench tune NAME`` is a worker: SQLite storage serves workers on one machine, PostgreSQL
+(``OPTUNA_STORAGE``) workers on many. A study ends with exactly ``n_trials`` finished (COMPLETE + PRUNED)
+trials whatever the number of workers:
+- ``MaxTrialsCallback`` stops a worker once the storage holds ``n_trials`` finished trials;
+- a worker may still have started a trial just before another one finished the last: every trial, once
+  RUNNING, is admitted only if ``finished + (RUNNING trials started before it) < n_trials``. Otherwise it
+  waits while those may still fail, and fails itself as ``not_needed`` once enough have finished. With
+  one agreed order (start time, then number), the last admitted trial saw every earlier one, so no more
+  than ``n_trials`` can finish; a failure frees a slot for a waiting or later trial.
+Heartbeats fail the trials of a killed worker (``heartbeat_s``, 30 by default; stale after 4 beats); the
+one who fails it closes its MLflow run and retries it (``max_retry``) while the study still needs it.
+One MLflow parent run per study: the worker whose ``create_study`` succeeds (the storage's unique name is
+the guard) creates it, and the worker that finished the last counted trial closes it and writes
+``best_params.json``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import socket
+import time
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
-from benchmarks.errors import ArchbenchError
+from benchmarks.errors import ArchbenchError, DivergedError
 from benchmarks.params import Experiment, experiment_from_params, settings
 from benchmarks.train import RunOptions, run_seed
 
-STUDY_KEYS = {"experiment", "n_trials", "metric", "direction", "seed", "pruner", "search_space", "trainer", "description"}
+STUDY_KEYS = {"experiment", "n_trials", "metric", "direction", "seed", "pruner", "search_space", "trainer",
+              "description", "heartbeat_s", "max_retry"}
 STORAGE_ENV = "OPTUNA_STORAGE"
+PRUNER_KEYS = {"median": {"n_startup_trials", "n_warmup_steps", "interval_steps"},
+               "percentile": {"percentile", "n_startup_trials", "n_warmup_steps", "interval_steps"},
+               "hyperband": {"min_resource", "max_resource", "reduction_factor"},
+               "none": set()}
+SPEC_KEYS = {"int": {"type", "low", "high", "step", "log"}, "float": {"type", "low", "high", "step", "log"},
+             "categorical": {"type", "choices"}}
+PARENT_WAIT_S = 60.0
+
+
+class TrialNotNeeded(Exception):
+    """A trial started while the last needed ones were finishing; it fails so the count stays exact."""
 
 
 def study_config(params: dict[str, Any], name: str) -> dict[str, Any]:
@@ -31,158 +62,483 @@ def study_config(params: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(conf.get("search_space"), dict) or not conf["search_space"]:
         raise ArchbenchError(f"study '{name}': 'search_space' must map model_args names to distributions")
     if conf.get("direction", "minimize") not in ("minimize", "maximize"):
-        raise ArchbenchError(f"study '{name}': direction must be minimize or maximize")
-    if not isinstance(conf.get("n_trials"), int) or conf["n_trials"] < 1:
-        raise ArchbenchError(f"study '{name}': n_trials must be a positive integer")
+        raise ArchbenchError(f"study '{name}': direction must be minimize or maximize, got {conf.get('direction')!r}")
+    check_positive(name, "n_trials", conf.get("n_trials"))
+    check_positive(name, "heartbeat_s", conf.get("heartbeat_s", 30))
+    if not isinstance(conf.get("max_retry", 2), int) or conf.get("max_retry", 2) < 0:
+        raise ArchbenchError(f"study '{name}': max_retry must be a non-negative integer")
+    check_pruner(name, conf.get("pruner"))
+    for key, spec in conf["search_space"].items():
+        check_spec(name, key, spec)
+    check_metric(name, conf.get("metric", "val/loss"), conf.get("direction", "minimize"))
     return conf
 
 
-def suggest(trial: Any, space: dict[str, dict[str, Any]], study: str) -> dict[str, Any]:
+def check_positive(study: str, key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ArchbenchError(f"study '{study}': {key} must be a positive integer, got {value!r}")
+
+
+def check_pruner(study: str, conf: Any) -> None:
+    if conf is None:
+        return
+    if not isinstance(conf, dict):
+        raise ArchbenchError(f"study '{study}': pruner must be a mapping such as {{kind: median, n_startup_trials: 2}}, got {conf!r}")
+    kind = conf.get("kind", "median")
+    if kind not in PRUNER_KEYS:
+        raise ArchbenchError(f"study '{study}': unknown pruner kind {kind!r} (known: {', '.join(PRUNER_KEYS)})")
+    bad = sorted(set(conf) - PRUNER_KEYS[kind] - {"kind", "sampler_startup_trials"})
+    if bad:
+        allowed = ", ".join(sorted(PRUNER_KEYS[kind] | {"kind", "sampler_startup_trials"}))
+        raise ArchbenchError(f"study '{study}': pruner key '{bad[0]}' does not apply to the {kind} pruner (allowed: {allowed})")
+
+
+def check_spec(study: str, key: str, spec: Any) -> None:
+    where = f"study '{study}': search_space.{key}"
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind not in SPEC_KEYS:
+        raise ArchbenchError(f"{where} needs type int, float or categorical, got {kind!r}")
+    bad = sorted(set(spec) - SPEC_KEYS[kind])
+    if bad:
+        raise ArchbenchError(f"{where}: unknown key '{bad[0]}' for a {kind} (allowed: {', '.join(sorted(SPEC_KEYS[kind]))})")
+    if kind == "categorical":
+        if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+            raise ArchbenchError(f"{where}: choices must be a non-empty list")
+        return
+    low, high = spec.get("low"), spec.get("high")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise ArchbenchError(f"{where}: low and high must be numbers, got {low!r} and {high!r}")
+    if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
+        raise ArchbenchError(f"{where}: an int range needs integer low and high, got {low!r} and {high!r}")
+    if low > high:
+        raise ArchbenchError(f"{where}: low ({low}) is above high ({high})")
+    if spec.get("log") and low <= 0:
+        raise ArchbenchError(f"{where}: a log range needs low > 0, got {low}")
+    if spec.get("log") and spec.get("step") not in (None, 1):
+        raise ArchbenchError(f"{where}: a log range takes no step")
+
+
+def check_metric(study: str, metric: Any, direction: str) -> None:
+    """The objective must be a validation key of the vocabulary (test keys must not choose hyperparameters)."""
+    from benchmarks.metric_keys import lookup
+
+    if not isinstance(metric, str) or not metric.startswith("val/"):
+        raise ArchbenchError(f"study '{study}': metric {metric!r} is not a validation key; tune on a val/ metric (e.g. val/loss)")
+    known = lookup(metric)
+    if known is None:
+        raise ArchbenchError(f"study '{study}': metric '{metric}' is not in the metric vocabulary (benchmarks/metric_keys.py); use a key the model logs, e.g. val/loss")
+    wanted = {"min": "minimize", "max": "maximize"}.get(known.direction)
+    if wanted and wanted != direction:
+        raise ArchbenchError(f"study '{study}': {metric} is better when {known.direction}imised; set direction: {wanted}")
+
+
+def definition_hash(conf: dict[str, Any], base: Experiment) -> str:
+    """What a trial's value depends on; n_trials, description and worker settings may change as a study goes on."""
+    keys = ("metric", "direction", "seed", "pruner", "search_space", "trainer")
+    return hashlib.sha256(json.dumps([{k: conf.get(k) for k in keys}, base.as_dict()], sort_keys=True, default=str)
+                          .encode()).hexdigest()[:12]
+
+
+def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     chosen = {}
     for key, spec in space.items():
-        kind = spec.get("type")
-        if kind == "int":
+        if spec["type"] == "int":
             chosen[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False))
-        elif kind == "float":
-            chosen[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=spec.get("log", False))
-        elif kind == "categorical":
-            choices = spec["choices"]
-            if any(isinstance(c, (list, dict)) for c in choices):
-                # Optuna stores only scalar choices: suggest their JSON text and decode it.
-                chosen[key] = json.loads(trial.suggest_categorical(key, [json.dumps(c) for c in choices]))
-            else:
-                chosen[key] = trial.suggest_categorical(key, choices)
+        elif spec["type"] == "float":
+            chosen[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
+                                              log=spec.get("log", False))
+        elif any(isinstance(c, (list, dict)) for c in spec["choices"]):
+            # Optuna stores only scalar choices: suggest their JSON text and decode it.
+            chosen[key] = json.loads(trial.suggest_categorical(key, [json.dumps(c) for c in spec["choices"]]))
         else:
-            raise ArchbenchError(f"study '{study}': search_space.{key} needs type int, float or categorical, got {kind!r}")
+            chosen[key] = trial.suggest_categorical(key, spec["choices"])
     return chosen
 
 
-def _storage(params: dict[str, Any]) -> Any:
+def storage_url(params: dict[str, Any], project_dir: Path) -> str:
+    from benchmarks.tracking import resolve_uri
+
+    return resolve_uri(os.environ.get(STORAGE_ENV) or settings(params)["optuna_storage"], project_dir)
+
+
+def shown_url(url: str) -> str:
+    """The storage URL without its password, for messages and tags."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _storage(url: str, heartbeat_s: int, on_stale: Any) -> Any:
+    import inspect
+
     import optuna
 
-    url = os.environ.get(STORAGE_ENV) or settings(params).get("optuna_storage") or "sqlite:///optuna.db"
-    # Heartbeats let a rerun mark trials of a killed process as failed instead of leaving them RUNNING.
-    return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+    from benchmarks.tracking import sqlite_creation_lock
+
+    kwargs: dict[str, Any] = {"heartbeat_interval": heartbeat_s, "grace_period": 4 * heartbeat_s}
+    # Optuna 4.9 renamed failed_trial_callback; pass whichever this version takes.
+    names = inspect.signature(optuna.storages.RDBStorage).parameters
+    kwargs["heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names else "failed_trial_callback"] = on_stale
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # workers wait for SQLite's write lock
+    with warnings.catch_warnings(), sqlite_creation_lock(url):
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, **kwargs)
 
 
-def _parent_run(study: Any, name: str, opts: RunOptions) -> str:
-    """The study's MLflow parent run: created once, reopened when the study continues."""
-    from mlflow.tracking import MlflowClient
+def _fail_stale(study: Any) -> None:
+    import optuna
 
-    from benchmarks.tracking import artifact_location, tracking_uri
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
-    client = MlflowClient(tracking_uri=tracking_uri(opts.project_dir))
-    run_id = study.user_attrs.get("mlflow_parent_run_id")
-    if run_id:
-        client.update_run(run_id, status="RUNNING")
-        return run_id
-    exp = client.get_experiment_by_name(opts.mlflow_experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(opts.mlflow_experiment, artifact_location(opts.project_dir))
-    run = client.create_run(exp_id, run_name=f"study:{name}", tags={"optuna.study": study.study_name})
-    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
-    return run.info.run_id
+
+def _counts(study: Any) -> tuple[int, list[Any]]:
+    """(finished = COMPLETE + PRUNED, RUNNING trials), read from the storage."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    return (sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials),
+            [t for t in trials if t.state == TrialState.RUNNING])
+
+
+def _order(trial: Any) -> tuple[float, int]:
+    return (trial.datetime_start.timestamp() if trial.datetime_start else math.inf, trial.number)
+
+
+def _admit(study: Any, number: int, target: int, poll_s: float) -> bool:
+    """True when this RUNNING trial is needed; waits while earlier running trials may still fail."""
+    while True:
+        finished, running = _counts(study)
+        if finished >= target:
+            return False
+        me = next((t for t in running if t.number == number), None)
+        if me is None:  # failed as stale under us: its result could not be told anyway
+            return False
+        ahead = [t for t in running if _order(t) < _order(me)]
+        if finished + len(ahead) < target:
+            return True
+        _fail_stale(study)
+        time.sleep(poll_s)
+
+
+class Tracker:
+    """The study's MLflow side: the experiment, the parent run, and closing the runs a trial leaves behind."""
+
+    def __init__(self, opts: RunOptions) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from benchmarks.tracking import ensure_tracking_store, tracking_uri
+
+        self.uri = tracking_uri(opts.project_dir)
+        ensure_tracking_store(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.opts = opts
+
+    def experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        from benchmarks.tracking import artifact_location
+
+        exp = self.client.get_experiment_by_name(self.opts.mlflow_experiment)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(self.opts.mlflow_experiment, artifact_location(self.opts.project_dir))
+        except MlflowException:  # another worker created it in between
+            return self.client.get_experiment_by_name(self.opts.mlflow_experiment).experiment_id
+
+    def create_parent(self, name: str, conf: dict[str, Any], digest: str, url: str) -> str:
+        from benchmarks.tracking import flatten
+
+        tags = {"optuna.study": name, "archbench.role": "study", "definition_hash": digest,
+                "optuna.storage": shown_url(url), "mlflow.note.content": conf.get("description") or f"Optuna study {name}"}
+        run = self.client.create_run(self.experiment_id(), run_name=f"study:{name}", tags=tags)
+        params = {"experiment": conf["experiment"], "metric": conf.get("metric", "val/loss"), "seed": conf.get("seed", 0),
+                  "direction": conf.get("direction", "minimize")}
+        params |= {f"space.{k}": v for k, v in flatten(conf["search_space"]).items()}
+        params |= {f"pruner.{k}": v for k, v in (conf.get("pruner") or {}).items()}
+        for key, value in params.items():
+            self.client.log_param(run.info.run_id, key, str(value)[:250])
+        return run.info.run_id
+
+    def close_trial(self, study: Any, trial: Any, status: str) -> None:
+        """End every RUNNING run of a trial: the one its user attr names, and any tagged with its number
+        (a run created just before its worker died, before the attr was written)."""
+        from benchmarks.tracking import end_run
+
+        end_run(trial.user_attrs.get("mlflow_run_id"), status, self.uri)
+        exp_id = study.user_attrs.get("mlflow_experiment_id")
+        if exp_id:
+            found = self.client.search_runs([exp_id], filter_string=(
+                f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial` = '{trial.number}' "
+                "and attributes.status = 'RUNNING'"))
+            for run in found:
+                self.client.set_terminated(run.info.run_id, status)
+
+
+def _open_study(name: str, conf: dict[str, Any], digest: str, storage: Any, url: str, tracker: Tracker) -> tuple[Any, str]:
+    """Create or load the study and its parent run; the one worker whose create_study succeeds makes the parent."""
+    import optuna
+
+    kw = {"storage": storage, "sampler": _sampler(conf, int(conf.get("seed", 0))), "pruner": _pruner(conf)}
+    try:
+        study = optuna.create_study(study_name=name, direction=conf.get("direction", "minimize"), **kw)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, **kw)
+    else:
+        study.set_user_attr("definition_hash", digest)
+        study.set_metric_names([conf.get("metric", "val/loss")])
+        for key in ("experiment", "description", "search_space"):
+            study.set_user_attr(key, conf.get(key))
+        study.set_user_attr("mlflow_experiment_id", tracker.experiment_id())
+        study.set_user_attr("mlflow_parent_run_id", tracker.create_parent(name, conf, digest, url))
+    deadline = time.monotonic() + PARENT_WAIT_S
+    while True:
+        attrs = study.user_attrs
+        if attrs.get("definition_hash") not in (None, digest):
+            raise ArchbenchError(
+                f"study '{name}' in {shown_url(url)} was defined differently (definition {attrs['definition_hash']}, params.yaml "
+                f"now {digest}); rename the study in params.yaml, or delete the old one with `optuna delete-study "
+                f"--study-name {name} --storage {shown_url(url)}`")
+        if attrs.get("mlflow_parent_run_id"):
+            return study, attrs["mlflow_parent_run_id"]
+        if time.monotonic() > deadline:  # its creator died before making the parent: make it (set only if absent)
+            study.set_user_attr("definition_hash", digest)
+            study.set_user_attr("mlflow_experiment_id", tracker.experiment_id())
+            study.set_user_attr("mlflow_parent_run_id", tracker.create_parent(name, conf, digest, url))
+        time.sleep(0.5)
+
+
+def _sampler(conf: dict[str, Any], seed: int) -> Any:
+    import optuna
+
+    startup = int((conf.get("pruner") or {}).get("sampler_startup_trials", 4))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+
+
+def _pruner(conf: dict[str, Any]) -> Any:
+    import optuna
+
+    given = {k: v for k, v in (conf.get("pruner") or {}).items() if k not in ("kind", "sampler_startup_trials")}
+    kind = (conf.get("pruner") or {}).get("kind", "median")
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(**given)
+    if kind == "percentile":
+        return optuna.pruners.PercentilePruner(**given)
+    return optuna.pruners.MedianPruner(**({"n_startup_trials": 2, "n_warmup_steps": 1} | given))
+
+
+def _metric_check(study: str, model: str, metric: str) -> Any:
+    """A callback that stops a trial at the sanity check (before any training step) when the model does not
+    log the study's metric, naming the validation keys it does log."""
+    import lightning.pytorch as pl
+
+    class MetricCheck(pl.Callback):
+        def _check(self, trainer: Any) -> None:
+            if metric not in trainer.callback_metrics:
+                logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/")) or ["none"]
+                raise ArchbenchError(f"study '{study}': model {model} does not log '{metric}' (its validation keys: "
+                                     f"{', '.join(logged)}); set the study's metric to one of them")
+
+        def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
+            self._check(trainer)
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            if not trainer.sanity_checking:
+                self._check(trainer)
+
+    return MetricCheck()
 
 
 def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int | None = None) -> dict[str, Any]:
+    """One worker of the study ``name``: runs trials until the storage holds ``n_trials`` finished ones."""
     import optuna
-    from mlflow.tracking import MlflowClient
-    from optuna_integration import PyTorchLightningPruningCallback
+    from optuna.trial import TrialState
 
     from benchmarks.build import accepted_args, check_experiment
-    from benchmarks.tracking import tracking_uri
     from lightning_modules import MODELS
 
+    # Every check before anything is created: storage, MLflow store, state folders.
     conf = study_config(params, name)
     base: Experiment = experiment_from_params(params, conf["experiment"])
     check_experiment(base)
     bad = sorted(set(conf["search_space"]) - set(accepted_args(MODELS[base.model])))
     if bad:
         raise ArchbenchError(f"study '{name}': search_space key '{bad[0]}' is not a model_args name of {base.model}")
-    metric, direction, seed = conf.get("metric", "val/loss"), conf.get("direction", "minimize"), int(conf.get("seed", 0))
-    target = n_trials or conf["n_trials"]
-    # The name carries a hash of the definition: editing the search space starts a new study, rerunning continues.
-    digest = hashlib.sha256(json.dumps([conf, base.as_dict()], sort_keys=True, default=str).encode()).hexdigest()[:8]
-    pruner_conf = conf.get("pruner") or {}
-    study = optuna.create_study(
-        study_name=f"{name}-{digest}",
-        storage=_storage(params),
-        load_if_exists=True,
-        direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(pruner_conf.get("sampler_startup_trials", 4))),
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=int(pruner_conf.get("n_startup_trials", 2)), n_warmup_steps=int(pruner_conf.get("n_warmup_steps", 1))
-        ),
-    )
-    # A continued study reseeds its sampler past the trials it already holds: with the original seed, a
-    # rerun after an interruption would replay the same proposals. An uninterrupted study keeps `seed` itself.
-    if study.trials:
-        study.sampler = optuna.samplers.TPESampler(
-            seed=seed + len(study.trials), n_startup_trials=int(pruner_conf.get("sampler_startup_trials", 4)))
-    parent = _parent_run(study, name, opts)
-    state_root = opts.state_dir / "tune" / study.study_name
+    if n_trials is not None:
+        check_positive(name, "--n-trials", n_trials)
+    metric, seed, target = conf.get("metric", "val/loss"), int(conf.get("seed", 0)), n_trials or conf["n_trials"]
+    heartbeat_s, max_retry = int(conf.get("heartbeat_s", 30)), int(conf.get("max_retry", 2))
+    poll_s = min(2.0, heartbeat_s / 2)
+    digest, url = definition_hash(conf, base), storage_url(params, opts.project_dir)
+    worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    tracker = Tracker(opts)
+    retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    retry = retry_cls(max_retry=max_retry)
+
+    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # Whoever fails a dead worker's trial closes its MLflow run, and retries it while it is still needed.
+        tracker.close_trial(study, trial, "FAILED")
+        finished, running = _counts(study)
+        if finished + len(running) < target:
+            retry(study, trial)
+
+    study, parent = _open_study(name, conf, digest, _storage(url, heartbeat_s, on_stale), url, tracker)
+    state_root = opts.state_dir / "tune" / name
+    shared: dict[str, Any] = {}  # the datamodule, built once for all the trials of this worker
 
     def objective(trial: optuna.Trial) -> float:
-        chosen = suggest(trial, conf["search_space"], name)
-        # Every trial trains with the same seed and the same code, so a repeated choice would reproduce a
-        # finished trial's value exactly. TPE repeats often on small categorical spaces (4 latent sizes, 8
-        # trials): answer from the finished trial instead of training again.
-        for done in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("worker_pid", os.getpid())
+        trial.set_user_attr("mlflow_run_id", "")  # a retried trial inherits its predecessor's attrs
+        if not _admit(study, trial.number, target, poll_s):
+            trial.set_user_attr("not_needed", True)
+            raise TrialNotNeeded(f"trial {trial.number} started as the study reached {target} finished trials")
+        # A sampler seeded per trial number: one worker replays a study exactly, and concurrent workers (or
+        # a continued study) do not propose the same points from the same seed.
+        study.sampler = _sampler(conf, seed + trial.number)
+        chosen = suggest(trial, conf["search_space"])
+        # Every trial trains with the same seed and code, so a repeated choice would reproduce a finished
+        # trial's value exactly (TPE repeats often on small categorical spaces): answer from that trial.
+        for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if done.params == trial.params:
                 trial.set_user_attr("repeat_of", done.number)
                 trial.set_user_attr("mlflow_run_id", done.user_attrs.get("mlflow_run_id"))
                 return float(done.value)
+        return _train_trial(trial, chosen)
+
+    def _train_trial(trial: optuna.Trial, chosen: dict[str, Any]) -> float:
+        import lightning.pytorch as pl
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        from benchmarks.build import build_datamodule
+
+        if "datamodule" not in shared:
+            pl.seed_everything(seed, workers=True, verbose=False)  # as run_seed does before it builds one
+            shared["datamodule"] = build_datamodule(base, opts.data_dir)
         exp = dataclasses.replace(base, name=f"{name}-trial{trial.number}", model_args=base.model_args | chosen,
                                   trainer=base.trainer | (conf.get("trainer") or {}))
+        described = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
         trial_opts = dataclasses.replace(
             opts, results_dir=None, resume=False, state_dir=state_root / f"trial{trial.number}", progress_bar=False,
-            extra_callbacks=[PyTorchLightningPruningCallback(trial, monitor=metric)],
-            tags={"mlflow.parentRunId": parent, "optuna.study": study.study_name, "optuna.trial": str(trial.number)},
+            extra_callbacks=[PyTorchLightningPruningCallback(trial, monitor=metric), _metric_check(name, base.model, metric)],
+            tags={"mlflow.parentRunId": parent, "optuna.study": name, "optuna.trial": str(trial.number),
+                  "optuna.params": described},
+            datamodule=shared["datamodule"], skip_test=True, monitor=metric,
+            on_run_created=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
         )
-        result = run_seed(exp, seed, trial_opts)
-        trial.set_user_attr("mlflow_run_id", result["run_id"])
-        # The best value of the monitored metric over the epochs; a study on another key needs the model to monitor it.
-        best = result["metrics"].get(f"{metric}_best")
-        if best is None:
-            raise ArchbenchError(f"study '{name}': the model does not monitor '{metric}'; use its monitored metric")
-        return float(best)
+        try:
+            result = run_seed(exp, seed, trial_opts)
+        except BaseException as exc:
+            # run_seed ends its run on errors inside fit; this also covers the ones before (e.g. the Trainer's).
+            stopped = isinstance(exc, (optuna.TrialPruned, KeyboardInterrupt, SystemExit))
+            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+            tracker.close_trial(study, frozen, "KILLED" if stopped else "FAILED")
+            if isinstance(exc, SystemExit):  # Optuna marks FAIL only on Exception/KeyboardInterrupt
+                raise KeyboardInterrupt from exc
+            raise
+        value = result["metrics"].get(f"{metric}_best")
+        if value is None or not math.isfinite(value):
+            raise DivergedError(f"study '{name}' trial {trial.number}: best {metric} is {value}; the trial failed")
+        return float(value)
 
-    def counted() -> int:
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        return len(study.get_trials(deepcopy=False, states=states))
+    try:
+        _fail_stale(study)  # a killed worker's trial is failed even when no trial remains to run
+        finished, running = _counts(study)
+        if finished < target or running:
+            tracker.client.update_run(parent, status="RUNNING")  # a continued study reopens its parent
+        if finished < target:
+            study.optimize(objective, n_trials=max(3 * target, target + 10), show_progress_bar=opts.progress_bar,
+                           catch=(DivergedError, TrialNotNeeded),
+                           callbacks=[optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+        return _settle(study, name, conf, target, parent, opts, tracker, worker, poll_s)
+    except BaseException as exc:
+        if not _counts(study)[1]:  # no other worker is running a trial: nobody else will close the parent
+            from benchmarks.tracking import end_run
 
-    remaining = target - counted()
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, show_progress_bar=opts.progress_bar, catch=())
-    return _finish(study, name, conf, parent, opts, metric, MlflowClient(tracking_uri=tracking_uri(opts.project_dir)))
+            end_run(parent, "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED", tracker.uri)
+        raise
 
 
-def _finish(study: Any, name: str, conf: dict[str, Any], parent: str, opts: RunOptions, metric: str, client: Any) -> dict[str, Any]:
-    import optuna
+def _settle(study: Any, name: str, conf: dict[str, Any], target: int, parent: str, opts: RunOptions,
+            tracker: Tracker, worker: str, poll_s: float) -> dict[str, Any]:
+    """After this worker's last trial: wait out the stale trials of dead workers, then the worker that finished
+    the last counted trial (or one that found the study already complete) closes the study."""
+    from optuna.trial import TrialState
+
+    counted_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    while True:
+        _fail_stale(study)
+        finished, running = _counts(study)
+        if finished < target or not running:
+            break
+        time.sleep(poll_s)  # a trial that is waiting to be admitted, or a dead worker's that will go stale
+    trials = study.get_trials(deepcopy=False)
+    if finished < target:
+        if running:
+            return summarize(study, name, conf, target, strict=False) | {"complete": False}
+        failed = sum(t.state == TrialState.FAIL for t in trials)
+        raise ArchbenchError(f"study '{name}': only {finished} of {target} trials finished ({failed} failed); "
+                             f"see the failed trials in MLflow, fix the cause and run `archbench tune {name}` again")
+    counted = sorted((t for t in trials if t.state in counted_states),
+                     key=lambda t: (t.datetime_complete.timestamp() if t.datetime_complete else 0.0, t.number))
+    mine = [t for t in trials if t.user_attrs.get("worker") == worker]
+    if mine and counted[-1].user_attrs.get("worker") != worker:
+        return summarize(study, name, conf, target, strict=False) | {"complete": True}  # another worker closes it
+    return _finish(study, name, conf, target, parent, opts, tracker)
+
+
+def summarize(study: Any, name: str, conf: dict[str, Any], target: int, strict: bool = True) -> dict[str, Any]:
+    """The study as the storage holds it: the same content whichever worker reads it."""
+    from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
-    if not complete:
-        raise ArchbenchError(f"study '{name}': no trial completed ({len(pruned)} pruned); loosen the pruner or raise n_trials")
-    best = study.best_trial
-    summary = {
-        "study": name, "study_name": study.study_name, "metric": metric, "direction": conf.get("direction", "minimize"),
-        "value": best.value, "params": best.params, "trial": best.number,
-        "n_complete": len(complete), "n_pruned": len(pruned), "n_trials": conf["n_trials"], "experiment": conf["experiment"],
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete and strict:
+        pruned = sum(t.state == TrialState.PRUNED for t in trials)
+        raise ArchbenchError(f"study '{name}': no trial completed ({pruned} pruned); loosen the pruner or raise n_trials")
+    best = study.best_trial if complete else None
+    return {
+        "study": name, "study_name": study.study_name, "metric": conf.get("metric", "val/loss"),
+        "direction": conf.get("direction", "minimize"), "value": best.value if best else None,
+        "params": best.params if best else {}, "trial": best.number if best else None,
+        "n_complete": len(complete), "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "n_failed": sum(t.state == TrialState.FAIL for t in trials), "n_trials": target, "experiment": conf["experiment"],
         "n_repeats": sum("repeat_of" in t.user_attrs for t in complete),  # answered by an earlier identical trial
+        "definition_hash": study.user_attrs.get("definition_hash"),
     }
+
+
+def _finish(study: Any, name: str, conf: dict[str, Any], target: int, parent: str, opts: RunOptions,
+            tracker: Tracker) -> dict[str, Any]:
+    from benchmarks.tracking import end_run
+
+    try:
+        summary = summarize(study, name, conf, target)
+    except ArchbenchError:
+        end_run(parent, "FAILED", tracker.uri)
+        raise
+    client, metric = tracker.client, summary["metric"]
     # Tags, not params: params are immutable, and a continued study may find a new best.
-    for key, value in best.params.items():
+    for key, value in summary["params"].items():
         client.set_tag(parent, f"best.{key}", str(value))
-    client.log_metric(parent, f"best/{metric}", best.value, step=len(trials))
+    client.set_tag(parent, "best.trial", str(summary["trial"]))
+    client.log_metric(parent, f"best/{metric}", summary["value"], step=len(study.trials))
     client.log_dict(parent, summary, "best_params.json")
-    client.set_terminated(parent, "FINISHED")
     if opts.results_dir is not None:
         out = opts.results_dir / "tune" / name
         out.mkdir(parents=True, exist_ok=True)
-        (out / "best_params.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        tmp = out / f".best_params.json.{os.getpid()}"
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, out / "best_params.json")  # atomic: a reader never sees half a file
         _plot_history(study, out / "history.png")
-    return summary
+    client.set_terminated(parent, "FINISHED")
+    return summary | {"complete": True}
 
 
 def _plot_history(study: Any, path: Path) -> None:
@@ -201,5 +557,7 @@ def _plot_history(study: Any, path: Path) -> None:
     ax.set(xlabel="trial", ylabel="objective", title=study.study_name)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    os.replace(tmp, path)

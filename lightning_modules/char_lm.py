@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_modules.recurrent import StackedRNN, detach_state
@@ -61,6 +62,9 @@ def chunk_losses(net: CharNet, x: Tensor, y: Tensor, k: int) -> Iterator[tuple[T
 
 class CharLM(pl.LightningModule):
     """Next-character prediction with manual optimisation, so truncated BPTT can step per chunk."""
+
+    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
+    monitor_mode = "min"
 
     def __init__(
         self,
@@ -125,8 +129,8 @@ class CharLM(pl.LightningModule):
         n = int((y != IGNORE).sum())
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
         # Weighted by target count so the epoch value is the per-character mean, not a mean of batch means.
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=n)
-        self.log(f"{stage}/bpc", loss / math.log(2), on_epoch=True, batch_size=n)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
+        self.log(f"{stage}/bpc", loss / math.log(2), on_epoch=True, batch_size=n, sync_dist=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -157,7 +161,12 @@ class CharLM(pl.LightningModule):
 
     @torch.no_grad()
     def sample(self, count: int, length: int, seed: int = 0) -> list[str]:
-        """Ancestral sampling with its own generator, so samples are reproducible and don't move the global RNG."""
+        """Ancestral sampling with its own CPU generator, so samples are reproducible, the same on every
+        device, and don't move the global RNG.
+
+        A diverged model (NaN or inf logits, which torch.multinomial refuses) samples nothing: [] and a
+        warning, so the run goes on to report its NaN loss as a divergence instead of crashing here.
+        """
         gen = torch.Generator(device="cpu").manual_seed(seed)
         was_training = self.training
         self.eval()
@@ -168,6 +177,11 @@ class CharLM(pl.LightningModule):
         for _ in range(length):
             logits, state = self(x, state)
             probs = (logits[:, -1] / self.hparams.temperature).softmax(-1).cpu()  # [count, vocab]
+            if not bool(torch.isfinite(probs).all()):
+                self.train(was_training)
+                rank_zero_warn("CharLM produced non-finite next-character probabilities (the run diverged): "
+                               "no samples")
+                return []
             nxt = torch.multinomial(probs, 1, generator=gen)  # [count, 1]
             out.append(nxt)
             if end is not None:
@@ -184,5 +198,7 @@ class CharLM(pl.LightningModule):
         if not self.hparams.sample_count:
             return {}
         texts = self.sample(self.hparams.sample_count, self.hparams.sample_length, seed=self.current_epoch)
+        if not texts:
+            return {}
         sep = "\n" if self.hparams.end_symbol else "\n\n---\n\n"
         return {"samples.txt": sep.join(texts) + "\n"}

@@ -50,6 +50,9 @@ class ConvFeatures(nn.Module):
 class DomainClassifier(pl.LightningModule):
     """Image -> class logits; cross-entropy, AdamW; reports top-1 accuracy on val and test."""
 
+    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
+    monitor_mode = "min"
+
     def __init__(
         self,
         image_shape: list[int],
@@ -94,9 +97,10 @@ class DomainClassifier(pl.LightningModule):
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
         x, y = batch
         logits = self(x)  # [batch, num_classes]
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=stage == "val", batch_size=len(y),
+                 sync_dist=True)
         accuracy(logits, y)
-        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
+        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=len(y), sync_dist=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_acc)

@@ -25,7 +25,7 @@ from datamodules.sources import sha256_file
 from lightning_modules.classifier import DomainClassifier
 from lightning_modules.fid import DomainFID, MonitorsFID, floor_images, load_feature_extractor
 from lightning_modules.dcgan_nets import check_image_shape
-from lightning_modules.gan import discriminator_objective, generator_loss
+from lightning_modules.adversarial_losses import discriminator_objective, generator_loss
 from lightning_modules.image_grids import columns_grid
 from lightning_modules.pix2pix import PatchDiscriminator
 
@@ -96,12 +96,15 @@ class ResnetGenerator(nn.Module):
 class CycleGAN(MonitorsFID, pl.LightningModule):
     """Batches ``(a_images, b_images)``, unpaired. One optimizer for both generators, one for both discriminators.
 
-    Metrics: ``val/loss`` = cycle L1 on val, ``test/cycle_l1``; with ``fid_checkpoint``, ``val/fid`` (the
-    mean of both directions on val, the checkpoint monitor; else val/loss is), ``test/fid_ab`` (G_AB(test A)
+    Metrics: ``train/g_loss`` (what both generators minimise), ``train/d_loss`` (both discriminators),
+    ``train/cycle_l1``, ``val/cycle_l1``, ``test/cycle_l1``; with ``fid_checkpoint``, ``val/fid`` (the
+    mean of both directions on val, the checkpoint monitor; else val/cycle_l1 is), ``test/fid_ab`` (G_AB(test A)
     vs test B) and ``test/fid_ba``, each with its ``_floor``; with ``classifier_checkpoint``,
     ``test/success_ab`` (the fraction of G_AB(test A) the frozen classifier labels ``domain_b``) and
     ``test/success_ba``. ``domain_a``/``domain_b`` must match the datamodule's.
     """
+
+    fallback_monitor = "val/cycle_l1"
 
     def __init__(
         self,
@@ -182,7 +185,7 @@ class CycleGAN(MonitorsFID, pl.LightningModule):
         self.untoggle_optimizer(opt_g)
 
         n = len(a)
-        self.log("train/loss", g_loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/g_loss", g_loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/cycle_l1", cycle.detach(), on_step=False, on_epoch=True, batch_size=n)
         self.log("train/d_loss", d_loss.detach(), on_step=False, on_epoch=True, batch_size=n)
 
@@ -218,7 +221,8 @@ class CycleGAN(MonitorsFID, pl.LightningModule):
             k = self.hparams.sample_grid
             self._sample_batch = (a[:k].detach().cpu(), b[:k].detach().cpu())
         out = self.translate(a, b)
-        self.log("val/loss", cycle_l1(a, out["rec_a"], b, out["rec_b"]), on_epoch=True, prog_bar=True, batch_size=len(a))
+        self.log("val/cycle_l1", cycle_l1(a, out["rec_a"], b, out["rec_b"]), on_epoch=True, prog_bar=True,
+                 batch_size=len(a), sync_dist=True)
         if "val_fid_ab" in self._frozen and not self.trainer.sanity_checking:
             self._update_fids("val_", a, b, out)
 
@@ -236,7 +240,8 @@ class CycleGAN(MonitorsFID, pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if "val_fid_ab" in self._frozen and not self.trainer.sanity_checking:
-            self.log("val/fid", (self._frozen["val_fid_ab"].compute() + self._frozen["val_fid_ba"].compute()) / 2)
+            fid = (self._frozen["val_fid_ab"].compute() + self._frozen["val_fid_ba"].compute()) / 2
+            self.log("val/fid", fid, sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
         for key in ("fid_ab", "fid_ba"):
@@ -247,7 +252,8 @@ class CycleGAN(MonitorsFID, pl.LightningModule):
         a, b = batch
         n = len(a)
         out = self.translate(a, b)
-        self.log("test/cycle_l1", cycle_l1(a, out["rec_a"], b, out["rec_b"]), on_epoch=True, batch_size=n)
+        cycle = cycle_l1(a, out["rec_a"], b, out["rec_b"])
+        self.log("test/cycle_l1", cycle, on_epoch=True, batch_size=n, sync_dist=True)
         if "fid_ab" in self._frozen:
             self._update_fids("", a, b, out)
         if "classifier" in self._frozen:
@@ -255,25 +261,27 @@ class CycleGAN(MonitorsFID, pl.LightningModule):
             # Mean of per-batch rates weighted by batch size = the fraction over the whole test split.
             hit_b = (classifier(out["fake_b"]).argmax(-1) == self.hparams.domain_b).float().mean()
             hit_a = (classifier(out["fake_a"]).argmax(-1) == self.hparams.domain_a).float().mean()
-            self.log("test/success_ab", hit_b, on_epoch=True, batch_size=n)
-            self.log("test/success_ba", hit_a, on_epoch=True, batch_size=n)
+            self.log("test/success_ab", hit_b, on_epoch=True, batch_size=n, sync_dist=True)
+            self.log("test/success_ba", hit_a, on_epoch=True, batch_size=n, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         targets = {"fid_ab": self.hparams.domain_b, "fid_ba": self.hparams.domain_a}
         for key, label in targets.items():
             if key in self._frozen:
                 fid = self._frozen[key]
-                self.log(f"test/{key}", fid.compute())
+                self.log(f"test/{key}", fid.compute(), sync_dist=True)
                 # The floor per direction: real train images of the target domain, as many as the translations.
                 real = floor_images(self.trainer, int(fid.metric.fake_features_num_samples), label)
                 if real is not None:
-                    self.log(f"test/{key}_floor", fid.floor(real))
+                    self.log(f"test/{key}_floor", fid.floor(real), sync_dist=True)
 
     def metric_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {
             "cycle_l1": "mean|G_BA(G_AB(a)) - a| + mean|G_AB(G_BA(b)) - b|, per pixel, images in [0, 1]",
             "domains": {"a": self.hparams.domain_a, "b": self.hparams.domain_b},
             "adv_loss": self.hparams.adv_loss,
+            "g_loss": "adversarial terms of both generators + lam_cycle * cycle_l1 (+ lam_identity * identity L1)",
+            "d_loss": "both discriminators' adversarial terms, summed",
         }
         for key in ("fid_ab", "fid_ba"):
             if key in self._frozen:

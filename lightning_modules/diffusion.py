@@ -22,13 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.likelihood import bits_per_dim, discretized_gaussian_log_prob, normal_kl
+from lightning_modules.likelihood import bits_per_dim, discretized_gaussian_log_prob, normal_kl, randint, randn
 from lightning_modules.vae import _grid_figure, check_image_shape, check_int
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-EVAL_SEED = 0  # val/test noise and timesteps come from a generator reset to this each epoch
+# val/test noise and timesteps come from a CPU generator reset to this each epoch, drawn on the CPU and moved
+# (likelihood.randn), so the eval numbers are the same on every device.
+EVAL_SEED = 0
 SAMPLE_BATCH = 256  # images generated at once for the FID
 REVERSE_VARIANCES = ("beta", "beta_tilde")
 
@@ -110,6 +112,9 @@ class UNet(nn.Module):
 
 # --- the system -----------------------------------------------------------------------------------
 class DDPM(pl.LightningModule):
+    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
+    monitor_mode = "min"
+
     def __init__(
         self,
         image_shape: list[int],
@@ -207,8 +212,8 @@ class DDPM(pl.LightningModule):
     def eps_loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """L_simple (eq. 14): ||ε - ε_θ(x_t, t)||² per pixel, t ~ U{1..T}, for images x [batch, C, H, W] in [0, 1]."""
         x0 = 2 * x - 1
-        t = torch.randint(1, self.hparams.timesteps + 1, (len(x),), generator=generator, device=x.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x.device, dtype=x0.dtype)
+        t = randint(1, self.hparams.timesteps + 1, (len(x),), generator, x.device)
+        noise = randn(x0.shape, generator, x.device, x0.dtype)
         return F.mse_loss(self.net(self.q_sample(x0, t, noise), t), noise)
 
     def bpd_stride(self) -> int:
@@ -233,7 +238,7 @@ class DDPM(pl.LightningModule):
         prior = normal_kl(ab_T.sqrt().to(x0.dtype) * x0, torch.log(1 - ab_T).to(x0.dtype)).flatten(1).sum(1)
 
         def draw(t: Tensor) -> tuple[Tensor, Tensor]:
-            xt = self.q_sample(x0, t, torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype))
+            xt = self.q_sample(x0, t, randn(x0.shape, generator, dev, x0.dtype))
             mean, _ = self.q_posterior(self.predict_x0(xt, t), xt, t)  # μ_θ(x_t, t)
             return xt, mean
 
@@ -243,7 +248,7 @@ class DDPM(pl.LightningModule):
         decoder = -discretized_gaussian_log_prob(x0, mean, log_std, self.hparams.pixel_levels).flatten(1).sum(1)  # L_0
 
         stride = self.bpd_stride()
-        offset = torch.randint(0, stride, (n,), generator=generator, device=dev) if stride > 1 else 0 * ones
+        offset = randint(0, stride, (n,), generator, dev) if stride > 1 else 0 * ones
         middle = torch.zeros(n, device=dev)
         for j in range(math.ceil((T - 1) / stride)):
             t = 2 + offset + j * stride  # [batch]
@@ -268,7 +273,7 @@ class DDPM(pl.LightningModule):
         T = self.hparams.timesteps
         steps = min(steps or T, T)
         taus = sorted({round(T * i / steps) for i in range(steps + 1)}, reverse=True)  # T, ..., 0
-        x = torch.randn(n, *self.hparams.image_shape, generator=generator, device=self.device)
+        x = randn((n, *self.hparams.image_shape), generator, self.device)
         for t_val, s_val in zip(taus[:-1], taus[1:]):
             t = torch.full((n,), t_val, dtype=torch.long, device=self.device)
             x0_hat = self.predict_x0(x, t).clamp(-1, 1)
@@ -278,7 +283,7 @@ class DDPM(pl.LightningModule):
             s = torch.full_like(t, s_val)
             mean, post_var = self.q_posterior(x0_hat, x, t, s)
             var = (1 - self._ab(t) / self._ab(s)).to(x.dtype) if self.hparams.reverse_variance == "beta" else post_var
-            x = mean + var.sqrt() * torch.randn(x.shape, generator=generator, device=self.device)
+            x = mean + var.sqrt() * randn(x.shape, generator, self.device)
         return (x + 1) / 2
 
     # ---- Lightning ------------------------------------------------------------------------------
@@ -295,14 +300,15 @@ class DDPM(pl.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator(device=self.device).manual_seed(EVAL_SEED)
+        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch
-        self.log("val/loss", self.eps_loss(x, self._eval_gen), on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("val/loss", self.eps_loss(x, self._eval_gen), on_epoch=True, prog_bar=True, batch_size=len(x),
+                 sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator(device=self.device).manual_seed(EVAL_SEED)
+        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
         self._bpd_seen = 0
         self._fid = None
         if self.hparams.fid_checkpoint:
@@ -313,7 +319,7 @@ class DDPM(pl.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch
-        self.log("test/loss", self.eps_loss(x, self._eval_gen), on_epoch=True, batch_size=len(x))
+        self.log("test/loss", self.eps_loss(x, self._eval_gen), on_epoch=True, batch_size=len(x), sync_dist=True)
         x_bpd = x[: max(0, self.hparams.bpd_images - self._bpd_seen)]  # the first bpd_images test images
         if len(x_bpd):
             self._check_levels(x_bpd)
@@ -321,7 +327,8 @@ class DDPM(pl.LightningModule):
             prior, middle, decoder = self.vlb_terms(x_bpd, self._eval_gen)
             for name, nats in (("bpd", prior + middle + decoder), ("bpd_prior", prior), ("bpd_diffusion", middle),
                                ("bpd_decoder", decoder)):
-                self.log(f"test/{name}", bits_per_dim(nats.mean(), dims), on_epoch=True, batch_size=len(x_bpd))
+                self.log(f"test/{name}", bits_per_dim(nats.mean(), dims), on_epoch=True, batch_size=len(x_bpd),
+                         sync_dist=True)
             self._bpd_seen += len(x_bpd)
         if self._fid is not None:
             self._fid.update_real(x)
@@ -329,16 +336,16 @@ class DDPM(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         if self._fid is None:
             return
-        gen = torch.Generator(device=self.device).manual_seed(EVAL_SEED + 1)
+        gen = torch.Generator().manual_seed(EVAL_SEED + 1)
         for start in range(0, self.hparams.fid_samples, SAMPLE_BATCH):
             n = min(SAMPLE_BATCH, self.hparams.fid_samples - start)
             self._fid.update_fake(self.sample(n, self.hparams.fid_sample_steps, gen))
-        self.log("test/fid", self._fid.compute())
+        self.log("test/fid", self._fid.compute(), sync_dist=True)
         from lightning_modules.fid import floor_images
 
         real = floor_images(self.trainer, self.hparams.fid_samples)
         if real is not None:  # the floor: as many real train images as samples, against the same test reference
-            self.log("test/fid_floor", self._fid.floor(real))
+            self.log("test/fid_floor", self._fid.floor(real), sync_dist=True)
         steps = min(self.hparams.fid_sample_steps or self.hparams.timesteps, self.hparams.timesteps)
         self._fid_settings = {f"fid_{k}": v for k, v in self._fid.settings().items()} | {"fid_sample_steps": steps}
         self._fid = None
@@ -368,7 +375,7 @@ class DDPM(pl.LightningModule):
             return {}
         was_training = self.training
         self.eval()
-        gen = torch.Generator(device=self.device).manual_seed(EVAL_SEED)  # the same x_T every epoch
+        gen = torch.Generator().manual_seed(EVAL_SEED)  # the same x_T every epoch
         images = self.sample(self.hparams.sample_count, self.hparams.sample_steps, gen)
         self.train(was_training)
         return {"samples.png": _grid_figure(images, nrow=min(8, self.hparams.sample_count))}

@@ -67,17 +67,19 @@ def load_feature_extractor(checkpoint: str | Path) -> tuple[FeatureExtractor, st
 
 class MonitorsFID:
     """Mixin for image models: the suite's checkpoint callback (benchmarks/train.py reads ``monitor`` and
-    ``monitor_mode``) keeps the best val/fid when the model has an FID extractor, else the best val/loss.
+    ``monitor_mode``) keeps the best val/fid when the model has an FID extractor, else the best
+    ``fallback_monitor`` (each model names its own; both must be keys where lower is better).
 
     Sample quality, not the training loss, is what an adversarial model is judged by (for pix2pix, the
     adversarial term's point is sharpness, which L1 does not reward).
     """
 
     monitor_mode = "min"
+    fallback_monitor = "val/loss"
 
     @property
     def monitor(self) -> str:
-        return "val/fid" if self.hparams.fid_checkpoint else "val/loss"  # type: ignore[attr-defined]
+        return "val/fid" if self.hparams.fid_checkpoint else self.fallback_monitor  # type: ignore[attr-defined]
 
 
 class DomainFID:

@@ -79,6 +79,9 @@ class FrameLabellerNet(nn.Module):
 class FrameLabeller(pl.LightningModule):
     """Per-frame cross-entropy; reports per-frame accuracy over all frames of all videos."""
 
+    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
+    monitor_mode = "min"
+
     def __init__(
         self,
         num_classes: int,
@@ -131,9 +134,9 @@ class FrameLabeller(pl.LightningModule):
         logits = self(frames).flatten(0, 1)  # [batch * T, num_classes]
         n = labels.numel()  # weights by frames: the epoch value is the per-frame mean
         self.log(f"{stage}/loss", F.cross_entropy(logits, labels.flatten()), on_epoch=True,
-                 prog_bar=stage == "val", batch_size=n)
+                 prog_bar=stage == "val", batch_size=n, sync_dist=True)
         accuracy(logits, labels.flatten())
-        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=n)
+        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_acc)

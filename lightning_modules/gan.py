@@ -20,65 +20,33 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+# generator_loss and the rest are re-exported: pix2pix, CycleGAN and the tests import them from here too.
+from lightning_modules.adversarial_losses import (G_LOSSES, discriminator_objective, generator_loss,  # noqa: F401
+                                                  linear_decay_factor, r1_penalty)
 from lightning_modules.dcgan_nets import D_NORMS, Discriminator, Generator, check_image_shape
 from lightning_modules.fid import (DomainFID, FeatureExtractor, MonitorsFID, floor_image_sets, inception_score,
                                    load_feature_extractor)
 from lightning_modules.image_grids import image_grid
 
-G_LOSSES = ("minimax", "non_saturating")
 FID_NOISE_OFFSET = 1  # FID/IS noise is seeded noise_seed + 1: the same z every epoch, apart from the grid's
 VAL_NOISE_OFFSET = 1000  # val batch i uses noise_seed + 1000 + i, so validating never moves the training RNG
-
-
-# --- the seed's objective, on D's logits (log D = logsigmoid(l), log(1 - D) = logsigmoid(-l)) ------
-def discriminator_objective(d_real_logits: Tensor, d_fake_logits: Tensor) -> Tensor:
-    """R = mean[-½ log D(x)] + mean[-½ log(1 - D(G(z)))], in nats; D minimises it. Any logit shapes."""
-    return -0.5 * F.logsigmoid(d_real_logits).mean() - 0.5 * F.logsigmoid(-d_fake_logits).mean()
-
-
-def generator_loss(d_fake_logits: Tensor, kind: str) -> Tensor:
-    """What G minimises: "minimax" = -R's fake half (½ log(1 - D(G(z)))), "non_saturating" = -½ log D(G(z))."""
-    if kind == "minimax":
-        return 0.5 * F.logsigmoid(-d_fake_logits).mean()
-    if kind == "non_saturating":
-        return -0.5 * F.logsigmoid(d_fake_logits).mean()
-    raise ValueError(f"g_loss must be one of {G_LOSSES}, got {kind!r}")
-
-
-def r1_penalty(discriminator: nn.Module, real: Tensor) -> tuple[Tensor, Tensor]:
-    """D's logits on ``real`` [batch] and R1 = mean_x ||d logit / d x||² (Mescheder et al. 2018), kept differentiable.
-
-    R1 penalises D's slope on the data only. At the equilibrium (P_gen = P_data, D flat) it is zero, so the
-    game's fixed point is unchanged; near it, it damps the rotation the plain game orbits with instead of
-    converging (https://arxiv.org/abs/1801.04406, Section 4). ``create_graph`` lets D's step descend through
-    the gradient itself. With BatchNorm in D the gradient of the summed logits also carries the coupling
-    BatchNorm makes between a batch's images; D is applied to the reals once, as without the penalty.
-    """
-    real = real.detach().requires_grad_(True)
-    logits = discriminator(real)  # [batch]
-    (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)  # [batch, C, H, W]
-    return logits, grad.pow(2).flatten(1).sum(1).mean()
-
-
-def linear_decay_factor(epoch: int, decay_from: int, max_epochs: int) -> float:
-    """1 before ``decay_from``, then falling linearly to 0 at ``max_epochs`` (pix2pix/CycleGAN's schedule)."""
-    if epoch < decay_from:
-        return 1.0
-    return max(0.0, (max_epochs - epoch) / (max_epochs - decay_from))
 
 
 # --- the system -----------------------------------------------------------------------------------
 class GAN(MonitorsFID, pl.LightningModule):
     """Unconditional GAN; ``num_classes`` comes with the image data and is unused (labels are ignored).
 
-    Metrics: ``val/loss`` = R on val reals vs fresh fakes; with ``fid_checkpoint`` (a DomainClassifier
-    checkpoint) also ``val/fid`` (``fid_samples`` fakes vs the val split, and the checkpoint monitor),
+    Metrics: ``train/d_loss`` = R (D's objective), ``train/g_loss``; ``val/d_loss`` = R on val reals vs
+    fresh fakes (the checkpoint monitor without an FID, a weak one: it ranks D, not G); with
+    ``fid_checkpoint`` (a DomainClassifier checkpoint) also ``val/fid`` (``fid_samples`` fakes vs the val
+    split, and the checkpoint monitor),
     and on the test split ``test/fid``, ``test/is`` and ``test/fid_floor`` (real train images), each a mean
     over ``fid_repeats`` draws with its ``_std``, and ``test/fid_ratio``. The fakes use fixed seeded noise.
     """
+
+    fallback_monitor = "val/d_loss"
 
     def __init__(
         self,
@@ -177,7 +145,7 @@ class GAN(MonitorsFID, pl.LightningModule):
         else:
             d_real, r1 = self.discriminator(real), None
         d_loss = discriminator_objective(d_real, self.discriminator(fake.detach()))
-        # D descends R + γ/2 R1; d_loss (logged as train/loss) stays the seed's R alone.
+        # D descends R + γ/2 R1; d_loss (logged as train/d_loss) stays the seed's R alone.
         opt_d.zero_grad()
         self.manual_backward(d_loss if r1 is None else d_loss + 0.5 * gamma * r1)
         opt_d.step()
@@ -194,8 +162,8 @@ class GAN(MonitorsFID, pl.LightningModule):
         self._update_ema()
 
         n = len(real)
-        self.log("train/loss", d_loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train/g_loss", g_loss.detach(), on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/d_loss", d_loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/g_loss", g_loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/d_fake", torch.sigmoid(d_fake.detach()).mean(), on_step=False, on_epoch=True, batch_size=n)
 
     @torch.no_grad()
@@ -276,7 +244,7 @@ class GAN(MonitorsFID, pl.LightningModule):
         gen = torch.Generator().manual_seed(self.hparams.noise_seed + VAL_NOISE_OFFSET + batch_idx)
         z = torch.randn(len(real), self.hparams.latent_dim, generator=gen).to(self.device)
         loss = discriminator_objective(self.discriminator(real), self.discriminator(self.generator(z)))
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(real))
+        self.log(f"{stage}/d_loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=len(real), sync_dist=True)
         fid = self._fid(stage)
         if fid is not None:
             fid.update_real(real)
@@ -287,7 +255,7 @@ class GAN(MonitorsFID, pl.LightningModule):
         if fid is None:
             return
         fid.update_fake(self.generate(self.hparams.fid_samples, seed=self.hparams.noise_seed + FID_NOISE_OFFSET))
-        self.log(f"{stage}/fid", fid.compute())
+        self.log(f"{stage}/fid", fid.compute(), sync_dist=True)
         self._fid_settings = {f"fid_{k}": v for k, v in fid.settings().items()}
 
     def on_validation_epoch_start(self) -> None:
@@ -323,23 +291,23 @@ class GAN(MonitorsFID, pl.LightningModule):
             fids.append(fid.versus(fakes))
             scores.append(inception_score(extractor.logits(fakes)))
         self._log_mean_and_spread("test/fid", fids)
-        self.log("test/is", statistics.fmean(scores))
+        self.log("test/is", statistics.fmean(scores), sync_dist=True)
         # The floor: as many real train images as fakes, against the same test reference (none without a split).
         floors = [fid.floor(real) for real in floor_image_sets(self.trainer, n, len(seeds)) or []]
         if floors:
             self._log_mean_and_spread("test/fid_floor", floors)
-            self.log("test/fid_ratio", statistics.fmean(fids) / statistics.fmean(floors))
+            self.log("test/fid_ratio", statistics.fmean(fids) / statistics.fmean(floors), sync_dist=True)
         self._fid_settings = {"fid_n_real": int(fid.metric.real_features_num_samples), "fid_n_fake": n,
                               "fid_noise_seeds": seeds,
                               "fid_floor_train_slices": [[i * n, (i + 1) * n] for i in range(len(floors))]}
 
     def _log_mean_and_spread(self, name: str, values: list[float]) -> None:
-        self.log(name, statistics.fmean(values))
+        self.log(name, statistics.fmean(values), sync_dist=True)
         if len(values) > 1:
-            self.log(f"{name}_std", statistics.stdev(values))
+            self.log(f"{name}_std", statistics.stdev(values), sync_dist=True)
 
     def metric_settings(self) -> dict[str, Any]:
-        settings: dict[str, Any] = {"loss": "R = mean[-1/2 log D(x) - 1/2 log(1 - D(G(z)))] in nats, D's objective",
+        settings: dict[str, Any] = {"d_loss": "R = mean[-1/2 log D(x) - 1/2 log(1 - D(G(z)))] in nats, D's objective",
                                     "g_loss": self.hparams.g_loss,
                                     "samples_from": "EMA of G's weights" if self.generator_ema is not None else "G"}
         if self.hparams.fid_checkpoint:

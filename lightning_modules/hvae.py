@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules.likelihood import (LogWeightFn, bernoulli_log_prob, check_ks, importance_weighted_nll, normal_kl,
-                                          normal_log_prob)
+                                          normal_log_prob, randn)
 from lightning_modules.vae import EVAL_SEED, _grid_figure, check_binary, check_image_shape, check_int, mlp
 
 if TYPE_CHECKING:
@@ -45,11 +45,14 @@ class GaussianLayer(nn.Module):
 
 
 def _sample(mean: Tensor, log_var: Tensor, generator: torch.Generator | None) -> Tensor:
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    eps = randn(mean.shape, generator, mean.device, mean.dtype)  # a CPU generator's draws, moved: see vae.EVAL_SEED
     return mean + torch.exp(0.5 * log_var) * eps  # reparameterised
 
 
 class HierarchicalVAE(pl.LightningModule):
+    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
+    monitor_mode = "min"
+
     def __init__(
         self,
         image_shape: list[int],
@@ -137,7 +140,7 @@ class HierarchicalVAE(pl.LightningModule):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Ancestral: z_L ~ N(0, I), z_i ~ p(z_i | z_{i+1}), then the decoder's means [n, C, H, W]."""
-        z = torch.randn(n, self.hparams.latent_dims[-1], generator=generator, device=self.device)
+        z = randn((n, self.hparams.latent_dims[-1]), generator, self.device)
         for prior in reversed(self.priors):
             z = _sample(*prior(z), generator)
         return torch.sigmoid(self.decoder(z)).view(n, *self.hparams.image_shape)
@@ -166,14 +169,14 @@ class HierarchicalVAE(pl.LightningModule):
         n = len(x)
         recon, kls = self.elbo_terms(x, self._eval_gen)
         neg_elbo = recon + torch.stack(kls).sum(0)  # [batch]
-        self.log(f"{stage}/loss", neg_elbo.mean(), on_epoch=True, prog_bar=stage == "val", batch_size=n)
-        self.log(f"{stage}/elbo", -neg_elbo.mean(), on_epoch=True, batch_size=n)
-        self.log(f"{stage}/recon", recon.mean(), on_epoch=True, batch_size=n)
+        self.log(f"{stage}/loss", neg_elbo.mean(), on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
+        self.log(f"{stage}/elbo", -neg_elbo.mean(), on_epoch=True, batch_size=n, sync_dist=True)
+        self.log(f"{stage}/recon", recon.mean(), on_epoch=True, batch_size=n, sync_dist=True)
         for i, kl in enumerate(kls, start=1):  # nats per stage: a stage near 0 has collapsed to its prior
-            self.log(f"{stage}/kl_{i}", kl.mean(), on_epoch=True, batch_size=n)
+            self.log(f"{stage}/kl_{i}", kl.mean(), on_epoch=True, batch_size=n, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator(device=self.device).manual_seed(EVAL_SEED)
+        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch
@@ -182,7 +185,7 @@ class HierarchicalVAE(pl.LightningModule):
         self._eval_step(x, "val")
 
     def on_test_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator(device=self.device).manual_seed(EVAL_SEED)
+        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
         self._nll_seen = 0
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -194,7 +197,7 @@ class HierarchicalVAE(pl.LightningModule):
             nlls = importance_weighted_nll(self.log_weight_fn(x), self.hparams.nll_k, self.hparams.nll_chunk,
                                            self._eval_gen)
             for k, nll in nlls.items():
-                self.log(f"test/nll_k{k}", nll.mean(), on_epoch=True, batch_size=len(x))
+                self.log(f"test/nll_k{k}", nll.mean(), on_epoch=True, batch_size=len(x), sync_dist=True)
             self._nll_seen += len(x)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -218,7 +221,7 @@ class HierarchicalVAE(pl.LightningModule):
     def make_samples(self) -> dict[str, Figure]:
         was_training = self.training
         self.eval()
-        gen = torch.Generator(device=self.device).manual_seed(EVAL_SEED)
+        gen = torch.Generator().manual_seed(EVAL_SEED)
         figures: dict[str, Figure] = {}
         if self.hparams.sample_count:
             figures["samples.png"] = _grid_figure(self.sample(self.hparams.sample_count, gen), nrow=8)

@@ -24,6 +24,25 @@ LOG_2PI = math.log(2.0 * math.pi)
 LogWeightFn = Callable[[int, torch.Generator | None], Tensor]
 
 
+# --- seeded evaluation noise -----------------------------------------------------------------------
+def randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str,
+          dtype: torch.dtype | None = None) -> Tensor:
+    """N(0, 1) draws on ``device``. With a generator they are drawn where it lives (the CPU for the
+    models' eval generators) and then moved, so a seeded evaluation gives the same numbers on every
+    device; without one they come from the device's own RNG (training noise)."""
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def randint(low: int, high: int, shape: Sequence[int], generator: torch.Generator | None,
+            device: torch.device | str) -> Tensor:
+    """Integers in [low, high) on ``device``, drawn like ``randn``: where the generator lives, if given."""
+    if generator is None:
+        return torch.randint(low, high, tuple(shape), device=device)
+    return torch.randint(low, high, tuple(shape), generator=generator, device=generator.device).to(device)
+
+
 # --- elementwise densities ------------------------------------------------------------------------
 def normal_log_prob(x: Tensor, mean: Tensor, log_var: Tensor | float = 0.0) -> Tensor:
     """log N(x; mean, exp(log_var)) per element (no sum)."""

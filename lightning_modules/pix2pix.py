@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
 from lightning_modules.fid import DomainFID, MonitorsFID, floor_images, load_feature_extractor
-from lightning_modules.gan import discriminator_objective, generator_loss
+from lightning_modules.adversarial_losses import discriminator_objective, generator_loss
 from lightning_modules.image_grids import columns_grid
 
 
@@ -110,10 +110,13 @@ class PatchDiscriminator(nn.Module):
 class Pix2Pix(MonitorsFID, pl.LightningModule):
     """Edges -> item with a U-Net G and a PatchGAN D that sees (edges, image) stacked as channels.
 
-    Batches are ``(edges, images, labels)``. Metrics: ``val/loss`` = L1, ``val/ssim``, ``test/l1``,
+    Batches are ``(edges, images, labels)``. Metrics: ``train/g_loss`` (L1 + lam * adversarial term, what
+    G minimises), ``train/d_loss`` (lam > 0), ``train/l1``; ``val/l1``, ``val/ssim``, ``test/l1``,
     ``test/ssim`` and, with ``fid_checkpoint``, ``val/fid`` (the checkpoint monitor) and ``test/fid`` of
-    G(edges) vs the images of that split, with ``test/fid_floor`` beside it. Without it, val L1 is the monitor.
+    G(edges) vs the images of that split, with ``test/fid_floor`` beside it. Without it, val/l1 is the monitor.
     """
+
+    fallback_monitor = "val/l1"
 
     def __init__(
         self,
@@ -182,7 +185,7 @@ class Pix2Pix(MonitorsFID, pl.LightningModule):
         self.manual_backward(loss)
         opt_g.step()
         self.untoggle_optimizer(opt_g)
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/g_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/l1", l1.detach(), on_step=False, on_epoch=True, batch_size=n)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -207,9 +210,9 @@ class Pix2Pix(MonitorsFID, pl.LightningModule):
         if batch_idx == 0 and self.hparams.sample_grid:  # the ordered val loader: the same examples every epoch
             k = self.hparams.sample_grid
             self._sample_batch = (edges[:k].detach().cpu(), target[:k].detach().cpu())
-        self.log("val/loss", F.l1_loss(output, target), on_epoch=True, prog_bar=True, batch_size=len(edges))
-        self.val_ssim(output, target)
-        self.log("val/ssim", self.val_ssim, on_epoch=True, batch_size=len(edges))
+        self.log("val/l1", F.l1_loss(output, target), on_epoch=True, prog_bar=True, batch_size=len(edges), sync_dist=True)
+        self.val_ssim(output, target)  # a torchmetrics object syncs its own state: sync_dist leaves it alone
+        self.log("val/ssim", self.val_ssim, on_epoch=True, batch_size=len(edges), sync_dist=True)
         if "val_fid" in self._frozen and not self.trainer.sanity_checking:
             fid = self._frozen["val_fid"].to(self.device)
             fid.update_real(target)
@@ -217,7 +220,7 @@ class Pix2Pix(MonitorsFID, pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if "val_fid" in self._frozen and not self.trainer.sanity_checking:
-            self.log("val/fid", self._frozen["val_fid"].compute())
+            self.log("val/fid", self._frozen["val_fid"].compute(), sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
         if "fid" in self._frozen:
@@ -226,9 +229,9 @@ class Pix2Pix(MonitorsFID, pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         edges, target = batch[0], batch[1]
         output = self.generator(edges)
-        self.log("test/l1", F.l1_loss(output, target), on_epoch=True, batch_size=len(edges))
+        self.log("test/l1", F.l1_loss(output, target), on_epoch=True, batch_size=len(edges), sync_dist=True)
         self.test_ssim(output, target)
-        self.log("test/ssim", self.test_ssim, on_epoch=True, batch_size=len(edges))
+        self.log("test/ssim", self.test_ssim, on_epoch=True, batch_size=len(edges), sync_dist=True)
         if "fid" in self._frozen:
             fid = self._frozen["fid"].to(self.device)
             fid.update_real(target)
@@ -237,14 +240,15 @@ class Pix2Pix(MonitorsFID, pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         if "fid" in self._frozen:
             fid = self._frozen["fid"]
-            self.log("test/fid", fid.compute())
+            self.log("test/fid", fid.compute(), sync_dist=True)
             real = floor_images(self.trainer, int(fid.metric.fake_features_num_samples))
             if real is not None:  # the floor: as many real train items as outputs, against the same test items
-                self.log("test/fid_floor", fid.floor(real))
+                self.log("test/fid_floor", fid.floor(real), sync_dist=True)
 
     def metric_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {
             "l1": "mean |G(edges) - image| per pixel, images in [0, 1], G in eval mode (dropout off)",
+            "g_loss": "l1 + lam * non-saturating -1/2 log D(edges, G(edges)), on training batches",
             "ssim": "torchmetrics SSIM, gaussian kernel 11 sigma 1.5, data_range 1, mean over images",
             "lam": self.hparams.lam,
         }

@@ -11,195 +11,26 @@ Speed (2 CPU cores): with full teacher forcing and no input feeding the decoder 
 its own outputs, so the whole target runs through StackedRNN at once (hoisted input projections) and
 attention is two batched matmuls over all steps. Otherwise a per-step loop collects the features. In
 both cases the output projection and the loss run once, over all steps, after the recurrence.
+The networks are in seq2seq_nets.py; this file holds the system: losses, decoding, BLEU.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 
 from lightning_modules.decoding import (PAD, SPECIALS, beam_search, bleu_signature, corpus_bleu, detokenize,
                                         greedy_decode, ids_to_tokens)
-from lightning_modules.recurrent import StackedRNN
+# Re-exported: the networks live in seq2seq_nets.py, the tests and older imports reach them from here.
+from lightning_modules.seq2seq_nets import ATTENTIONS, Seq2SeqNet, run_masked  # noqa: F401
 
-ATTENTIONS = ("none", "luong")
 DEFAULT_CORPUS = "multi30k test_2016_flickr"
-
-
-class Memory(NamedTuple):
-    values: Tensor  # [batch, S, hidden] encoder top-layer outputs h_s
-    keys: Tensor  # [batch, S, hidden] W_a h_s, projected once per sentence
-    mask: Tensor  # [batch, S] True at real (unpadded) source positions
-
-
-class DecState(NamedTuple):
-    rnn: list  # per layer: a tensor (Elman) or (y, s) (LSTMs), each [batch, hidden]
-    feed: Tensor | None  # [batch, hidden] previous attentional state (input feeding) or None
-    memory: Memory | None
-
-
-def _select(obj: Any, rows: Tensor) -> Any:
-    """index_select(0, rows) on every tensor of a nested state, keeping its structure."""
-    if isinstance(obj, Tensor):
-        return obj.index_select(0, rows)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_select(o, rows) for o in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_select(o, rows) for o in obj)
-    return obj
-
-
-def _where(keep: Tensor, new: Any, old: Any) -> Any:
-    if isinstance(new, Tensor):
-        return torch.where(keep, new, old)
-    return tuple(_where(keep, n, o) for n, o in zip(new, old))
-
-
-def run_masked(rnn: StackedRNN, x: Tensor, lengths: Tensor) -> tuple[Tensor, list]:
-    """StackedRNN over right-padded sequences; each row's final state is taken at its own last token.
-
-    Up to the shortest row every row is real, so that head runs through StackedRNN's own (fused)
-    forward. In the tail a row's state is frozen once t >= its length (torch.where), so padding never
-    reaches the state handed to the decoder. Length-bucketed batches make the tail a few steps.
-    Outputs at padded positions are left as computed: attention masks them.
-    """
-    batch, steps, _ = x.shape
-    head = int(lengths.min())
-    out, state = rnn(x[:, :head])  # [batch, head, hidden], state after step head-1 of every layer
-    if head == steps:
-        return out, state
-    valid = torch.arange(head, steps, device=x.device)[None, :] < lengths[:, None]  # [batch, tail]
-    inp, final = x[:, head:], []  # [batch, tail, in]
-    for k, (layer, st) in enumerate(zip(rnn.layers, state)):
-        if k > 0 and rnn.dropout > 0.0:
-            inp = rnn.drop(inp)
-        xw = layer.project_input(inp)  # [batch, tail, n_gates*hidden]
-        ys: list[Tensor] = []
-        for t, xw_t in enumerate(xw.unbind(1)):
-            y, new = layer.step(xw_t, st)
-            st = _where(valid[:, t, None], new, st)
-            ys.append(y)
-        inp = torch.stack(ys, dim=1)  # [batch, tail, hidden]
-        final.append(st)
-    return torch.cat([out, inp], dim=1), final
-
-
-class Encoder(nn.Module):
-    def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int, num_layers: int, cell: str,
-                 dropout: float, reverse: bool) -> None:
-        super().__init__()
-        self.reverse = reverse
-        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
-        self.drop = nn.Dropout(dropout)
-        self.rnn = StackedRNN(cell, embed_dim, hidden_size, num_layers, dropout=dropout)
-
-    def forward(self, src: Tensor, src_len: Tensor) -> tuple[Tensor, list]:
-        # src [batch, S] right-padded ids; src_len [batch]
-        if self.reverse:  # reverse each row's real tokens in place; padding stays at the end
-            pos = torch.arange(src.size(1), device=src.device)[None, :]  # [1, S]
-            last = src_len[:, None] - 1
-            src = src.gather(1, torch.where(pos <= last, last - pos, pos))
-        return run_masked(self.rnn, self.drop(self.embed(src)), src_len)
-
-
-class LuongAttention(nn.Module):
-    """Global attention, "general" score (Luong et al. 2015 eq. 8) and attentional state (eq. 5)."""
-
-    def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.w_a = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.w_c = nn.Linear(2 * hidden_size, hidden_size, bias=False)
-
-    def memory(self, enc_out: Tensor, mask: Tensor) -> Memory:
-        return Memory(enc_out, self.w_a(enc_out), mask)  # keys [batch, S, hidden]: once per sentence
-
-    def forward(self, h: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
-        """h [batch, T, hidden] decoder outputs -> (h~ [batch, T, hidden], weights [batch, T, S])."""
-        scores = torch.bmm(h, memory.keys.transpose(1, 2))  # [batch, T, S]
-        scores = scores.masked_fill(~memory.mask[:, None, :], float("-inf"))  # padding gets weight exactly 0
-        weights = scores.softmax(-1)
-        context = torch.bmm(weights, memory.values)  # [batch, T, hidden]
-        return torch.tanh(self.w_c(torch.cat([context, h], dim=-1))), weights
-
-
-class Seq2SeqNet(nn.Module):
-    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, cell: str, embed_dim: int, hidden_size: int,
-                 num_layers: int, dropout: float, attention: str, input_feeding: bool, reverse_source: bool) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.input_feeding = input_feeding
-        self.encoder = Encoder(src_vocab_size, embed_dim, hidden_size, num_layers, cell, dropout, reverse_source)
-        self.embed = nn.Embedding(tgt_vocab_size, embed_dim, padding_idx=PAD)
-        self.drop = nn.Dropout(dropout)
-        self.decoder = StackedRNN(cell, embed_dim + (hidden_size if input_feeding else 0), hidden_size, num_layers,
-                                  dropout=dropout)
-        self.attention = LuongAttention(hidden_size) if attention == "luong" else None
-        self.out = nn.Linear(hidden_size, tgt_vocab_size)
-
-    def start(self, src: Tensor, src_len: Tensor) -> DecState:
-        enc_out, state = self.encoder(src, src_len)  # [batch, S, hidden], final state per layer
-        memory = None
-        if self.attention is not None:
-            mask = torch.arange(src.size(1), device=src.device)[None, :] < src_len[:, None]  # [batch, S]
-            memory = self.attention.memory(enc_out, mask)
-        feed = enc_out.new_zeros(src.size(0), self.hidden_size) if self.input_feeding else None
-        return DecState(state, feed, memory)
-
-    def features_step(self, prev: Tensor, ds: DecState) -> tuple[Tensor, DecState]:
-        """One decoder step from previous tokens prev [N] -> (output feature [N, hidden], new state)."""
-        x = self.drop(self.embed(prev))  # [N, embed]
-        if ds.feed is not None:
-            x = torch.cat([x, ds.feed], dim=-1)
-        states = []
-        for k, (layer, st) in enumerate(zip(self.decoder.layers, ds.rnn)):
-            if k > 0 and self.decoder.dropout > 0.0:
-                x = self.decoder.drop(x)
-            x, st = layer.step(layer.project_input(x), st)  # [N, hidden]
-            states.append(st)
-        feat = x if self.attention is None else self.attention(x[:, None], ds.memory)[0][:, 0]
-        return feat, DecState(states, feat if self.input_feeding else None, ds.memory)
-
-    def project(self, feat: Tensor) -> Tensor:
-        return self.out(self.drop(feat))  # [..., vocab]
-
-    def step(self, prev: Tensor, ds: DecState) -> tuple[Tensor, DecState]:
-        feat, ds = self.features_step(prev, ds)
-        return self.project(feat), ds
-
-    def reorder(self, ds: DecState, rows: Tensor, same_sentence: bool = False) -> DecState:
-        """Rows of the state in the order ``rows``; same_sentence: rows only permute beams of one sentence,
-        whose memory is identical, so the (large) memory is not copied."""
-        memory = ds.memory if same_sentence else _select(ds.memory, rows)
-        return DecState(_select(ds.rnn, rows), _select(ds.feed, rows), memory)
-
-    def forward(self, src: Tensor, src_len: Tensor, tgt_in: Tensor, teacher_forcing: float = 1.0,
-                stepwise: bool = False) -> Tensor:
-        """Logits [batch, T, vocab] for decoder inputs tgt_in [batch, T] (<bos> + target without <eos>).
-
-        stepwise forces the per-step loop even where the all-steps path applies (tests compare the two).
-        """
-        ds = self.start(src, src_len)
-        if teacher_forcing >= 1.0 and not self.input_feeding and not stepwise:
-            h, _ = self.decoder(self.drop(self.embed(tgt_in)), ds.rnn)  # [batch, T, hidden], all steps at once
-            feats = h if self.attention is None else self.attention(h, ds.memory)[0]
-            return self.project(feats)
-        feats, prev = [], tgt_in[:, 0]
-        for t in range(tgt_in.size(1)):
-            feat, ds = self.features_step(prev, ds)  # [batch, hidden]
-            feats.append(feat)
-            if t + 1 < tgt_in.size(1):
-                prev = tgt_in[:, t + 1]
-                if teacher_forcing < 1.0:  # per sentence: feed the gold token or the model's own argmax
-                    with torch.no_grad():
-                        own = self.out(feat).argmax(-1)
-                    gold = torch.rand(prev.shape, device=prev.device) < teacher_forcing
-                    prev = torch.where(gold, prev, own)
-        return self.project(torch.stack(feats, dim=1))  # one output matmul over all steps
 
 
 class Seq2Seq(pl.LightningModule):
@@ -210,6 +41,9 @@ class Seq2Seq(pl.LightningModule):
     BLEU: sacrebleu on detokenized hypotheses against the datamodule's raw references
     (``references(split)``), greedy at validation, beam search (``beam_size`` > 1) at test.
     """
+
+    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
+    monitor_mode = "min"
 
     def __init__(
         self,
@@ -264,8 +98,19 @@ class Seq2Seq(pl.LightningModule):
         return self.net(src, src_len, tgt_in)
 
     # ---- decoding -------------------------------------------------------------------------------
+    def finite(self) -> bool:
+        """False once any weight is NaN or inf: a diverged model, whose decodes would be noise."""
+        return all(bool(torch.isfinite(p).all()) for p in self.parameters())
+
     def translate(self, src: Tensor, src_len: Tensor, beam_size: int | None = None) -> list[str]:
-        """Detokenized (lowercase) translations; beam_size 1 is greedy, None uses the model's beam_size."""
+        """Detokenized (lowercase) translations; beam_size 1 is greedy, None uses the model's beam_size.
+
+        A diverged model translates every sentence to "" with a warning instead of decoding from NaN
+        logits; its NaN loss is what the suite's divergence check stops the run on.
+        """
+        if not self.finite():
+            rank_zero_warn("Seq2Seq has non-finite weights (the run diverged): decoding nothing")
+            return [""] * src.size(0)
         k = self.hparams.beam_size if beam_size is None else beam_size
         was_training = self.training
         self.eval()
@@ -314,28 +159,49 @@ class Seq2Seq(pl.LightningModule):
         self._hyps += self.translate(src, src_len, beam_size)
         self._tgt_refs += [self.detok(row) for row in tgt.tolist()]
 
+    def _gathered(self) -> tuple[float, int, list[str], list[str]]:
+        """The summed NLL, token count, hypotheses and target references: this rank's, or under DDP all
+        ranks' (each decoded its own shard), so every rank logs the same corpus-level numbers."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return self._nll, self._tokens, self._hyps, self._tgt_refs
+        import torch.distributed as dist
+
+        sums = torch.tensor([self._nll, float(self._tokens)], dtype=torch.float64, device=self.device)
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        parts: list[Any] = [None] * self.trainer.world_size
+        dist.all_gather_object(parts, (self._hyps, self._tgt_refs))
+        return float(sums[0]), int(sums[1]), [h for p in parts for h in p[0]], [r for p in parts for r in p[1]]
+
     def _eval_end(self, stage: str) -> None:
-        if not self._tokens:
+        nll, tokens, hyps, tgt_refs = self._gathered()
+        if not tokens:
             return
-        loss = self._nll / self._tokens
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
-        self.log(f"{stage}/ppl", math.exp(min(loss, 50.0)))
-        refs, kind = self._references(stage, len(self._hyps))
-        self.log(f"{stage}/bleu", corpus_bleu(self._hyps, refs), prog_bar=stage == "val")
+        loss = nll / tokens
+        # Equal on every rank after _gathered, so sync_dist's mean changes nothing; it keeps DDP runs uniform.
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/ppl", math.exp(min(loss, 50.0)), sync_dist=True)
+        refs, kind = self._references(stage, len(hyps), tgt_refs)
+        self.log(f"{stage}/bleu", corpus_bleu(hyps, refs), prog_bar=stage == "val", sync_dist=True)
         if stage == "test":
-            self._bleu_info = {"bleu_references": kind, "bleu_sentences": len(self._hyps)}
+            self._bleu_info = {"bleu_references": kind, "bleu_sentences": len(hyps)}
         self._reset_eval()
 
     def _datamodule(self) -> Any:
         return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
 
-    def _references(self, stage: str, n: int) -> tuple[list[str], str]:
-        """The datamodule's raw references for the first n sentences (loaders keep file order), if any."""
+    def _references(self, stage: str, n: int, tgt_refs: list[str]) -> tuple[list[str], str]:
+        """The datamodule's raw references for the first n sentences (loaders keep file order), if any.
+
+        Under DDP the distributed sampler interleaves the shards, so file order is lost: the detokenized
+        targets, gathered beside their hypotheses, are the references then.
+        """
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return tgt_refs, "detokenized target ids (DDP shards do not keep file order)"
         dm = self._datamodule()
         refs = dm.references(stage) if hasattr(dm, "references") else []
         if len(refs) >= n:
             return refs[:n], "raw references (cased, untokenized)"
-        return self._tgt_refs, "detokenized target ids (no datamodule references)"
+        return tgt_refs, "detokenized target ids (no datamodule references)"
 
     def on_validation_epoch_start(self) -> None:
         self._reset_eval()
@@ -374,7 +240,7 @@ class Seq2Seq(pl.LightningModule):
 
     def make_samples(self) -> dict[str, str]:
         """'src ||| hyp ||| ref' for the first val sentences, greedy-decoded."""
-        if self._sample_src is None:
+        if self._sample_src is None or not self.finite():
             return {}
         src, src_len = self._sample_src
         hyps = self.translate(src.to(self.device), src_len.to(self.device), beam_size=1)

@@ -59,6 +59,9 @@ def input_grad_norms(net: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tens
 class SequenceClassifier(pl.LightningModule):
     """One label per sequence from the last step; cross-entropy, Adam; accuracy and input-gradient norms."""
 
+    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
+    monitor_mode = "min"
+
     def __init__(
         self,
         input_size: int,
@@ -99,9 +102,10 @@ class SequenceClassifier(pl.LightningModule):
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
         x, y = batch
         logits = self(x)  # [batch, num_classes]
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=stage == "val", batch_size=len(y),
+                 sync_dist=True)
         accuracy(logits, y)
-        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
+        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=len(y), sync_dist=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_acc)
@@ -112,8 +116,8 @@ class SequenceClassifier(pl.LightningModule):
             x, y = batch
             first, last = input_grad_norms(self.net, x, y)  # [batch] each
             # Logged with batch_size: the epoch value is the per-example mean over the measured batches.
-            self.log("test/grad_norm_first", first.mean(), on_epoch=True, batch_size=len(y))
-            self.log("test/grad_norm_last", last.mean(), on_epoch=True, batch_size=len(y))
+            self.log("test/grad_norm_first", first.mean(), on_epoch=True, batch_size=len(y), sync_dist=True)
+            self.log("test/grad_norm_last", last.mean(), on_epoch=True, batch_size=len(y), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.hparams.optimizer == "sgd":

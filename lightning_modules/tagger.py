@@ -87,6 +87,9 @@ class TaggerNet(nn.Module):
 class Tagger(pl.LightningModule):
     """Token-level tagging with cross-entropy over non-pad tokens; reports token accuracy."""
 
+    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
+    monitor_mode = "min"
+
     def __init__(
         self,
         vocab_size: int,
@@ -138,9 +141,9 @@ class Tagger(pl.LightningModule):
     def _eval_step(self, batch: tuple[Tensor, Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
         loss, logits, tags, n = self._loss(batch)
         # Weighted by token count: the epoch value is the per-token mean, not a mean of batch means.
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=n)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
         accuracy(logits.flatten(0, 1), tags.flatten())
-        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=n)
+        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_acc)

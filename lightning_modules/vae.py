@@ -22,12 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules.likelihood import (LogWeightFn, bernoulli_log_prob, check_ks, importance_weighted_nll,
-                                          normal_kl, normal_log_prob)
+                                          normal_kl, normal_log_prob, randn)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-EVAL_SEED = 0  # val/test draws come from a generator reset to this each epoch: epochs compare on the same noise
+# val/test draws come from a CPU generator reset to this each epoch: epochs compare on the same noise, and
+# every device on the same numbers (likelihood.randn draws on the CPU and moves them).
+EVAL_SEED = 0
 VARIANTS = ("seed", "standard")
 
 
@@ -94,6 +96,9 @@ class GaussianEncoder(nn.Module):
 
 
 class VAE(pl.LightningModule):
+    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
+    monitor_mode = "min"
+
     def __init__(
         self,
         image_shape: list[int],
@@ -151,7 +156,7 @@ class VAE(pl.LightningModule):
         """-log p(x|z) with one reparameterised z ~ q(z|x), and KL(q(z|x) || N(0, I)) in closed form: [batch] each."""
         x = x.flatten(1)  # [batch, D]
         mean, log_var = self.encoder(x)  # [batch, latent]
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        eps = randn(mean.shape, generator, mean.device, mean.dtype)
         z = mean + torch.exp(0.5 * log_var) * eps
         return -self.log_likelihood(x, self.decoder(z)), normal_kl(mean, log_var).sum(-1)
 
@@ -161,7 +166,7 @@ class VAE(pl.LightningModule):
         mean, log_var = self.encoder(x)  # [batch, latent], encoded once for every chunk of draws
 
         def draw(n: int, generator: torch.Generator | None) -> Tensor:
-            eps = torch.randn((n, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
+            eps = randn((n, *mean.shape), generator, mean.device, mean.dtype)
             z = mean + torch.exp(0.5 * log_var) * eps  # [n, batch, latent]
             log_q = normal_log_prob(z, mean, log_var).sum(-1)  # [n, batch]
             log_prior = normal_log_prob(z, torch.zeros_like(z)).sum(-1)
@@ -195,16 +200,16 @@ class VAE(pl.LightningModule):
         n = len(x)
         recon, kl = self.elbo_terms(x, self._eval_gen)
         neg_elbo = recon + kl  # [batch]
-        self.log(f"{stage}/loss", neg_elbo.mean(), on_epoch=True, prog_bar=stage == "val", batch_size=n)
-        self.log(f"{stage}/elbo", -neg_elbo.mean(), on_epoch=True, batch_size=n)
-        self.log(f"{stage}/recon", recon.mean(), on_epoch=True, batch_size=n)
-        self.log(f"{stage}/kl", kl.mean(), on_epoch=True, batch_size=n)
+        self.log(f"{stage}/loss", neg_elbo.mean(), on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
+        self.log(f"{stage}/elbo", -neg_elbo.mean(), on_epoch=True, batch_size=n, sync_dist=True)
+        self.log(f"{stage}/recon", recon.mean(), on_epoch=True, batch_size=n, sync_dist=True)
+        self.log(f"{stage}/kl", kl.mean(), on_epoch=True, batch_size=n, sync_dist=True)
         if self.hparams.variant == "seed":
             self.log(f"{stage}/seed_loss", neg_elbo.mean() - 0.5 * self.dims * math.log(2 * math.pi),
-                     on_epoch=True, batch_size=n)
+                     on_epoch=True, batch_size=n, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator(device=self.device).manual_seed(EVAL_SEED)
+        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch
@@ -213,7 +218,7 @@ class VAE(pl.LightningModule):
         self._eval_step(x, "val")
 
     def on_test_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator(device=self.device).manual_seed(EVAL_SEED)
+        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
         self._nll_seen = 0
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -227,7 +232,7 @@ class VAE(pl.LightningModule):
             nlls = importance_weighted_nll(self.log_weight_fn(x), self.hparams.nll_k, self.hparams.nll_chunk,
                                            self._eval_gen)
             for k, nll in nlls.items():
-                self.log(f"test/nll_k{k}", nll.mean(), on_epoch=True, batch_size=len(x))
+                self.log(f"test/nll_k{k}", nll.mean(), on_epoch=True, batch_size=len(x), sync_dist=True)
             self._nll_seen += len(x)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -250,11 +255,11 @@ class VAE(pl.LightningModule):
     def make_samples(self) -> dict[str, Figure]:
         was_training = self.training
         self.eval()
-        gen = torch.Generator(device=self.device).manual_seed(EVAL_SEED)  # the same z every epoch
+        gen = torch.Generator().manual_seed(EVAL_SEED)  # the same z every epoch
         latent = self.hparams.latent_dim
         figures: dict[str, Figure] = {}
         if self.hparams.sample_count:
-            z = torch.randn(self.hparams.sample_count, latent, generator=gen, device=self.device)
+            z = randn((self.hparams.sample_count, latent), gen, self.device)
             figures["samples.png"] = _grid_figure(self.decode_mean(z), nrow=8)  # decoder means, not noisy draws
         if self._val_images is not None:
             x = self._val_images

@@ -46,9 +46,14 @@ def test_mlflow_run_holds_params_metrics_samples_and_checkpoints(project: Path) 
     for run in runs:
         assert run.info.status == "FINISHED"
         params = run.data.params
-        for key in ("seed", "data_hash", "git_commit", "version.torch", "version.lightning", "exp.model_args.cell",
+        for key in ("seed", "data_hash", "git_commit", "code_hash", "version.torch", "version.lightning", "exp.model",
                     "hidden_size", "lr"):
             assert key in params, key
+        # Each value once: the model's arguments come from its hyperparameters, not again under exp.model_args.
+        assert not any(k.startswith("exp.model_args.") for k in params)
+        assert not any("\n" in v for v in params.values())
+        assert run.data.tags["stopped_by"] == "max_epochs"
+        assert "mlflow.source.git.commit" in run.data.tags
         assert {"train/loss", "val/loss", "test/loss", "test/bpc"} <= set(run.data.metrics)
         history = client.get_metric_history(run.info.run_id, "val/loss")
         assert len(history) == exp.trainer["max_epochs"]  # one point per epoch
@@ -56,12 +61,91 @@ def test_mlflow_run_holds_params_metrics_samples_and_checkpoints(project: Path) 
         assert any(p.endswith(".txt") for p in samples)
         ckpts = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "checkpoints")}
         assert {"best.ckpt", "last.ckpt"} <= ckpts
-    metrics = json.loads((project / "results" / "hello_elman" / "metrics.json").read_text())
-    assert metrics["summary"]["test/loss"]["n"] == 2
-    assert metrics["summary"] == summary["summary"]
-    assert (project / "results" / "hello_elman" / "curves" / "seed_1.csv").is_file()
-    text = (project / "results" / "hello_elman" / "seeds" / "seed_0" / "samples" / "samples.txt").read_text()
+    out = project / "results" / "hello_elman"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_seeds"] == 2 and metrics["test/loss"]["n"] == 2
+    # metrics.json holds numbers only, for `dvc metrics show`.
+    assert all(isinstance(v, (int, float)) for entry in metrics.values()
+               for v in (entry.values() if isinstance(entry, dict) else [entry]))
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored["summary"] == json.loads(json.dumps(summary["summary"]))
+    assert stored["stopped_by"] == {"0": "max_epochs", "1": "max_epochs"} and stored["truncated"] is False
+    per_seed = [stored["per_seed"][s]["test/loss"] for s in ("0", "1")]
+    assert metrics["test/loss"]["mean"] == pytest.approx(sum(per_seed) / 2)
+    from scipy import stats
+
+    ci = stats.t.interval(0.95, 1, loc=0, scale=stats.sem(per_seed))[1]
+    assert metrics["test/loss"]["ci95"] == pytest.approx(ci)
+    assert (out / "curves" / "seed_1.csv").is_file()
+    prov = json.loads((out / "seeds" / "seed_0" / "provenance.json").read_text())
+    assert prov["run_id"] in {r.info.run_id for r in runs} and prov["machine"]["threads"] >= 1
+    text = (out / "seeds" / "seed_0" / "samples" / "samples.txt").read_text()
     assert text.strip() and set(text) <= set("\nehlo")
+
+
+def test_seeds_run_as_separate_jobs_merge_to_the_same_summary(project: Path) -> None:
+    """Seeds 0 and 1 as two jobs, then `collect`, give the metrics of one job running both."""
+    from benchmarks.cli import main
+
+    exp = experiment_from_params(load_params(), "hello_lstm")
+    together = run_experiment(exp, run_options(project, results_dir=project / "together"))
+    for seed in exp.seeds:
+        one = run_experiment(exp, run_options(project), seeds=[seed])
+        # A single seed's job publishes that seed and says which are missing, never a one-seed "summary" of all.
+        assert one["seeds"] == sorted(exp.seeds[: exp.seeds.index(seed) + 1])
+    (project / "results" / "hello_lstm" / "metrics.json").unlink()
+    assert main(["collect", "hello_lstm"]) == 0
+    merged = json.loads((project / "results" / "hello_lstm" / "metrics.json").read_text())
+    assert merged == json.loads((project / "together" / "hello_lstm" / "metrics.json").read_text())
+    assert together["missing_seeds"] == []
+
+
+def test_a_stale_seed_is_not_merged(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    exp = experiment_from_params(load_params(), "hello_lstm")
+    run_experiment(exp, run_options(project), seeds=[0])
+    changed = replace(exp, model_args=exp.model_args | {"hidden_size": 8})
+    summary = run_experiment(changed, run_options(project), seeds=[1])
+    assert summary["seeds"] == [1] and summary["missing_seeds"] == [0]
+    assert "made by another config" in capsys.readouterr().out
+
+
+def test_a_diverging_run_fails_and_publishes_nothing(project: Path) -> None:
+    from benchmarks.errors import DivergedError
+
+    exp = experiment_from_params(load_params(), "words_lstm")
+    exploding = replace(exp, model_args=exp.model_args | {"lr": 1.0e6})
+    with pytest.raises(DivergedError, match="diverged"):
+        run_seed(exploding, 0, run_options(project))
+    (run,) = _runs(project)
+    assert run.info.status == "FAILED"
+    assert not (project / "results" / "words_lstm").exists()
+    # Nothing resumable is left behind: the next run starts from scratch.
+    assert not (seed_state_dir(exploding, 0, run_options(project)) / "ckpt").exists()
+
+
+def test_a_poisoned_resume_never_publishes(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run on garbage data fails; the next run on the real data starts over and gets the real numbers."""
+    exp = experiment_from_params(load_params(), "words_lstm")
+    clean = run_seed(exp, 0, run_options(project, results_dir=project / "clean"))
+    garbage = project / "garbage" / "words"
+    garbage.mkdir(parents=True)
+    # Valid words, but only those the split rule sends to train: the val and test splits are empty.
+    from datamodules.text import _bucket
+
+    words = [w for w in (f"{a}{b}{c}" for a in "abcdefghij" for b in "klmnopqrst" for c in "aeiou") if _bucket(w) % 100 < 80]
+    (garbage / "american-english").write_text("\n".join(words) + "\n")
+    monkeypatch.setenv("ARCHBENCH_DATA_DIR", str(project / "garbage"))
+    with pytest.raises(ArchbenchError):
+        run_seed(exp, 0, run_options(project, data_dir=str(project / "garbage")))
+    assert not (project / "results" / "words_lstm" / "seeds" / "seed_0" / "result.json").exists()
+    monkeypatch.delenv("ARCHBENCH_DATA_DIR")
+    from tests.conftest import SHARED_DATA
+
+    if SHARED_DATA.is_dir():
+        monkeypatch.setenv("ARCHBENCH_DATA_DIR", str(SHARED_DATA))
+    again = run_seed(exp, 0, run_options(project))
+    assert again["metrics"] == clean["metrics"]
+    assert {r.info.status for r in _runs(project)} == {"FINISHED", "FAILED"}
 
 
 class Boom(RuntimeError):
@@ -80,25 +164,47 @@ def test_a_run_that_raises_ends_failed(project: Path) -> None:
         run_seed(exp, 0, run_options(project, extra_callbacks=[Explode()]))
     (run,) = _runs(project)
     assert run.info.status == "FAILED"
+    # A failure is not a kill: nothing is left for a later run to resume.
+    assert not (seed_state_dir(exp, 0, run_options(project)) / "ckpt" / "last.ckpt").exists()
+
+
+def test_a_killed_run_under_changed_code_starts_over_and_says_why(project: Path, monkeypatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import benchmarks.provenance
+
+    exp = experiment_from_params(load_params(), "hello_lstm")
+    with pytest.raises(SystemExit):
+        run_seed(exp, 0, run_options(project, extra_callbacks=[_kill_after_first_epoch()]))
+    monkeypatch.setattr(benchmarks.provenance, "code_hash", lambda: "0" * 12)
+    again = run_seed(exp, 0, run_options(project))
+    said = capsys.readouterr().out
+    assert "starting over" in said and "the code changed" in said
+    runs = {r.info.run_id: r.info.status for r in _runs(project)}
+    # The killed run is closed, the new one finished: nothing is left RUNNING.
+    assert sorted(runs.values()) == ["FINISHED", "KILLED"] and runs[again["run_id"]] == "FINISHED"
+    assert again["epochs"] == exp.trainer["max_epochs"]
 
 
 def _kill_after_first_epoch() -> object:
-    """A callback that saves last.ckpt after epoch 0 and then raises, as a killed run would stop."""
+    """A callback that saves last.ckpt after epoch 0 and then stops the process as Ctrl-C does (Lightning turns
+    KeyboardInterrupt into SystemExit): a killed run, which keeps its checkpoint, unlike a failed one."""
     import lightning.pytorch as pl
 
     class KillAfterFirstEpoch(pl.Callback):
         def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             if trainer.current_epoch == 0:
                 trainer.save_checkpoint(trainer.checkpoint_callback.dirpath + "/last.ckpt")
-                raise Boom("killed")
+                raise SystemExit(1)
 
     return KillAfterFirstEpoch()
 
 
 def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project: Path) -> None:
     exp = experiment_from_params(load_params(), "hello_lstm")
-    with pytest.raises(Boom):
+    with pytest.raises(SystemExit):
         run_seed(exp, 0, run_options(project, extra_callbacks=[_kill_after_first_epoch()]))
+    (killed,) = _runs(project)
+    assert killed.info.status == "KILLED"
     state = seed_state_dir(exp, 0, run_options(project))
     assert (state / "ckpt" / "last.ckpt").is_file()
     resumed = run_seed(exp, 0, run_options(project))
@@ -110,15 +216,15 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project:
 
 
 def test_a_run_resumes_under_a_new_commit_and_records_what_changed(project: Path, monkeypatch) -> None:
-    import benchmarks.train
+    import benchmarks.provenance
 
     exp = experiment_from_params(load_params(), "hello_lstm")
-    with pytest.raises(Boom):
+    with pytest.raises(SystemExit):
         run_seed(exp, 0, run_options(project, extra_callbacks=[_kill_after_first_epoch()]))
     (killed,) = _runs(project)
     first = killed.data.params
     # The code moved on before the resume: a new commit, and a model argument whose value differs.
-    monkeypatch.setattr(benchmarks.train, "git_commit", lambda project_dir: "0" * 40)
+    monkeypatch.setattr(benchmarks.provenance, "git_commit", lambda project_dir: "0" * 40)
     lr = float(first["lr"]) / 2
     resumed = run_seed(exp, 0, run_options(project, model_overrides={"lr": lr}))
     (run,) = _runs(project)  # still one run: the same one, finished
@@ -143,11 +249,11 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_it_is_not_the_best(projec
     class KillAfterSecondEpoch(pl.Callback):
         def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             if trainer.current_epoch == 2:  # epoch 1 is validated and checkpointed
-                raise Boom("killed")
+                raise SystemExit(1)
 
     hello = experiment_from_params(load_params(), "hello_lstm")
     exp = replace(hello, trainer=hello.trainer | {"max_epochs": 3})
-    with pytest.raises(Boom):
+    with pytest.raises(SystemExit):
         run_seed(exp, 0, run_options(project, extra_callbacks=[KillAfterSecondEpoch()]))
     ckpt = seed_state_dir(exp, 0, run_options(project)) / "ckpt"
     assert torch.load(ckpt / "best.ckpt", weights_only=False)["epoch"] == 0

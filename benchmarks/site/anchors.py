@@ -1,0 +1,34 @@
+"""Published reference numbers on the suite's datasets, shown beside our own rows (never used in tests).
+
+Each anchor names where the number comes from and how it was measured, because a number without its
+protocol cannot be compared: the BLEU values are corpus BLEU with greedy decoding on spaCy tokens, the
+shakespeare values are nanoGPT's validation loss on its own 90/10 split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SEQ2SEQ = "bentrevett/pytorch-seq2seq"
+SEQ2SEQ_PROTOCOL = ("Multi30k task 1 test_2016_flickr, de->en, sacrebleu-style corpus BLEU, greedy decoding, "
+                    "spaCy tokenisation")
+NANOGPT = "karpathy/nanoGPT README"
+NANOGPT_PROTOCOL = "char-level, validation loss in nats/char on nanoGPT's 90/10 split (best checkpoint)"
+
+ANCHORS: tuple[dict[str, Any], ...] = (
+    {"data": "multi30k", "metric": "test/bleu", "value": 13.76, "model": "2-layer LSTM encoder-decoder",
+     "source": f"{SEQ2SEQ}, notebook 1", "protocol": SEQ2SEQ_PROTOCOL},
+    {"data": "multi30k", "metric": "test/bleu", "value": 20.61, "model": "GRU encoder-decoder with the context at each step",
+     "source": f"{SEQ2SEQ}, notebook 2", "protocol": SEQ2SEQ_PROTOCOL},
+    {"data": "multi30k", "metric": "test/bleu", "value": 28.30, "model": "GRU with Bahdanau attention",
+     "source": f"{SEQ2SEQ}, notebook 3", "protocol": SEQ2SEQ_PROTOCOL},
+    {"data": "tinyshakespeare", "metric": "val/loss_best", "value": 1.47, "model": "6-layer GPT (one A100, 3 min)",
+     "source": NANOGPT, "protocol": NANOGPT_PROTOCOL},
+    {"data": "tinyshakespeare", "metric": "val/loss_best", "value": 1.88, "approx": True,
+     "model": "small GPT, nanoGPT's CPU configuration (about 3 min on a laptop)",
+     "source": NANOGPT, "protocol": NANOGPT_PROTOCOL},
+)
+
+
+def anchors_for(data: str) -> list[dict[str, Any]]:
+    return [a for a in ANCHORS if a["data"] == data]

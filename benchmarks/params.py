@@ -65,10 +65,10 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     import yaml
 
     p = params_path(path)
-    if not p.is_file():
-        raise ArchbenchError(f"{p} not found: run from the project root or pass --params PATH (or set {PARAMS_ENV})")
     if p.is_dir():
         raise ArchbenchError(f"{p} is a folder, not a params file; pass --params PATH to a YAML file")
+    if not p.is_file():
+        raise ArchbenchError(f"{p} not found: run from the project root or pass --params PATH (or set {PARAMS_ENV})")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

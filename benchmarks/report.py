@@ -1,84 +1,88 @@
-"""The report stage: a leaderboard (Markdown and JSON) of every experiment's test metrics, mean ± std
-over seeds, plus validation curves as PNG, and the best parameters of each study."""
+"""The report stage: a static site in results/report/ (index.html and the pages of benchmarks/site/), and its
+Markdown and JSON twins (leaderboard.md, leaderboard.json) for terminals and diffs.
+
+The report reads the user's results/ and the committed ledger (ledger/*.json), so a fresh clone renders
+the published benchmark before anything is trained.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from benchmarks.claims import claims_section
 
 
-def collect(results_dir: Path) -> list[dict[str, Any]]:
-    rows = []
-    for path in sorted(results_dir.glob("*/metrics.json")):
-        data = json.loads(path.read_text())
-        if "summary" in data:
-            rows.append(data)
-    return rows
+def write_report(results_dir: Path, params: dict[str, Any] | None = None, *, ledger_dir: Path | None = None,
+                 ledger: dict[str, dict[str, Any]] | None = None, mlflow_url: str | None = None) -> Path:
+    """Write results/report/; returns index.html. ``ledger`` replaces ledger/ (e.g. the ledger at a revision)."""
+    from benchmarks.ledger import ledger_dir_for, load_ledger
+    from benchmarks.site.build import build_site, gather
+
+    out = results_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    if ledger is None:
+        ledger = load_ledger(ledger_dir or ledger_dir_for(results_dir))
+    model = gather(results_dir, ledger, params, mlflow_url)
+    index = build_site(model, out)
+    (out / "leaderboard.md").write_text(leaderboard_markdown(model) + claims_section(results_dir, out)
+                                        + density_section(results_dir, out))
+    board = {name: {"model": e["model"], "data": e["data"], "source": e["source"],
+                    "seeds": [s["seed"] for s in e["seeds"]], "summary": _json_stats(e["summary"]),
+                    "budget": e["budget"], "settings": e["settings"]}
+             for name, e in {**model["published"], **model["entries"]}.items()}
+    (out / "leaderboard.json").write_text(json.dumps(board, indent=2, sort_keys=True) + "\n")
+    return index
 
 
-def _fmt(stats: dict[str, float]) -> str:
-    return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+def _json_stats(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {k: {f: v for f, v in s.items() if f != "values" and v == v} for k, s in summary.items()}
 
 
-def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["# archbench leaderboard", "", "Test metrics and the best validation value, mean ± sample std over seeds (n = number of seeds).", ""]
-    by_data: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_data.setdefault(row["data"], []).append(row)
-    for data, group in sorted(by_data.items()):
-        keys = sorted({k for r in group for k in r["summary"] if k.startswith("test/") or k.endswith("_best")})
-        lines += [f"## {data}", "", "| experiment | model | n | " + " | ".join(keys) + " | parameters | fit time (s) |",
-                  "|---|---|---|" + "---|" * len(keys) + "---|---|"]
-        first = keys[0] if keys else None
-        for r in sorted(group, key=lambda r: r["summary"].get(first, {}).get("mean", float("inf")) if first else 0):
-            cells = [_fmt(r["summary"][k]) if k in r["summary"] else "–" for k in keys]
-            n = max((s["n"] for s in r["summary"].values()), default=0)
-            n_params = r.get("settings", {}).get("parameters")
-            size = f"{n_params:,}" if isinstance(n_params, int) else "–"
-            lines.append(f"| {r['experiment']} | {r['model']} | {n} | " + " | ".join(cells) + f" | {size} | {r['wall_time_s']:.1f} |")
+def leaderboard_markdown(model: dict[str, Any]) -> str:
+    from benchmarks.site.html import mean_ci
+    from benchmarks.site.pages import board_keys, rows_for, sort_value
+    from benchmarks.site.anchors import anchors_for
+
+    entries, published, ledger = model["entries"], model["published"], model["ledger"]
+    lines = ["# archbench leaderboard", "",
+             "Test metrics and the best validation value, mean ± half-width of the 95% t-interval over seeds "
+             "(n = number of seeds). Rows marked (published) come from ledger/; anchors are published references.", ""]
+    for data in sorted({str(e["data"]) for e in [*entries.values(), *published.values()]}):
+        rows = rows_for(data, entries, published)
+        anchors = anchors_for(data)
+        primary, keys = board_keys(rows, anchors)
+        lines += [f"## {data}", "", "| experiment | model | n | " + " | ".join(keys) + " | published | parameters | stopped by |",
+                  "|---|---|---|" + "---|" * len(keys) + "---|---|---|"]
+        for e in sorted(rows, key=lambda e: (sort_value(e["summary"].get(primary, {}).get("mean"), primary), e["name"])):
+            cells = [mean_ci(e["summary"].get(k)) for k in keys]
+            pub = (ledger.get(e["name"]) or {}).get("summary", {}).get(primary) if e["source"] == "results" else None
+            size = f"{e['parameters']:,}" if isinstance(e.get("parameters"), int) else "–"
+            stopped = ", ".join(sorted({str(s["stopped_by"]) for s in e["seeds"]})) + (" (truncated)" if e["truncated"] else "")
+            name = e["name"] + (" (published)" if e["source"] == "ledger" else "")
+            lines.append(f"| {name} | {e['model']} | {len(e['seeds'])} | " + " | ".join(cells)
+                         + f" | {mean_ci(pub) if pub else '–'} | {size} | {stopped} |")
+        for a in anchors:
+            lines.append(f"| *{a['model']}* (anchor: {a['source']}) | | | "
+                         + " | ".join(f"{a['value']}" if k == a["metric"] else "–" for k in keys) + f" | {a['protocol']} | | |")
         lines.append("")
-    return "\n".join(lines)
-
-
-def plot_curves(results_dir: Path, rows: list[dict[str, Any]], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    for row in rows:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        drew = False
-        for curve in sorted((results_dir / row["experiment"]).glob("curves/seed_*.csv")):
-            with curve.open() as fh:
-                data = list(csv.DictReader(fh))
-            for key, style in (("train/loss", "--"), ("val/loss", "-")):
-                pts = [(float(d["epoch"]), float(d[key])) for d in data if d.get(key)]
-                if pts:
-                    ax.plot(*zip(*pts), style, marker="o", ms=3, label=f"{curve.stem} {key}")
-                    drew = True
-        if drew:
-            ax.set(xlabel="epoch", ylabel="loss (nats)", title=row["experiment"])
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            name = f"curves_{row['experiment']}.png"
-            fig.savefig(out / name, dpi=110)
-            written.append(name)
-        plt.close(fig)
-    return written
+    studies = model["studies"]
+    if studies:
+        lines += ["## Tuned hyperparameters", ""]
+        for best in studies:
+            repeats = f", {best['n_repeats']} of them repeats" if best.get("n_repeats") else ""
+            lines.append(f"- **{best['study']}** ({best['n_complete']} complete{repeats}, {best['n_pruned']} pruned trials): "
+                         f"{best['metric']} = {best['value']:.4f} with `{json.dumps(best['params'])}`")
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 def density_section(results_dir: Path, out: Path) -> str:
     """The KDE-vs-dimension claim: held-out log-likelihood per dimension, the plot, the crossover.
 
     ``results/density`` is the default profile (a DVC stage), ``results/density_full`` the full one."""
-    import shutil
-
     md: list[str] = []
     for folder, label in (("density", "default profile"), ("density_full", "full profile")):
         path = results_dir / folder / "density.json"
@@ -86,7 +90,8 @@ def density_section(results_dir: Path, out: Path) -> str:
             continue
         study = json.loads(path.read_text())
         image = "kde_vs_dim.png" if folder == "density" else f"kde_vs_dim_{folder.removeprefix('density_')}.png"
-        shutil.copy(path.with_name("kde_vs_dim.png"), out / image)
+        if path.with_name("kde_vs_dim.png").is_file():
+            shutil.copy(path.with_name("kde_vs_dim.png"), out / image)
         md += ["", f"## Density estimation: MLE vs KDE against the dimension ({label})", "",
                "Held-out mean log-likelihood in nats per dimension (higher is better), PCA fitted on train.", ""]
         for name, entry in study["results"].items():
@@ -98,28 +103,3 @@ def density_section(results_dir: Path, out: Path) -> str:
             md.append("")
         md.append(f"![KDE vs dimension, {label}]({image})")
     return "\n".join(md) + "\n" if md else ""
-
-
-def write_report(results_dir: Path, params: dict[str, Any] | None = None) -> Path:
-    out = results_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    rows = collect(results_dir)
-    md = leaderboard_markdown(rows)
-    studies = sorted((results_dir / "tune").glob("*/best_params.json"))
-    if studies:
-        md += "\n## Tuned hyperparameters\n\n"
-        for path in studies:
-            best = json.loads(path.read_text())
-            repeats = f", {best['n_repeats']} of them repeats" if best.get("n_repeats") else ""
-            md += (f"- **{best['study']}** ({best['n_complete']} complete{repeats}, {best['n_pruned']} pruned trials): "
-                   f"{best['metric']} = {best['value']:.4f} with `{json.dumps(best['params'])}`\n")
-    md += claims_section(results_dir, out)
-    md += density_section(results_dir, out)
-    plots = plot_curves(results_dir, rows, out)
-    if plots:
-        md += "\n## Curves\n\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n"
-    (out / "leaderboard.md").write_text(md)
-    board = {r["experiment"]: {"model": r["model"], "data": r["data"], "seeds": r["seeds"], "summary": r["summary"],
-                               "settings": r["settings"], "wall_time_s": r["wall_time_s"]} for r in rows}
-    (out / "leaderboard.json").write_text(json.dumps(board, indent=2, sort_keys=True) + "\n")
-    return out / "leaderboard.md"

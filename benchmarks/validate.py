@@ -7,6 +7,7 @@ the run must be able to write.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -84,11 +85,19 @@ def check_trainer(exp: Experiment, args: dict[str, Any]) -> None:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ArchbenchError(f"experiment '{exp.name}': trainer.accelerator is '{accelerator}' but this machine has "
                              f"no CUDA GPU; use accelerator: auto (or cpu)")
+    # Quiet: this Trainer only checks arguments; its "GPU available" lines would come again from the real one.
+    chatty = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")]
+    levels = [log.level for log in chatty]
+    for log in chatty:
+        log.setLevel(logging.WARNING)
     try:
         pl.Trainer(**args, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                    enable_model_summary=False)
     except Exception as exc:  # Lightning raises several types (MisconfigurationException, ValueError, TypeError)
         raise ArchbenchError(f"experiment '{exp.name}': bad trainer settings: {exc}") from None
+    finally:
+        for log, level in zip(chatty, levels):
+            log.setLevel(level)
 
 
 def check_writable(folder: Path, what: str) -> None:

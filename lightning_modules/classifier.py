@@ -112,4 +112,4 @@ class DomainClassifier(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
 
     def metric_settings(self) -> dict[str, str]:
-        return {"acc": "top-1, test split"}
+        return {"acc": "top-1, test split", "loss_unit": "nats per image (cross-entropy)"}

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from lightning_modules.diffusion_unet import UNet
 from lightning_modules.likelihood import bits_per_dim, discretized_gaussian_log_prob, normal_kl, randint, randn
 from lightning_modules.vae import _grid_figure, check_image_shape, check_int
 
@@ -33,81 +34,6 @@ if TYPE_CHECKING:
 EVAL_SEED = 0
 SAMPLE_BATCH = 256  # images generated at once for the FID
 REVERSE_VARIANCES = ("beta", "beta_tilde")
-
-
-# --- the ε-predictor ------------------------------------------------------------------------------
-def timestep_embedding(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal embedding of t [batch] -> [batch, dim] (Vaswani et al. 2017; DDPM appendix B)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1))
-    angles = t.float()[:, None] * freqs[None]  # [batch, half]
-    return F.pad(torch.cat([angles.sin(), angles.cos()], dim=1), (0, dim % 2))
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(8, channels), channels)
-
-
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, the time embedding added in between, and a residual path."""
-
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float) -> None:
-        super().__init__()
-        self.conv1 = nn.Sequential(_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
-        self.temb = nn.Sequential(nn.SiLU(), nn.Linear(temb_dim, out_ch))
-        self.conv2 = nn.Sequential(_norm(out_ch), nn.SiLU(), nn.Dropout(dropout),
-                                   nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-
-    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h = self.conv1(x) + self.temb(temb)[:, :, None, None]  # [batch, out_ch, H, W]
-        return self.skip(x) + self.conv2(h)
-
-
-class UNet(nn.Module):
-    """A small U-Net: one ResBlock per resolution on the way down and up, skips by concatenation, no attention."""
-
-    def __init__(self, in_ch: int, base: int, mults: Sequence[int], dropout: float) -> None:
-        super().__init__()
-        self.base = base
-        temb_dim = 4 * base
-        self.time_mlp = nn.Sequential(nn.Linear(base, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        self.inc = nn.Conv2d(in_ch, base, 3, padding=1)
-        chans = [base * m for m in mults]
-        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-        c = base
-        for i, ch in enumerate(chans):
-            self.down.append(ResBlock(c, ch, temb_dim, dropout))
-            c = ch
-            if i < len(chans) - 1:
-                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-        self.mid = ResBlock(c, c, temb_dim, dropout)
-        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
-        for i in reversed(range(len(chans))):
-            self.up.append(ResBlock(c + chans[i], chans[i], temb_dim, dropout))
-            c = chans[i]
-            if i > 0:
-                self.upsample.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                                   nn.Conv2d(c, c, 3, padding=1)))
-        self.out = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, in_ch, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)  # start by predicting ε = 0: the bound starts finite and tame
-        nn.init.zeros_(self.out[-1].bias)
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        # x [batch, C, H, W], t [batch] in 1..T
-        temb = self.time_mlp(timestep_embedding(t, self.base))  # [batch, 4 base]
-        h, skips = self.inc(x), []
-        for i, block in enumerate(self.down):
-            h = block(h, temb)
-            skips.append(h)  # [batch, chans[i], H / 2^i, W / 2^i]
-            if i < len(self.downsample):
-                h = self.downsample[i](h)
-        h = self.mid(h, temb)
-        for i, block in enumerate(self.up):
-            h = block(torch.cat([h, skips.pop()], dim=1), temb)
-            if i < len(self.upsample):
-                h = self.upsample[i](h)
-        return self.out(h)  # ε prediction [batch, C, H, W]
 
 
 # --- the system -----------------------------------------------------------------------------------
@@ -357,6 +283,7 @@ class DDPM(pl.LightningModule):
         stride, T = self.bpd_stride(), self.hparams.timesteps
         settings: dict[str, Any] = {
             "loss": "epsilon MSE per pixel (L_simple, Ho et al. 2020 eq. 14), one t ~ U{1..T} and one noise per image",
+            "loss_unit": "mean squared error of the noise prediction, per pixel",
             "bpd": "variational bound L_T + sum L_{t-1} + L_0 (eq. 5), discretised Gaussian L_0, bits per dimension",
             "bpd_images": self._bpd_seen or self.hparams.bpd_images,
             "bpd_terms": ("all t" if stride == 1

@@ -150,4 +150,5 @@ class FrameLabeller(pl.LightningModule):
     def metric_settings(self) -> dict[str, str]:
         context = ("none (per-frame baseline)" if not self.hparams.recurrent
                    else "past and future frames" if self.hparams.bidirectional else "past frames only")
-        return {"acc": "per-frame top-1 over all frames, test split", "temporal_context": context}
+        return {"acc": "per-frame top-1 over all frames, test split", "temporal_context": context,
+                "loss_unit": "nats per frame (cross-entropy)"}

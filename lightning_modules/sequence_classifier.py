@@ -127,6 +127,7 @@ class SequenceClassifier(pl.LightningModule):
     def metric_settings(self) -> dict[str, str]:
         return {
             "acc": "top-1 at the last step, test split",
+            "loss_unit": "nats per sequence (cross-entropy)",
             "grad_norm": f"mean over examples of ||d loss_i / d x_t|| (summed loss) at t = first and last step, "
             f"first {self.hparams.grad_batches} test batches, model in eval mode",
         }

@@ -155,4 +155,5 @@ class Tagger(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
     def metric_settings(self) -> dict[str, str]:
-        return {"acc": "UPOS token accuracy over all non-pad tokens (micro), punctuation included"}
+        return {"acc": "UPOS token accuracy over all non-pad tokens (micro), punctuation included",
+                "loss_unit": "nats per token (cross-entropy)"}

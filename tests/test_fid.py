@@ -122,7 +122,7 @@ def test_classifier_learns_digits_and_its_checkpoint_is_an_extractor(tmp_path: P
     trainer.fit(model, datamodule=dm)
     assert float(trainer.callback_metrics["val/acc"]) > 0.8
     tested = trainer.test(model, datamodule=dm, verbose=False)[0]
-    assert {"test/loss", "test/acc"} <= tested.keys() and model.metric_settings() == {"acc": "top-1, test split"}
+    assert {"test/loss", "test/acc"} <= tested.keys() and model.metric_settings()["acc"] == "top-1, test split"
     model.eval()
     images = dm.images("test")  # [359, 1, 8, 8]
     assert model.features(images).shape == (359, 128)

@@ -100,12 +100,12 @@ def test_tiny_gan_steps_both_players_and_reports_fid(classifier_ckpt: Path) -> N
         assert weights and all(not torch.equal(before[k], after[k]) for k in weights), player
     assert all(p.requires_grad for p in model.parameters())  # untoggle_optimizer restored them
     metrics = trainer.callback_metrics
-    assert {"train/loss", "train/g_loss", "val/loss", "val/fid"} <= metrics.keys()
-    assert all(math.isfinite(float(metrics[k])) for k in ("train/loss", "val/loss", "val/fid"))
+    assert {"train/d_loss", "train/g_loss", "val/d_loss", "val/fid"} <= metrics.keys()
+    assert all(math.isfinite(float(metrics[k])) for k in ("train/d_loss", "train/g_loss", "val/d_loss", "val/fid"))
     assert model.monitor == "val/fid" and model.monitor_mode == "min"
 
     tested = trainer.test(model, datamodule=dm, verbose=False)[0]
-    assert {"test/loss", "test/fid", "test/is", "test/fid_floor"} <= tested.keys()
+    assert {"test/d_loss", "test/fid", "test/is", "test/fid_floor"} <= tested.keys()
     assert tested["test/fid"] >= 0 and 1 <= tested["test/is"] <= 10
     assert 0 <= tested["test/fid_floor"] < tested["test/fid"]  # real train images beat an undertrained G
     settings = model.metric_settings()
@@ -151,8 +151,8 @@ def test_same_seed_gives_identical_samples_and_metrics() -> None:
     first, trainer1, _, _ = _train_tiny(3, None)
     second, trainer2, _, _ = _train_tiny(3, None)
     assert torch.equal(first.sample_images(), second.sample_images())
-    assert float(trainer1.callback_metrics["val/loss"]) == float(trainer2.callback_metrics["val/loss"])
-    assert first.monitor == "val/loss"
+    assert float(trainer1.callback_metrics["val/d_loss"]) == float(trainer2.callback_metrics["val/d_loss"])
+    assert first.monitor == "val/d_loss"
     other, _, _, _ = _train_tiny(4, None)
     assert not torch.equal(first.sample_images(), other.sample_images())
 

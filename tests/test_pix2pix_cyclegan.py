@@ -89,6 +89,7 @@ def test_pix2pix_with_lam_zero_never_updates_d() -> None:
     assert all(torch.equal(v, d_buffers[k]) for k, v in model.discriminator.state_dict().items())
     assert not trainer.optimizers[1].state
     assert "train/d_loss" not in trainer.callback_metrics
+    assert model.monitor == "val/l1" and "val/l1" in trainer.callback_metrics  # no FID: the val L1 is kept best
 
 
 def test_pix2pix_adversarial_run_and_test_metrics(classifier_ckpt: Path) -> None:
@@ -100,7 +101,7 @@ def test_pix2pix_adversarial_run_and_test_metrics(classifier_ckpt: Path) -> None
     trainer = _trainer()
     trainer.fit(model, train, test)
     assert _changed(model.generator, g0) and _changed(model.discriminator, d0)
-    assert {"train/loss", "train/l1", "train/d_loss", "val/loss", "val/ssim", "val/fid"} <= trainer.callback_metrics.keys()
+    assert {"train/g_loss", "train/l1", "train/d_loss", "val/l1", "val/ssim", "val/fid"} <= trainer.callback_metrics.keys()
     assert model.monitor == "val/fid" and float(trainer.callback_metrics["val/fid"]) > 0
 
     tested = trainer.test(model, datamodule=_WithSplits(dm, test), verbose=False)[0]
@@ -149,7 +150,7 @@ def test_cycle_loss_is_zero_for_identity_generators(monkeypatch: pytest.MonkeyPa
     _, test = _unpaired_loaders(DigitsDataModule())
     validated = pl.Trainer(limit_val_batches=2, logger=False, enable_progress_bar=False,
                            enable_model_summary=False).validate(model, test, verbose=False)[0]
-    assert validated["val/loss"] == 0.0
+    assert validated["val/cycle_l1"] == 0.0 and model.monitor == "val/cycle_l1"  # no FID: cycle L1 is the monitor
 
 
 def test_adversarial_terms_hit_their_targets() -> None:
@@ -172,7 +173,7 @@ def test_tiny_cyclegan_steps_all_four_networks(adv_loss: str, classifier_ckpt: P
     trainer.fit(model, train, test)
     assert all(_changed(net, before[name]) for name, net in nets.items())
     assert all(p.requires_grad for p in model.parameters())
-    assert {"train/loss", "train/cycle_l1", "train/d_loss", "val/loss", "val/fid"} <= trainer.callback_metrics.keys()
+    assert {"train/g_loss", "train/cycle_l1", "train/d_loss", "val/cycle_l1", "val/fid"} <= trainer.callback_metrics.keys()
     assert model.monitor == "val/fid" and float(trainer.callback_metrics["val/fid"]) > 0
 
     tested = trainer.test(model, datamodule=_WithSplits(dm, test), verbose=False)[0]

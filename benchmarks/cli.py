@@ -140,9 +140,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     from benchmarks.params import load_params, settings
     from benchmarks.report import write_report
 
+    import time
+
+    from benchmarks.ledger import compare_rows, format_compare, ledger_dir_for, load_ledger_at
+
     params = load_params(args.params)
-    out = write_report(Path(settings(params)["results_dir"]), params)
-    print(f"wrote {out}")
+    results_dir = Path(settings(params)["results_dir"])
+    ledger = load_ledger_at(args.compare, ledger_dir_for(results_dir)) if args.compare else None
+    started = time.perf_counter()
+    out = write_report(results_dir, params, ledger=ledger, mlflow_url=args.mlflow_url)
+    print(f"wrote {out} in {time.perf_counter() - started:.2f} s (open it in a browser: file://{out.resolve()})")
+    if args.compare:
+        from benchmarks.site.build import gather
+
+        ours = gather(results_dir, {}, None, None)["entries"]
+        print(format_compare(compare_rows(ours, ledger or {}), args.compare))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from benchmarks.ledger import publish
+    from benchmarks.params import load_params, settings
+
+    params = load_params(args.params)
+    for name in args.experiments:
+        path = publish(params, name, Path(settings(params)["results_dir"]))
+        print(f"published {name} -> {path} (and {path.parent / 'metrics' / path.name}); commit ledger/ to share it")
     return 0
 
 
@@ -235,7 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_claim)
 
-    sub.add_parser("report", help="write results/report/ (leaderboard, plots)").set_defaults(func=cmd_report)
+    p = sub.add_parser("report", help="write results/report/: a static site (index.html: leaderboards, curves, "
+                                      "claims, studies, compare view) beside the published ledger")
+    p.add_argument("--compare", metavar="REV", default=None,
+                   help="put the ledger as committed at git revision REV beside your results, and print the comparison")
+    p.add_argument("--mlflow-url", metavar="URL", default=None,
+                   help="MLflow UI address for the run links, e.g. http://127.0.0.1:5000 for `mlflow ui` "
+                        "(default: MLFLOW_TRACKING_URI when it is an http server)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("publish", help="copy finished experiments' per-seed results and provenance into ledger/")
+    p.add_argument("experiments", nargs="+", help="experiment names; every seed must be finished and current")
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("density", help="parametric MLE vs KDE held-out likelihood against the dimension")
     p.add_argument("--profile", choices=["default", "full"], default="default")

@@ -94,18 +94,18 @@ def _make_logger(exp: Experiment, seed: int, opts: RunOptions, run_id: str | Non
     )
 
 
-def _close_stale_run(run_id_file: Path, opts: RunOptions) -> None:
-    """A run killed before its first checkpoint cannot be resumed: its MLflow run is closed, not left RUNNING."""
+def _close_stale_run(run_id: str | None, opts: RunOptions) -> None:
+    """A killed run that will not be resumed (killed before its first checkpoint, or its state no longer
+    matches) is closed as KILLED, never left RUNNING."""
+    if not run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
     from benchmarks.tracking import set_status, tracking_uri
 
-    if run_id_file.is_file() and run_id_file.read_text().strip():
-        from mlflow.tracking import MlflowClient
-
-        run_id = run_id_file.read_text().strip()
-        client = MlflowClient(tracking_uri=tracking_uri(opts.project_dir))
-        if client.get_run(run_id).info.status == "RUNNING":
-            set_status(run_id, "KILLED", tracking_uri(opts.project_dir))
-        run_id_file.unlink()
+    client = MlflowClient(tracking_uri=tracking_uri(opts.project_dir))
+    if client.get_run(run_id).info.status == "RUNNING":
+        set_status(run_id, "KILLED", tracking_uri(opts.project_dir))
 
 
 def _continued_checkpoint(exp: Experiment, seed: int, opts: RunOptions) -> Path:
@@ -172,16 +172,18 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     data_hash = dm.content_hash()
     fp = Fingerprint(exp.config_hash(), data_hash, code_hash())
     state = seed_state_dir(exp, seed, opts)
-    resume_from, opts = _start_point(exp, seed, opts, state, fp)
     run_id_file = state / "run_id"
+    previous_run = run_id_file.read_text().strip() if rank0 and run_id_file.is_file() else None
+    resume_from, opts = _start_point(exp, seed, opts, state, fp)
     commit = git_commit(opts.project_dir)
     logger, run_id = None, None
     if rank0:
         state.mkdir(parents=True, exist_ok=True)
         write_fingerprint(state, fp)
-        if resume_from is None or opts.continue_from is not None:
-            _close_stale_run(run_id_file, opts)
-        old_run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
+        resumes_own = resume_from is not None and opts.continue_from is None
+        if not resumes_own:
+            _close_stale_run(previous_run, opts)
+        old_run_id = previous_run if resumes_own else None
         logger = _make_logger(exp, seed, opts, old_run_id, commit)
         run_id = logger.run_id
         run_id_file.write_text(run_id)
@@ -274,6 +276,21 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _run_seed_alone(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
+    """One seed under a lease, so two workers (here or on machines sharing the state folder) never train it
+    at once; a killed worker's lease goes stale and the seed can be taken again."""
+    from benchmarks.leases import acquire
+
+    if not _is_global_zero():
+        return run_seed(exp, seed, opts)
+    lease = acquire(opts.state_dir / "leases", f"{exp.name}.seed{seed}")
+    if lease is None:
+        raise ArchbenchError(f"seed {seed} of {exp.name} is being trained by another worker right now "
+                             f"(lease under {opts.state_dir / 'leases'}); run another seed, or wait and rerun")
+    with lease:
+        return run_seed(exp, seed, opts)
+
+
 def run_experiment(exp: Experiment, opts: RunOptions, seeds: list[int] | None = None) -> dict[str, Any]:
     """The chosen seeds (all by default) of one experiment, then the merge of every finished seed on disk."""
     from benchmarks.results import aggregate
@@ -282,9 +299,9 @@ def run_experiment(exp: Experiment, opts: RunOptions, seeds: list[int] | None = 
     validate_run(exp, opts)
     check_seed_choice(exp, seeds)
     chosen = list(seeds) if seeds else list(exp.seeds)
-    results = [run_seed(exp, seed, opts) for seed in chosen]
-    if not _is_global_zero():
-        return {"experiment": exp.name, "summary": aggregate(results)}
+    results = [_run_seed_alone(exp, seed, opts) for seed in chosen]
+    if not _is_global_zero():  # another DDP process: rank 0 writes and reports
+        return {"experiment": exp.name}
     if opts.results_dir is None:
         return {"experiment": exp.name, "seeds": chosen, "summary": aggregate(results),
                 "per_seed": {str(r["seed"]): r["metrics"] for r in results}}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from datamodules.sources import sha256_file
@@ -114,7 +115,7 @@ class DomainFID:
         self.metric.update(x, real=False)
 
     def compute(self) -> float:
-        return float(self.metric.compute())
+        return _fid_or_nan(self.metric)
 
     def reset(self) -> None:
         """Forget both the real and the generated features."""
@@ -129,13 +130,17 @@ class DomainFID:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         source = self.metric
-        probe = FrechetInceptionDistance(feature=source.inception, normalize=True, reset_real_features=True)
+        # Under DDP the reference is every rank's real features (sync_context; a no-op on one process), and
+        # the probe must not sum them over ranks again: each rank scores the same set, so it computes alone.
+        probe = FrechetInceptionDistance(feature=source.inception, normalize=True, reset_real_features=True,
+                                         sync_on_compute=False)
         probe = probe.to(source.device)
-        for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
-            setattr(probe, name, getattr(source, name).clone())
+        with source.sync_context():
+            for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
+                setattr(probe, name, getattr(source, name).clone())
         for batch in images.split(batch_size):
             probe.update(batch.to(source.device), real=False)
-        return float(probe.compute())
+        return _fid_or_nan(probe)
 
     def floor(self, other_real: Tensor, batch_size: int = 512) -> float:
         """FID between this metric's real reference and another real set, e.g. as many train images as fakes.
@@ -152,6 +157,21 @@ class DomainFID:
             "n_fake": int(self.metric.fake_features_num_samples),
             "reference_split": self.reference_split,
         }
+
+
+def _fid_or_nan(metric: Any) -> float:
+    """The metric's FID, or NaN with a warning when its feature sums are not finite.
+
+    A diverged model's NaN images give NaN features, and the matrix square root of a NaN covariance
+    does not raise but crashes the process inside LAPACK; a NaN number instead lets the run go on to
+    report the divergence.
+    """
+    states = (metric.real_features_sum, metric.real_features_cov_sum, metric.fake_features_sum,
+              metric.fake_features_cov_sum)
+    if not all(bool(torch.isfinite(s).all()) for s in states):
+        rank_zero_warn("FID of non-finite features (NaN or inf images, e.g. from a diverged model): NaN")
+        return math.nan
+    return float(metric.compute())
 
 
 def inception_score(logits: Tensor, splits: int = 1) -> float:

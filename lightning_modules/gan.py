@@ -303,8 +303,9 @@ class GAN(MonitorsFID, pl.LightningModule):
 
     def _log_mean_and_spread(self, name: str, values: list[float]) -> None:
         self.log(name, statistics.fmean(values), sync_dist=True)
-        if len(values) > 1:
-            self.log(f"{name}_std", statistics.stdev(values), sync_dist=True)
+        if len(values) > 1:  # statistics.stdev raises on NaN: a diverged G's NaN FIDs have a NaN spread
+            spread = statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan
+            self.log(f"{name}_std", spread, sync_dist=True)
 
     def metric_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {"d_loss": "R = mean[-1/2 log D(x) - 1/2 log(1 - D(G(z)))] in nats, D's objective",

@@ -72,6 +72,7 @@ start_pg() {
       -o "-h 127.0.0.1 -p $(cat "$DIR/pg.port") -k $DIR/sock -c max_connections=200" start >&2
   fi
   local port; port=$(cat "$DIR/pg.port")
+  # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the URLs here name psycopg2 (the `scale` extra).
   for db in archbench archbench_mlflow; do  # Optuna and MLflow each keep their own alembic_version table
     if [ -z "$(as_pg "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]; then
       as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres "$db"
@@ -87,7 +88,7 @@ start_mlflow() {
     say "starting mlflow server on 127.0.0.1:$port"
     # setsid: the server and its workers form one process group, which stop ends as a whole.
     setsid "$ROOT/.venv/bin/mlflow" server --host 127.0.0.1 --port "$port" \
-      --backend-store-uri "postgresql://postgres@127.0.0.1:$pg_port/archbench_mlflow" \
+      --backend-store-uri "postgresql+psycopg2://postgres@127.0.0.1:$pg_port/archbench_mlflow" \
       --artifacts-destination "$DIR/artifacts" --serve-artifacts --workers 2 >"$DIR/mlflow.log" 2>&1 </dev/null &
     echo $! >"$DIR/mlflow.pid"
   fi
@@ -106,7 +107,7 @@ EOF
 
 print_env() {
   local lines
-  lines="export ARCHBENCH_PG_URL=postgresql://postgres@127.0.0.1:$(cat "$DIR/pg.port")/archbench
+  lines="export ARCHBENCH_PG_URL=postgresql+psycopg2://postgres@127.0.0.1:$(cat "$DIR/pg.port")/archbench
 export ARCHBENCH_MLFLOW_SERVER=http://127.0.0.1:$(cat "$DIR/mlflow.port")"
   echo "$lines" >"$DIR/env"
   [ -z "${ARCHBENCH_SERVICES_ENV:-}" ] || echo "$lines" >"$ARCHBENCH_SERVICES_ENV"

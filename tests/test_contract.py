@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,25 @@ def _self_logs(path: Path) -> list[ast.Call]:
             and isinstance(c.func.value, ast.Name) and c.func.value.id == "self"]
 
 
+def test_every_key_in_the_source_is_in_the_table() -> None:
+    # The tiny runs see only the keys their options log (no R1 penalty, no lr decay...): this reads the
+    # rest off the source. A literal key must be a row; an f-string must match at least one row.
+    examples = [re.sub(r"\{\w+\}", "1", row.key) for row in metric_keys.METRIC_KEYS]
+    missing = []
+    for path in sorted((ROOT / "lightning_modules").glob("*.py")):
+        for call in _self_logs(path):
+            arg = call.args[0]
+            if isinstance(arg, ast.Constant):
+                ok = metric_keys.lookup(arg.value) is not None
+            else:
+                parts = arg.values if isinstance(arg, ast.JoinedStr) else [arg]
+                regex = "".join(re.escape(p.value) if isinstance(p, ast.Constant) else ".+" for p in parts)
+                ok = any(re.fullmatch(regex, example) for example in examples)
+            if not ok:
+                missing.append(f"{path.name}:{call.lineno} {ast.unparse(arg)}")
+    assert not missing, f"logged keys missing from benchmarks/metric_keys.py: {missing}"
+
+
 def test_every_val_and_test_log_is_reduced_over_devices() -> None:
     # Under DDP Lightning reduces an epoch metric over ranks only with sync_dist=True; without it each
     # rank keeps its shard's mean and rank 0's is what gets written. (torchmetrics objects sync
@@ -245,14 +265,24 @@ def test_tiny_run_per_model(name: str, classifier_ckpt: Path, tmp_path: Path, on
         assert monitored.monitor in keys, f"{name} monitors {monitored.monitor!r}, which it never logs"
         assert metric_keys.direction(monitored.monitor) == monitored.monitor_mode, monitored.monitor
     assert json.dumps(model.metric_settings())
+    # Seeded eval noise comes from CPU generators, so eval numbers agree across devices.
+    generators = [v for v in vars(model).values() if isinstance(v, torch.Generator)]
+    assert all(g.device.type == "cpu" for g in generators), f"{name} keeps an eval generator off the CPU"
     if "loss" in {k.split("/")[-1] for k in keys}:
         assert "loss_unit" in model.metric_settings(), "a model logging a loss says its unit"
 
     if isinstance(model, MakesSamples):
         assert all(isinstance(k, str) for k in model.make_samples())
-        # A diverged model samples nothing or NaN images, but never raises: the run reports the divergence.
-        with torch.no_grad():
-            for p in model.parameters():
-                p.fill_(math.nan)
+
+    # A diverged model evaluates to NaN numbers and samples nothing (or NaN images), but never raises or
+    # crashes (NaN features once segfaulted the FID): the suite's divergence check then reports the run.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(math.nan)
+    trainer = pl.Trainer(**TINY_TRAINER, enable_checkpointing=False, default_root_dir=tmp_path)
+    validated = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert not math.isfinite(validated[twin.monitor]), "a NaN model's monitored value is not finite"
+    if isinstance(model, MakesSamples):
         samples = model.make_samples()
         assert not any(isinstance(v, str) for v in samples.values()), "text sampled from a NaN model"

@@ -92,3 +92,52 @@ def test_a_repeated_choice_reuses_the_finished_trial(project: Path, monkeypatch:
     assert len({t.value for t in trials}) == 1 and best["value"] == trials[0].value
     assert best["n_complete"] == 3 and best["n_repeats"] == 2
     assert trials[1].user_attrs["mlflow_run_id"] == trials[0].user_attrs["mlflow_run_id"]
+
+
+# (study key, bad value, what the one-line message must say): each is refused before anything is created.
+BAD_STUDIES = [
+    ("pruner", "median", "pruner must be a mapping"),
+    ("pruner", {"kind": "bogus"}, "unknown pruner kind 'bogus'"),
+    ("pruner", {"kind": "median", "percentile": 25.0}, "pruner key 'percentile' does not apply to the median pruner"),
+    ("search_space", {"num_layers": {"type": "int", "low": 4, "high": 1}}, "search_space.num_layers: low (4) is above high (1)"),
+    ("search_space", {"lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "search_space.lr: a log range needs low > 0"),
+    ("search_space", {"hidden_size": {"type": "categorical", "choices": []}}, "choices must be a non-empty list"),
+    ("search_space", {"lr": {"type": "float", "low": 0.001, "hihg": 0.1}}, "search_space.lr: unknown key 'hihg'"),
+    ("search_space", {"lr": {"low": 0.001, "high": 0.1}}, "search_space.lr needs type int, float or categorical"),
+    ("search_space", {"dropuot": {"type": "float", "low": 0.0, "high": 0.5}}, "'dropuot' is not a model_args name"),
+    ("metric", "test/bpc", "metric 'test/bpc' is not a validation key"),
+    ("metric", "val/perplexity", "'val/perplexity' is not in the metric vocabulary"),
+    ("direction", "down", "direction must be minimize or maximize"),
+    ("direction", "maximize", "val/loss is better when minimised; set direction: minimize"),
+    ("n_trials", 0, "n_trials must be a positive integer"),
+    ("heartbeat_s", 0, "heartbeat_s must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD_STUDIES, ids=[f"{k}-{m[:24]}" for k, _, m in BAD_STUDIES])
+def test_bad_study_is_one_line_before_anything_is_created(project: Path, key: str, value: object, message: str) -> None:
+    from benchmarks.errors import ArchbenchError
+
+    params = load_params()
+    params["studies"]["lstm_depth"][key] = value
+    with pytest.raises(ArchbenchError) as caught:
+        run_study(params, "lstm_depth", run_options(project))
+    text = str(caught.value)
+    assert message in text and "\n" not in text and text.startswith("study 'lstm_depth'")
+    assert not (project / "optuna.db").exists() and not (project / "mlflow.db").exists()
+    assert not (project / ".archbench").exists() and not (project / "results").exists()
+
+
+def test_a_metric_the_model_does_not_log_stops_at_the_sanity_check(project: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from benchmarks.errors import ArchbenchError
+
+    params = load_params()
+    params["studies"]["lstm_depth"]["metric"] = "val/fid"  # in the vocabulary, but the char LM does not log it
+    with pytest.raises(ArchbenchError, match=r"does not log 'val/fid' \(its validation keys: val/bpc, val/loss\)"):
+        run_study(params, "lstm_depth", run_options(project))
+    runs = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").search_experiments()])
+    assert runs and {r.info.status for r in runs} == {"FAILED"}  # the parent and the one trial: none left RUNNING
+    assert [t.state for t in _study(project).trials] == [optuna.trial.TrialState.FAIL]

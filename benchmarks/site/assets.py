@@ -23,8 +23,8 @@ section.task, section.claim, section.study, section.density { background: #fff; 
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 8px 0; background: #fff; }
 th, td { border-bottom: 1px solid #e4e8ef; padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #eef1f6; font-weight: 600; white-space: nowrap; }
-th.sortable { cursor: pointer; } th.sorted { background: #dbe7fb; }
+th { background: #eef1f6; font-weight: 600; }
+th.sortable { cursor: pointer; min-width: 80px; max-width: 190px; } th.sorted { background: #dbe7fb; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.rank { color: #6a7385; text-align: right; }
 tr.row-anchor td { background: #fbf8ef; font-style: italic; }
@@ -56,7 +56,8 @@ JS = r"""
   "use strict";
   var node = document.getElementById("page-data");
   var data = JSON.parse((node && node.textContent) || "{}");
-  var CONFIG = {displaylogo: false, responsive: true};
+  // No "share chart" button: it would send the data to a chart server; the report never leaves the machine.
+  var CONFIG = {displaylogo: false, responsive: true, modeBarButtonsToRemove: ["sendChartToCloud"]};
 
   function drawCharts() {
     var charts = data.charts || {};

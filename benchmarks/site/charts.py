@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.site.vocab import label
+from benchmarks.site.vocab import label_with
 
 # One colour per experiment across every chart of a page; seeds of one experiment share it.
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
@@ -47,13 +47,14 @@ def curve_traces(name: str, curves: dict[str, dict[str, list[float | None]]], co
     return traces
 
 
-def experiment_curve_charts(name: str, curves: dict[str, dict[str, list[float | None]]]) -> list[dict[str, Any]]:
+def experiment_curve_charts(name: str, curves: dict[str, dict[str, list[float | None]]], settings: dict[str, Any]
+                            ) -> list[dict[str, Any]]:
     columns = {c for curve in curves.values() for c in curve}
     charts = []
     for base, cols in curve_groups(columns).items():
         y_key = next((c for c in cols if c.startswith("val/")), cols[0])
         charts.append({"traces": curve_traces(name, curves, cols, 0),
-                       "layout": layout("epoch", label(y_key), f"{name}: {', '.join(cols)}")})
+                       "layout": layout("epoch", label_with(y_key, [settings]), f"{name}: {', '.join(cols)}")})
     return charts
 
 
@@ -63,7 +64,8 @@ def overlay_chart(entries: list[dict[str, Any]], key: str, title: str) -> dict[s
     for i, entry in enumerate(entries):
         tag = " [published]" if entry["source"] == "ledger" else ""
         traces += curve_traces(entry["name"], entry["curves"], [key], i, tag)
-    return {"traces": traces, "layout": layout("epoch", label(key), title)} if traces else None
+    units = [e.get("settings") or {} for e in entries]
+    return {"traces": traces, "layout": layout("epoch", label_with(key, units), title)} if traces else None
 
 
 def claim_chart(claim: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def claim_chart(claim: dict[str, Any]) -> dict[str, Any]:
                        "y": [r[metric].get("mean") for r in rows], "line": {"color": colour(i)},
                        "error_y": {"type": "data", "array": ci, "visible": True}})
     sweep = (claim.get("sweep") or {}).get("path") or "arm"
-    return {"traces": traces, "layout": layout(sweep, label(metric), f"{claim.get('claim')}: mean ± 95% CI",
+    return {"traces": traces, "layout": layout(sweep, label_with(metric, []), f"{claim.get('claim')}: mean ± 95% CI",
                                                xaxis={"title": {"text": sweep}, "type": "category"})}
 
 

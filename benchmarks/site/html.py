@@ -104,4 +104,5 @@ def table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
     """A plain table; cells are HTML already."""
     th = "".join(f"<th>{h}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+    thead = f"<thead><tr>{th}</tr></thead>" if any(head) else ""
+    return f'<table class="{cls}">{thead}<tbody>{body}</tbody></table>'

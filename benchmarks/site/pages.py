@@ -13,11 +13,11 @@ from benchmarks.ledger import within
 from benchmarks.site.anchors import anchors_for
 from benchmarks.site.charts import experiment_curve_charts, overlay_chart
 from benchmarks.site.html import chart_div, esc, finite, flat, mean_ci, num, page, settings_tooltip, table
-from benchmarks.site.vocab import direction, label, lookup
+from benchmarks.site.vocab import direction, label, label_with, lookup
 
 # The metric a task is ranked by, in this order of preference (the first the task's rows report).
-PREFERRED = ("test/bleu", "test/fid_ratio", "test/fid", "test/bpd", "test/nll_k500", "test/loss", "test/bpc",
-             "test/acc", "test/elbo")
+PREFERRED = ("test/bleu", "test/fid_ratio", "test/fid", "test/bpd", "test/nll_k500", "test/acc", "test/loss",
+             "test/bpc", "test/elbo")
 ARROW = {"min": "↓", "max": "↑", "none": ""}
 
 
@@ -51,7 +51,7 @@ def _budget(entry: dict[str, Any]) -> tuple[str, str]:
 
 
 def _stopped(entry: dict[str, Any]) -> str:
-    counts = Counter(str(s.get("stopped_by")) for s in entry["seeds"])
+    counts = Counter(str(s.get("stopped_by") or "–") for s in entry["seeds"])
     text = ", ".join(f"{k} ×{n}" if n > 1 else k for k, n in sorted(counts.items()))
     if entry.get("truncated") or "max_time" in counts:
         text += (' <span class="badge warn" title="a seed was cut by max_time, a safety limit: its numbers are '
@@ -108,9 +108,10 @@ def _anchor_row(anchor: dict[str, Any], keys: list[str]) -> str:
 def leaderboard(data: str, rows: list[dict[str, Any]], ledger: dict[str, dict[str, Any]]) -> str:
     anchors = anchors_for(data)
     primary, keys = board_keys(rows, anchors)
+    units = [e.get("settings") or {} for e in rows]
     head = "".join(f'<th class="sortable" data-key="{esc(k)}" data-dir="{direction(k)}" '
-                   f'title="{esc(getattr(lookup(k), "description", ""))}">{esc(label(k))} {ARROW[direction(k)]}</th>'
-                   for k in keys)
+                   f'title="{esc(getattr(lookup(k), "description", ""))}">{esc(label_with(k, units))} '
+                   f'{ARROW[direction(k)]}</th>' for k in keys)
     # Our rows, published rows and anchors in one order, so an anchor sits where its value ranks.
     ranked = [(sort_value(e["summary"].get(primary, {}).get("mean"), primary), e["name"], e) for e in rows]
     ranked += [(sort_value(a["value"] if a["metric"] == primary else None, primary), "~" + a["model"], a) for a in anchors]
@@ -128,7 +129,7 @@ def leaderboard(data: str, rows: list[dict[str, Any]], ledger: dict[str, dict[st
                     f'<td class="num">{len(e["seeds"])}</td>' + "".join(_metric_cell(e, k) for k in keys)
                     + _published_cell(e, primary, ledger) + f'<td class="num">{size}</td>'
                     f'<td title="{esc(budget_tip)}">{esc(budget)}</td><td>{_stopped(e)}</td><td>{run_links(e)}</td></tr>')
-    how = (f"Ranked by {esc(label(primary))}, {'higher' if direction(primary) == 'max' else 'lower'} is better"
+    how = (f"Ranked by {esc(label_with(primary, units))}, {'higher' if direction(primary) == 'max' else 'lower'} is better"
            if primary else "No ranked metric")
     notes = "".join(f"<li><b>{esc(a['model'])}</b>: {num(a['value'])} {esc(a['metric'])}. Source: {esc(a['source'])}. "
                     f"Protocol: {esc(a['protocol'])}.</li>" for a in anchors)
@@ -184,7 +185,7 @@ def experiment_page(entry: dict[str, Any], ledger: dict[str, dict[str, Any]], im
                               f"{m.get('gpu') or s.get('device') or 'cpu'})"), f'<code>{esc(s.get("run_id"))}</code>'])
     seeds_table = table(["seed", *[esc(k) for k in keys], "stopped by", "epochs", "steps", "fit (s)", "commit", "machine",
                          "MLflow run"], seed_rows, "seeds")
-    summary_rows = [[esc(label(k)), esc(mean_ci(entry["summary"][k])), esc(direction(k))] for k in keys]
+    summary_rows = [[esc(label_with(k, [entry.get("settings") or {}])), esc(mean_ci(entry["summary"][k])), esc(direction(k))] for k in keys]
     pub = (ledger.get(name) or {}).get("summary", {}) if entry["source"] == "results" else {}
     if pub:
         for row, k in zip(summary_rows, keys):
@@ -197,7 +198,7 @@ def experiment_page(entry: dict[str, Any], ledger: dict[str, dict[str, Any]], im
              ["parameters", f"{entry['parameters']:,}" if isinstance(entry.get("parameters"), int) else "–"],
              ["budget", esc(", ".join(f"{k}={v}" for k, v in budget.items()))], ["stopped by", _stopped(entry)],
              ["missing seeds", esc(entry.get("missing_seeds") or "none")]]
-    charts = {f"exp-{i}": c for i, c in enumerate(experiment_curve_charts(name, entry["curves"]))}
+    charts = {f"exp-{i}": c for i, c in enumerate(experiment_curve_charts(name, entry["curves"], entry.get("settings") or {}))}
     samples = []
     for seed, items in sorted(entry.get("samples", {}).items()):
         for item in items:

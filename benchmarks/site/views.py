@@ -8,7 +8,7 @@ from typing import Any
 from benchmarks.site.charts import claim_chart, density_chart
 from benchmarks.site.collect import verdict_status
 from benchmarks.site.html import chart_div, esc, flat, num, page, table
-from benchmarks.site.vocab import direction, label
+from benchmarks.site.vocab import direction, label, label_with
 
 BADGE = {"Supported": "ok", "Refuted": "bad", "Inconclusive": "warn"}
 
@@ -95,7 +95,7 @@ def compare_data(entries: dict[str, dict[str, Any]], published: dict[str, dict[s
                       "parameters": e.get("parameters"), "stopped by": sorted({str(s["stopped_by"]) for s in e["seeds"]}),
                       **{f"budget.{k}": v for k, v in (e.get("budget") or {}).items()},
                       **{f"config.{k}": v for k, v in flat(e.get("config") or {}).items()},
-                      **{f"settings.{k}": v for k, v in flat(e.get("settings") or {}).items()}}
+                      **{f"settings.{k}": v for k, v in flat(e.get("settings") or {}).items() if k != "parameters"}}
             choices[cid] = {"name": name, "source": source, "data": e["data"], "page": f"exp-{name}.html",
                             "summary": {k: {"mean": s["mean"], "ci95": s.get("ci95"), "n": s["n"]}
                                         for k, s in e["summary"].items()},
@@ -104,7 +104,8 @@ def compare_data(entries: dict[str, dict[str, Any]], published: dict[str, dict[s
                             "curves": e["curves"]}
     keys = sorted({k for c in choices.values() for k in c["summary"]} |
                   {col for c in choices.values() for curve in c["curves"].values() for col in curve})
-    return {"choices": choices, "directions": {k: direction(k) for k in keys}, "labels": {k: label(k) for k in keys}}
+    units = [e.get("settings") or {} for e in [*entries.values(), *published.values()]]
+    return {"choices": choices, "directions": {k: direction(k) for k in keys}, "labels": {k: label_with(k, units) for k in keys}}
 
 
 def compare_page(entries: dict[str, dict[str, Any]], published: dict[str, dict[str, Any]]) -> str:

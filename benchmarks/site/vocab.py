@@ -20,7 +20,7 @@ class MetricKey:
 
 # Base names (the part after "train/", "val/" or "test/") the suite logs; the vocabulary module supersedes it.
 _FALLBACK: tuple[tuple[str, str, str, str], ...] = (
-    ("loss", "nats", "min", "the training objective"),
+    ("loss", "", "min", "the training objective; its unit is the model's loss_unit setting"),
     ("bpc", "bits/char", "min", "cross-entropy in bits per character"),
     ("bpd", "bits/dim", "min", "negative log-likelihood in bits per dimension"),
     ("bleu", "BLEU", "max", "corpus BLEU (sacreBLEU)"),
@@ -81,3 +81,13 @@ def label(key: str) -> str:
         return str(mod.label(key))
     found = lookup(key)
     return f"{key} ({found.unit})" if found is not None and found.unit else key
+
+
+def label_with(key: str, settings: list[dict[str, Any]]) -> str:
+    """label(key), plus the models' own loss unit for a loss key (its unit is each model's ``loss_unit``
+    setting), when every model shown agrees on it."""
+    text = label(key)
+    units = {s.get("loss_unit") for s in settings if isinstance(s, dict) and s.get("loss_unit")}
+    if text == key and "loss" in key.split("/", 1)[-1] and len(units) == 1:
+        return f"{key} ({units.pop()})"
+    return text

@@ -91,7 +91,7 @@ def load_dataset(name: str, n_train: int | None, n_test: int | None, seed: int) 
 
 def evaluate(train: Tensor, test: Tensor, seed: int, gmm_components: int, cv_folds: int) -> dict[str, dict]:
     """Fit the three estimators on train [n, d] and score test [m, d]. -> {method: numbers and settings}."""
-    from lightning_modules.density import GaussianKDE, GaussianMixture, GaussianMLE
+    from estimators.density import GaussianKDE, GaussianMixture, GaussianMLE
 
     d = train.shape[1]
     out: dict[str, dict] = {}
@@ -157,7 +157,7 @@ def run_density_study(datasets: list[str], dims: list[int], n_train: int | None,
     """Run the study, write out_dir/density.json and out_dir/kde_vs_dim.png, and return the JSON's dict."""
     from tqdm import tqdm
 
-    from lightning_modules.density import PCAProjector
+    from estimators.density import PCAProjector
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

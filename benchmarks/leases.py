@@ -140,7 +140,7 @@ def acquire(dir: Path, key: str, heartbeat_s: float = 20.0, stale_after_s: float
     token = uuid.uuid4().hex
     for _ in range(100):  # each round either wins, sees a live holder, or removed a stale lease
         try:
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             found = _read(path)
             if found is None:

@@ -55,6 +55,12 @@ class RunOptions:
     divergence_ratio: float = 100.0  # a training loss this many times its first value means divergence
 
 
+EXPERIMENT_NOTE = ("archbench: one run per experiment and seed (tags experiment, seed, model, data, profile, "
+                   "stopped_by), Optuna studies as parent runs with a nested run per trial. Metric keys: train/*, "
+                   "val/*, test/*; losses in nats. Compare runs of one experiment with the search box, e.g. "
+                   "tags.experiment = 'words_lstm'.")
+
+
 def seed_state_dir(exp: Experiment, seed: int, opts: RunOptions) -> Path:
     return opts.state_dir / "runs" / exp.name / f"seed{seed}-{exp.config_hash()}"
 
@@ -187,6 +193,10 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
         logger = _make_logger(exp, seed, opts, old_run_id, commit)
         run_id = logger.run_id
         run_id_file.write_text(run_id)
+        # The MLflow UI opens on the experiment: say what it holds (once; later runs leave it as it is).
+        client, exp_id = logger.experiment, logger.experiment_id
+        if "mlflow.note.content" not in client.get_experiment(exp_id).tags:
+            client.set_experiment_tag(exp_id, "mlflow.note.content", EXPERIMENT_NOTE)
         if opts.on_run_created is not None:
             opts.on_run_created(run_id)
     else:

@@ -289,7 +289,9 @@ def _open_study(name: str, conf: dict[str, Any], digest: str, storage: Any, url:
         study = optuna.load_study(study_name=name, **kw)
     else:
         study.set_user_attr("definition_hash", digest)
-        study.set_metric_names([conf.get("metric", "val/loss")])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([conf.get("metric", "val/loss")])  # the dashboard's axis label
         for key in ("experiment", "description", "search_space"):
             study.set_user_attr(key, conf.get(key))
         study.set_user_attr("mlflow_experiment_id", tracker.experiment_id())
@@ -379,7 +381,9 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
 
     tracker = Tracker(opts)
     retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-    retry = retry_cls(max_retry=max_retry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = retry_cls(max_retry=max_retry)
 
     def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         # Whoever fails a dead worker's trial closes its MLflow run, and retries it while it is still needed.

@@ -286,3 +286,41 @@ def test_tiny_run_per_model(name: str, classifier_ckpt: Path, tmp_path: Path, on
     if isinstance(model, MakesSamples):
         samples = model.make_samples()
         assert not any(isinstance(v, str) for v in samples.values()), "text sampled from a NaN model"
+
+
+class _RankMetrics(pl.Callback):
+    """Writes each DDP rank's test metrics to rank<N>.json."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(metrics))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["seq2seq", "gan"])
+def test_every_rank_logs_the_same_numbers_under_ddp(name: str, classifier_ckpt: Path, tmp_path: Path) -> None:
+    # Two CPU processes (gloo): the corpus BLEU gathers every rank's sentences, the GAN's test FIDs score
+    # one synced reference, and sync_dist reduces the rest, so both ranks must hold identical numbers.
+    pl.seed_everything(0, verbose=False)
+    if name == "seq2seq":
+        dm: Any = TinyMulti30k(batch_size=2, min_freq=1)
+        dm.setup()
+        model: pl.LightningModule = MODELS[name](**dm.model_args(), embed_dim=8, hidden_size=8, num_layers=1,
+                                                 beam_size=2, max_decode_len=6)
+    else:
+        dm = DigitsDataModule(batch_size=16)
+        model = MODELS[name](**dm.model_args(), **TINY_MODEL_ARGS[name] | {"fid_checkpoint": str(classifier_ckpt)})
+    # A GAN's D step leaves G's parameters without gradients (and the reverse), which plain DDP refuses.
+    # Multi30k's length-bucketed batch sampler takes no distributed sampler: every rank then sees all pairs.
+    trainer = pl.Trainer(**(TINY_TRAINER | {"limit_val_batches": 2, "limit_test_batches": 2}), accelerator="cpu",
+                         devices=2, strategy="ddp_spawn_find_unused_parameters_true", enable_checkpointing=False,
+                         use_distributed_sampler=name != "seq2seq", callbacks=[_RankMetrics(tmp_path)])
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    tested = {k for k in ranks[0] if k.startswith("test/")}
+    assert tested >= ({"test/bleu", "test/loss"} if name == "seq2seq" else {"test/fid", "test/fid_floor", "test/is"})
+    assert {k: ranks[0][k] for k in tested} == {k: ranks[1][k] for k in tested}

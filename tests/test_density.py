@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lightning_modules.density import GaussianKDE, GaussianMixture, GaussianMLE, PCAProjector, rule_of_thumb_bandwidth
+from estimators.density import GaussianKDE, GaussianMixture, GaussianMLE, PCAProjector, rule_of_thumb_bandwidth
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from lightning_modules.derived import (
+from estimators.derived import (
     change_of_variables_log_density,
     exp1_from_uniform,
     inverse_transform_sample,

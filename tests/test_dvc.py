@@ -51,6 +51,7 @@ def repo(tmp_path: Path, project: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_repro_noop_metrics_plots_and_exp_run(repo: Path) -> None:
     log = _sh(repo, "dvc", "repro")
     params = tiny_params()
@@ -95,3 +96,32 @@ def test_repro_noop_metrics_plots_and_exp_run(repo: Path) -> None:
         assert f"Running stage 'train@{other}'" not in out
     assert "Running stage 'tune@lstm_depth'" not in out and "Running stage 'density'" not in out
     assert "Running stage 'claim@" not in out
+
+
+@pytest.mark.slow
+def test_a_full_repro_on_a_fresh_clone_reproduces_the_lock_and_records_clean_commits(tmp_path: Path) -> None:
+    """The committed dvc.lock is what the pipeline makes: a fresh clone's `dvc repro` rewrites no tracked file,
+    and every MLflow run records the clean commit (DVC's own rewrites of dvc.lock mid-pipeline don't count)."""
+    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                      text=True, check=True).stdout.strip():
+        pytest.skip("the working tree has uncommitted changes; this test checks the committed pipeline")
+    clone = tmp_path / "clone"
+    _sh(tmp_path, "git", "clone", "-q", str(ROOT), str(clone))
+    env = {k: v for k, v in env_for_subprocess().items()
+           if k not in ("ARCHBENCH_DATA_DIR", "MLFLOW_TRACKING_URI", "OPTUNA_STORAGE", "ARCHBENCH_PARAMS")}
+    out = subprocess.run(["dvc", "repro"], cwd=clone, env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    changed = _sh(clone, "git", "status", "--porcelain")
+    diff = _sh(clone, "git", "diff", "--", "dvc.lock")[:4000]
+    assert changed.strip() == "", f"dvc repro rewrote tracked files:\n{changed}\n{diff}"
+    head = _sh(clone, "git", "rev-parse", "HEAD").strip()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{clone / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    trained = [r for r in runs if "seed" in r.data.tags]
+    assert trained and all(r.data.tags["mlflow.source.git.commit"] == head for r in trained)
+    assert all(r.data.params.get("git_commit") == head for r in trained)
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}  # pruned trials end KILLED; nothing RUNNING
+    # And the pipeline is then up to date, with or without running anything.
+    assert "up to date" in _sh(clone, "dvc", "repro", "--dry")

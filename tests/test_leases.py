@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +19,24 @@ from benchmarks.leases import SUFFIX, acquire, holders
 
 KEYS = [f"cell{i}.seed{i % 3}" for i in range(20)]
 CTX = multiprocessing.get_context("fork")  # the children only touch files, nothing of torch
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Any]]:
+    """Start child processes that are SIGKILLed on teardown, so a failed assert never leaves one frozen."""
+    started: list[Any] = []
+
+    def start(target: Callable[..., None], *args: Any) -> Any:
+        proc = CTX.Process(target=target, args=args, daemon=True)
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGKILL)  # also ends a SIGSTOPped one
+        proc.join(10)
 
 
 def _race(folder: str, order: list[str], barrier: Any, out: Any, done: Any) -> None:
@@ -37,15 +56,13 @@ def _foreign_lease(path: Path, age_s: float, host: str = "another-machine", body
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["free", "stale"])
-def test_racing_processes_never_get_the_same_key(tmp_path: Path, stale: bool) -> None:
+def test_racing_processes_never_get_the_same_key(tmp_path: Path, stale: bool, spawn: Callable[..., Any]) -> None:
     if stale:  # every key starts held by a dead machine: the racers must also race to break it
         for key in KEYS:
             _foreign_lease(tmp_path / f"{key}{SUFFIX}", age_s=600)
     orders = [KEYS, KEYS[::-1], KEYS[7:] + KEYS[:7]]
     barrier, out, done = CTX.Barrier(len(orders)), CTX.Queue(), CTX.Event()
-    procs = [CTX.Process(target=_race, args=(str(tmp_path), order, barrier, out, done)) for order in orders]
-    for proc in procs:
-        proc.start()
+    procs = [spawn(_race, str(tmp_path), order, barrier, out, done) for order in orders]
     got = [out.get(timeout=60) for _ in procs]
     done.set()
     for proc in procs:
@@ -66,11 +83,10 @@ def _hold(folder: str, heartbeat_s: float, ready: Any, conn: Any) -> None:
     conn.send("released")
 
 
-def test_a_sigkilled_holder_on_this_host_is_replaced_at_once(tmp_path: Path) -> None:
+def test_a_sigkilled_holder_on_this_host_is_replaced_at_once(tmp_path: Path, spawn: Callable[..., Any]) -> None:
     ready = CTX.Event()
     parent, child = CTX.Pipe()
-    proc = CTX.Process(target=_hold, args=(str(tmp_path), 0.2, ready, child))
-    proc.start()
+    proc = spawn(_hold, str(tmp_path), 0.2, ready, child)
     assert ready.wait(30)
     assert acquire(tmp_path, "k") is None
     os.kill(proc.pid, signal.SIGKILL)
@@ -82,11 +98,10 @@ def test_a_sigkilled_holder_on_this_host_is_replaced_at_once(tmp_path: Path) -> 
     assert not (tmp_path / f"k{SUFFIX}").exists()
 
 
-def test_a_frozen_holder_loses_its_lease_after_stale_after_only(tmp_path: Path) -> None:
+def test_a_frozen_holder_loses_its_lease_after_stale_after_only(tmp_path: Path, spawn: Callable[..., Any]) -> None:
     ready = CTX.Event()
     parent, child = CTX.Pipe()
-    proc = CTX.Process(target=_hold, args=(str(tmp_path), 0.1, ready, child))
-    proc.start()
+    proc = spawn(_hold, str(tmp_path), 0.1, ready, child)
     assert ready.wait(30)
     time.sleep(2.5)
     assert acquire(tmp_path, "k", 0.5, stale_after_s=2.0) is None  # alive and beating: older than 2 s, still held

@@ -13,7 +13,7 @@ from benchmarks.ledger import within
 from benchmarks.site.anchors import anchors_for
 from benchmarks.site.charts import experiment_curve_charts, overlay_chart
 from benchmarks.site.html import chart_div, esc, finite, flat, mean_ci, num, page, settings_tooltip, table
-from benchmarks.site.vocab import direction, label, label_with, lookup
+from benchmarks.site.vocab import direction, label_with, lookup
 
 # The metric a task is ranked by, in this order of preference (the first the task's rows report).
 PREFERRED = ("test/bleu", "test/fid_ratio", "test/fid", "test/bpd", "test/nll_k500", "test/acc", "test/loss",
@@ -52,7 +52,7 @@ def _budget(entry: dict[str, Any]) -> tuple[str, str]:
 
 def _stopped(entry: dict[str, Any]) -> str:
     counts = Counter(str(s.get("stopped_by") or "–") for s in entry["seeds"])
-    text = ", ".join(f"{k} ×{n}" if n > 1 else k for k, n in sorted(counts.items()))
+    text = ", ".join(esc(f"{k} ×{n}" if n > 1 else k) for k, n in sorted(counts.items()))
     if entry.get("truncated") or "max_time" in counts:
         text += (' <span class="badge warn" title="a seed was cut by max_time, a safety limit: its numbers are '
                  'not what the budget would give">truncated</span>')
@@ -69,6 +69,12 @@ def run_links(entry: dict[str, Any]) -> str:
         else:
             out.append(f'<span class="run" title="{tip}; no MLflow server URL (report --mlflow-url)">s{s["seed"]}</span>')
     return " ".join(out)
+
+
+def run_link_cell(seed: dict[str, Any]) -> str:
+    """The run id, a link to the MLflow UI when there is one."""
+    code = f'<code>{esc(seed.get("run_id"))}</code>'
+    return f'<a href="{esc(seed["link"])}" target="_blank" rel="noopener">{code}</a>' if seed.get("link") else code
 
 
 def _metric_cell(entry: dict[str, Any], key: str) -> str:
@@ -182,7 +188,7 @@ def experiment_page(entry: dict[str, Any], ledger: dict[str, dict[str, Any]], im
         seed_rows.append([str(s["seed"]), *cells, esc(s.get("stopped_by")), esc(s.get("epochs")), esc(s.get("steps")),
                           esc(s.get("fit_s")), f'<code>{esc(str(s.get("commit"))[:12])}</code>',
                           esc(f"{m.get('host', '?')} ({m.get('cpu', '?')}, {s.get('threads')} threads, "
-                              f"{m.get('gpu') or s.get('device') or 'cpu'})"), f'<code>{esc(s.get("run_id"))}</code>'])
+                              f"{m.get('gpu') or s.get('device') or 'cpu'})"), run_link_cell(s)])
     seeds_table = table(["seed", *[esc(k) for k in keys], "stopped by", "epochs", "steps", "fit (s)", "commit", "machine",
                          "MLflow run"], seed_rows, "seeds")
     summary_rows = [[esc(label_with(k, [entry.get("settings") or {}])), esc(mean_ci(entry["summary"][k])), esc(direction(k))] for k in keys]

@@ -207,3 +207,46 @@ def claim_outcome(outcomes: list[str | None]) -> str | None:
     if not judged:
         return None
     return "Refuted" if "Refuted" in judged else "Inconclusive" if "Inconclusive" in judged else "Supported"
+
+
+# ---- a claim's table and verdicts -------------------------------------------------------------------------
+def summarise(name: str, conf: dict[str, Any], per_seed: dict[tuple[str, Any], dict[str, list[float]]]) -> dict[str, Any]:
+    """The claim's table (mean ± 95% CI per cell and metric) and its verdicts, from per-seed values."""
+    metric = conf["metric"]
+    table = [{"arm": arm, "value": value, "seeds": per_seed[(arm, value)][metric],
+              **{m: mean_ci(per_seed[(arm, value)][m]) for m in [metric, *conf["also"]] if per_seed[(arm, value)][m]}}
+             for arm, value in per_seed]
+    verdicts = [_verdict(conf, verdict, per_seed) for verdict in conf["verdict"]]
+    return {"claim": name, "statement": conf["statement"], "metric": metric, "mode": conf["mode"],
+            "sweep": conf["sweep"], "arms": list(conf["arms"]), "also": conf["also"], "confidence": CONFIDENCE,
+            "table": table, "verdicts": verdicts, "outcome": claim_outcome([v["outcome"] for v in verdicts]),
+            "verdict": " ".join(v["text"] for v in verdicts)}
+
+
+def _verdict(conf: dict[str, Any], verdict: dict[str, Any], per_seed: dict[tuple[str, Any], dict[str, list[float]]]
+             ) -> dict[str, Any]:
+    metric, higher, path, values = conf["metric"], conf["mode"] == "max", conf["sweep"]["path"], conf["sweep"]["values"]
+    kind, arm = verdict["type"], verdict["arm"]
+
+    def where(value: Any) -> str:
+        return f" at {path} = {value}" if path else ""
+
+    def row(a: list[float], b: list[float], value: Any, a_name: str, b_name: str) -> dict[str, Any]:
+        diff, low, high = welch_interval(a, b)
+        return {"value": value, "a": a_name, "b": b_name, "diff": diff, "low": low, "high": high,
+                "gain": gain_interval(a, b, higher)[0], "outcome": judge(a, b, higher)}
+
+    if kind in ("better", "compare"):
+        than = verdict["than"]
+        rows = [row(per_seed[(arm, v)][metric], per_seed[(than, v)][metric], v, arm, than) for v in values]
+        if kind == "compare":
+            text = "Comparison: " + "; ".join(f"{arm} vs {than}{where(r['value'])} is {r['outcome']}" for r in rows) + "."
+            return {"type": kind, "outcome": None, "text": text, "comparisons": rows}
+        judged = better_verdict(per_seed[(arm, values[-1])][metric], per_seed[(than, values[-1])][metric], higher,
+                                verdict["margin"], f"{arm} vs {than}{where(values[-1])} on {metric}")
+    else:  # plateau
+        after = verdict["after"]
+        series = {v: per_seed[(arm, v)][metric] for v in values}
+        rows = [row(series[v], series[after], v, f"{arm}@{v}", f"{arm}@{after}") for v in values if v != after]
+        judged = plateau_verdict(series, after, higher, verdict["margin"], f"{arm}, {path} on {metric}")
+    return {"type": kind, "margin": verdict["margin"], **judged, "comparisons": rows}

@@ -16,81 +16,44 @@ A claim in params.yaml (``claims:`` runs with ``dvc repro``, ``full_claims:`` is
       mode: max                      # max: higher is better
       also: [test/grad_norm_first]   # reported beside the metric, not judged
       verdict:                       # one mapping or a list
-        - {type: better, arm: lstm, than: elman}
+        - {type: better, arm: lstm, than: elman, margin: 0.05}   # margin: the smallest gain that matters
         - {type: compare, arm: peephole, than: lstm}
 
-Verdict types, each judged with Welch's 95% confidence interval of the difference of means:
+Verdict types (``better``, ``plateau``, ``compare``) and their three outcomes, Supported, Refuted and
+Inconclusive, are defined in claim_stats.py. The claim is Refuted if any verdict is, else Inconclusive if
+any is, else Supported.
 
-- ``better``: ``arm`` beats ``than`` at the largest sweep value (where a long-lag claim bites); the
-  table still shows every value.
-- ``plateau``: a single arm; no sweep value above ``after`` is significantly better than ``after``.
-- ``compare``: no expected direction; states which arm is better per sweep value, or that neither is.
-
-Every cell is an ordinary experiment run (MLflow run, checkpoints, results/claims/<claim>/runs/...),
-so a killed claim resumes where it stopped.
+Every cell-seed (arm x sweep value x seed) is an ordinary run of ``run_seed`` (MLflow run, checkpoints,
+results/claims/<claim>/runs/<cell>/seeds/seed_N/result.json) taken under a lease
+(results/claims/.leases/<claim>/), so any number of workers sharing the results folder can run one claim
+(``archbench claim NAME --worker``), a killed worker's cell-seed is taken again once its lease is stale,
+and a rerun resumes. The table is built only from finished seed files made by each cell's config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
-import statistics
+import os
+import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.claim_stats import CONFIDENCE, judge, mean_ci, summarise, welch_interval
 from benchmarks.errors import ArchbenchError
 from benchmarks.params import Experiment, deep_merge
+
+__all__ = ["CONFIDENCE", "cell_experiments", "claim_config", "claims_section", "judge", "mean_ci", "run_claim",
+           "summarise", "welch_interval"]
 
 CLAIM_SECTIONS = ("claims", "full_claims")
 CLAIM_KEYS = {"statement", "model", "data", "model_args", "data_args", "trainer", "seeds", "arms", "sweep", "metric",
               "mode", "also", "verdict"}
 SWEEP_ROOTS = ("model_args", "data_args", "trainer")
-VERDICT_TYPES = {"better": {"arm", "than"}, "plateau": {"arm", "after"}, "compare": {"arm", "than"}}
-CONFIDENCE = 0.95
-
-
-# ---- statistics ---------------------------------------------------------------------------------------
-def mean_ci(values: list[float], confidence: float = CONFIDENCE) -> dict[str, float]:
-    """Mean and the half-width of its Student-t confidence interval (nan with fewer than 2 values)."""
-    from scipy import stats
-
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return {"mean": mean, "ci": math.nan, "n": n}
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return {"mean": mean, "ci": float(half), "n": n}
-
-
-def welch_interval(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(mean(a) - mean(b), low, high): Welch's interval for the difference of two means, unequal variances."""
-    from scipy import stats
-
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2 or len(b) < 2:
-        return diff, math.nan, math.nan
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0.0:  # every seed of both arms agrees: the difference is exact
-        return diff, diff, diff
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
-    return diff, diff - half, diff + half
-
-
-def judge(a: list[float], b: list[float], higher_is_better: bool) -> str:
-    """'better', 'worse' or 'no significant difference' for a against b at 95%."""
-    diff, low, high = welch_interval(a, b)
-    if math.isnan(low):
-        return "inconclusive (fewer than 2 seeds)"
-    if not higher_is_better:
-        low, high = -high, -low
-    if low > 0:
-        return "better"
-    if high < 0:
-        return "worse"
-    return "no significant difference"
+VERDICT_TYPES = {"better": {"arm", "than", "margin"}, "plateau": {"arm", "after", "margin"}, "compare": {"arm", "than"}}
+STALE_AFTER_S = 120.0  # a lease whose heartbeat is older than this belongs to a dead (or hung) worker
 
 
 # ---- definitions ----------------------------------------------------------------------------------------
@@ -143,13 +106,31 @@ def claim_config(params: dict[str, Any], name: str) -> tuple[str, dict[str, Any]
         missing = sorted(VERDICT_TYPES[kind] - set(verdict))
         if missing:
             raise ArchbenchError(f"claim '{name}': a '{kind}' verdict needs '{missing[0]}'")
+        extra = sorted(set(verdict) - VERDICT_TYPES[kind] - {"type"})
+        if extra:
+            raise ArchbenchError(f"claim '{name}': a '{kind}' verdict has no key '{extra[0]}' "
+                                 f"(allowed: type, {', '.join(sorted(VERDICT_TYPES[kind]))})")
         for key in ("arm", "than"):
             if key in VERDICT_TYPES[kind] and verdict[key] not in arms:
                 raise ArchbenchError(f"claim '{name}': verdict.{key} '{verdict[key]}' is not an arm ({', '.join(arms)})")
-        if kind == "plateau" and verdict["after"] not in values:
-            raise ArchbenchError(f"claim '{name}': verdict.after {verdict['after']!r} is not a sweep value {values}")
+        margin = verdict.get("margin", 1.0)
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < math.inf:
+            raise ArchbenchError(f"claim '{name}': verdict.margin must be a positive number in {conf['metric']}'s "
+                                 f"units (the smallest difference that matters), got {margin!r}")
+        if kind == "plateau":
+            _check_plateau(name, verdict["after"], values)
     return profile, conf | {"seeds": seeds, "sweep": {"path": path, "values": values}, "mode": mode, "also": also,
                             "verdict": verdicts}
+
+
+def _check_plateau(name: str, after: Any, values: list[Any]) -> None:
+    if after not in values:
+        raise ArchbenchError(f"claim '{name}': verdict.after {after!r} is not a sweep value {values}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ArchbenchError(f"claim '{name}': a plateau needs numeric sweep values, got {values}")
+    if after == min(values) or after == max(values):
+        raise ArchbenchError(f"claim '{name}': verdict.after {after!r} needs sweep values below and above it "
+                             f"(a gain up to it, and a plateau beyond it), got {values}")
 
 
 def cell_experiments(name: str, profile: str, conf: dict[str, Any]) -> dict[tuple[str, Any], Experiment]:
@@ -177,97 +158,105 @@ def cell_experiments(name: str, profile: str, conf: dict[str, Any]) -> dict[tupl
     return cells
 
 
-# ---- running and judging -----------------------------------------------------------------------------
-def run_claim(params: dict[str, Any], name: str, opts: Any) -> dict[str, Any]:
-    """Train every cell (resuming finished seeds), then write results/claims/<name>/{claim.json, claim.png}."""
+# ---- running ----------------------------------------------------------------------------------------------
+def run_claim(params: dict[str, Any], name: str, opts: Any, worker: bool = False,
+              stale_after_s: float = STALE_AFTER_S) -> dict[str, Any] | None:
+    """Train every unfinished cell-seed under a lease, then write results/claims/<name>/{claim.json, claim.png}.
+
+    Several processes may run this at once, on machines sharing the results folder. A plain run waits for
+    cell-seeds held by other workers (and takes over any whose lease goes stale), then writes the table. A
+    ``worker`` leaves as soon as nothing is left to take, returning None unless everything is finished; the
+    last worker to finish writes the table.
+    """
     from benchmarks.build import check_experiment
-    from benchmarks.train import run_experiment
 
     profile, conf = claim_config(params, name)
     cells = cell_experiments(name, profile, conf)
     for exp in cells.values():  # validate every cell before training any
         check_experiment(exp)
     out = opts.results_dir / "claims" / name
-    cell_opts = dataclasses.replace(opts, results_dir=out / "runs")
+    _drop_stale_table(out, conf)
+    if not _work(name, list(cells.values()), out / "runs", dataclasses.replace(opts, results_dir=out / "runs"),
+                 opts.results_dir / "claims" / ".leases" / name, worker, stale_after_s):
+        return None
+    return write_table(name, conf, cells, out)
+
+
+def _conf_hash(conf: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _drop_stale_table(out: Path, conf: dict[str, Any]) -> None:
+    """A table of another definition of the claim is removed before any work, so it is never mistaken for this one."""
+    table = out / "claim.json"
+    if table.is_file() and json.loads(table.read_text()).get("config_hash") != _conf_hash(conf):
+        table.unlink(missing_ok=True)
+        (out / "claim.png").unlink(missing_ok=True)
+
+
+def finished_seeds(exp: Experiment, runs_dir: Path) -> dict[int, dict[str, Any]]:
+    """seed -> result of every finished seed of this cell made by this very config (nothing stale counts)."""
+    from benchmarks.train import load_seed_results
+
+    return {seed: result for seed, result in load_seed_results(runs_dir / exp.name).items()
+            if seed in exp.seeds and result.get("config_hash") == exp.config_hash()}
+
+
+def _work(name: str, cells: list[Experiment], runs_dir: Path, opts: Any, leases: Path, worker: bool,
+          stale_after_s: float) -> bool:
+    """Take unfinished cell-seeds one at a time under a lease until none is left; True when all are finished."""
+    from benchmarks.leases import acquire, holders
+    from benchmarks.train import run_seed
+
+    heartbeat_s = min(20.0, stale_after_s / 6)
+    waited = False
+    while True:
+        left = [(exp, seed) for exp in cells for seed in exp.seeds if seed not in finished_seeds(exp, runs_dir)]
+        if not left:
+            return True
+        took = False
+        for exp, seed in left:
+            lease = acquire(leases, f"{exp.name}.seed{seed}", heartbeat_s, stale_after_s)
+            if lease is None:
+                continue  # a live worker trains it
+            with lease:
+                if seed not in finished_seeds(exp, runs_dir):  # it may have finished between our look and the lease
+                    run_seed(exp, seed, opts)
+                    print(f"claim {name}: trained {exp.name} seed {seed}", flush=True)
+            took = True
+            break
+        if took:
+            continue
+        if worker:
+            print(f"claim {name}: {len(left)} cell-seeds are held by other workers; the last to finish writes "
+                  f"the table", flush=True)
+            return False
+        if not waited:
+            print(f"claim {name}: waiting for {len(holders(leases, stale_after_s))} cell-seeds held by other "
+                  f"workers", flush=True)
+            waited = True
+        time.sleep(min(5.0, heartbeat_s))
+
+
+def write_table(name: str, conf: dict[str, Any], cells: dict[tuple[str, Any], Experiment], out: Path) -> dict[str, Any]:
+    """claim.json and claim.png from the finished seed files alone (any worker may write them; same content)."""
+    runs, metrics = out / "runs", [conf["metric"], *conf["also"]]
     per_seed: dict[tuple[str, Any], dict[str, list[float]]] = {}
     for key, exp in cells.items():
-        summary = _finished(out / "runs" / exp.name / "metrics.json", exp) or run_experiment(exp, cell_opts)
-        per_seed[key] = {m: [float(summary["per_seed"][str(s)][m]) for s in exp.seeds if m in summary["per_seed"][str(s)]]
-                         for m in [conf["metric"], *conf["also"]]}
+        done = finished_seeds(exp, runs)
+        results = [done[s] for s in exp.seeds if s in done]
+        per_seed[key] = {m: [float(r["metrics"][m]) for r in results if m in r["metrics"]] for m in metrics}
         if not per_seed[key][conf["metric"]]:
             raise ArchbenchError(f"claim '{name}': the runs logged no '{conf['metric']}'; pick a test/ metric the model logs")
-    result = summarise(name, conf, per_seed)
+    first = next(iter(finished_seeds(next(iter(cells.values())), runs).values()))
+    result = summarise(name, conf, per_seed) | {"unit": _unit(conf["metric"], first.get("settings", {})),
+                                                "config_hash": _conf_hash(conf)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "claim.json").write_text(json.dumps(result, indent=2) + "\n")
+    tmp = out / f".claim.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
     plot_claim(result, out / "claim.png")
+    tmp.replace(out / "claim.json")  # last: a claim.json means its plot is there too
     return result
-
-
-def _finished(path: Path, exp: Experiment) -> dict[str, Any] | None:
-    """A cell's earlier summary when it ran this very configuration and these seeds (a rerun skips it)."""
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    same = summary.get("settings", {}).get("config_hash") == exp.config_hash() and summary.get("seeds") == list(exp.seeds)
-    return summary if same else None
-
-
-def summarise(name: str, conf: dict[str, Any], per_seed: dict[tuple[str, Any], dict[str, list[float]]]) -> dict[str, Any]:
-    metric = conf["metric"]
-    table = [{"arm": arm, "value": value, "seeds": per_seed[(arm, value)][metric],
-              **{m: mean_ci(per_seed[(arm, value)][m]) for m in [metric, *conf["also"]] if per_seed[(arm, value)][m]}}
-             for arm, value in per_seed]
-    verdicts = [_verdict(conf, verdict, per_seed) for verdict in conf["verdict"]]
-    judged = [v["supported"] for v in verdicts if v["supported"] is not None]
-    return {"claim": name, "statement": conf["statement"], "metric": metric, "mode": conf["mode"],
-            "sweep": conf["sweep"], "arms": list(conf["arms"]), "also": conf["also"], "confidence": CONFIDENCE,
-            "table": table, "verdicts": verdicts, "supported": all(judged) if judged else None,
-            "verdict": " ".join(v["text"] for v in verdicts)}
-
-
-def _verdict(conf: dict[str, Any], verdict: dict[str, Any], per_seed: dict[tuple[str, Any], dict[str, list[float]]]
-             ) -> dict[str, Any]:
-    metric, higher, path, values = conf["metric"], conf["mode"] == "max", conf["sweep"]["path"], conf["sweep"]["values"]
-    comparisons: list[dict[str, Any]] = []
-
-    def compare(a_key: tuple[str, Any], b_key: tuple[str, Any], a: str, b: str, value: Any) -> str:
-        xa, xb = per_seed[a_key][metric], per_seed[b_key][metric]
-        diff, low, high = welch_interval(xa, xb)
-        outcome = judge(xa, xb, higher)
-        comparisons.append({"value": value, "a": a, "b": b, "diff": diff, "low": low, "high": high, "outcome": outcome})
-        return outcome
-
-    kind = verdict["type"]
-    if kind in ("better", "compare"):
-        arm, than = verdict["arm"], verdict["than"]
-        outcomes = [compare((arm, v), (than, v), arm, than, v) for v in values]
-        where = f" at {path} = {values[-1]}" if path else ""
-        if kind == "better":
-            supported: bool | None = outcomes[-1] == "better"
-            text = (f"{'Supported' if supported else 'Not supported'}: {arm} vs {than}{where} is {outcomes[-1]} "
-                    f"on {metric}.")
-        else:
-            supported = None
-            text = "Comparison: " + "; ".join(f"{arm} vs {than}" + (f" at {v}" if path else "") + f" is {o}"
-                                              for v, o in zip(values, outcomes)) + "."
-    else:  # plateau
-        arm, after = verdict["arm"], verdict["after"]
-        for v in values:
-            if v != after:
-                compare((arm, v), (arm, after), f"{arm}@{v}", f"{arm}@{after}", v)
-        gains = [c for c in comparisons if _after(c["value"], after) and c["outcome"] == "better"]
-        supported = not gains
-        text = (f"{'Supported' if supported else 'Not supported'} ({arm}): "
-                + (f"no {path} above {after} is significantly better on {metric}." if supported
-                   else f"{path} = {', '.join(str(c['value']) for c in gains)} is significantly better than {after}."))
-    return {"type": kind, "supported": supported, "text": text, "comparisons": comparisons}
-
-
-def _after(value: Any, after: Any) -> bool:
-    try:
-        return value > after
-    except TypeError:
-        return False
 
 
 def plot_claim(result: dict[str, Any], path: Path) -> None:
@@ -276,6 +265,8 @@ def plot_claim(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from benchmarks.metric_keys import label
 
     metrics = [result["metric"], *result["also"]]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
@@ -287,30 +278,50 @@ def plot_claim(result: dict[str, Any], path: Path) -> None:
             ax.errorbar(xs, [r[metric]["mean"] for r in rows], yerr=[r[metric]["ci"] for r in rows], marker="o",
                         capsize=3, label=arm)
         ax.set_xticks(range(len(values)), [str(v) for v in values])
-        ax.set(xlabel=result["sweep"]["path"] or "", ylabel=metric, title=metric)
+        ax.set(xlabel=result["sweep"]["path"] or "", ylabel=label(metric), title=metric)
         if metric != result["metric"] and all(r[metric]["mean"] > 0 for r in result["table"] if metric in r):
             ax.set_yscale("log")  # gradient norms span orders of magnitude
         ax.legend(fontsize=7)
-    fig.suptitle(result["claim"], fontsize=9)
+    fig.suptitle(f"{result['claim']}: {result['outcome'] or 'not judged'}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # workers may write it at once: each its own file
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    tmp.replace(path)
+
+
+def _unit(metric: str, settings: dict[str, Any]) -> str:
+    """The metric's unit; a loss has none of its own, its model records one (e.g. nats per character)."""
+    from benchmarks.metric_keys import lookup
+
+    unit = getattr(lookup(metric), "unit", "")
+    return unit or (str(settings.get("loss_unit", "")) if metric.endswith("loss") else "")
+
+
+def _margin(verdict: dict[str, Any], claim: dict[str, Any]) -> str:
+    if "margin" not in verdict:
+        return "not judged"
+    unit = claim.get("unit", "")
+    return f"margin {verdict['margin']:g}{' ' + unit if unit else ''} on {claim['metric']}"
 
 
 def claims_section(results_dir: Path, out: Path) -> str:
-    """The report's claims section: statement, verdict, and the mean ± 95% CI table with its plot."""
+    """The report's claims section: statement, outcome, each verdict with its margin, the table and plot."""
     import shutil
 
     paths = sorted((results_dir / "claims").glob("*/claim.json"))
     if not paths:
         return ""
-    md = ["", "## The seed's claims", "", f"Mean ± half-width of the {int(CONFIDENCE * 100)}% t-interval over seeds; "
-          "verdicts from Welch's interval of the difference of means.", ""]
+    md = ["", "## The seed's claims", "", f"Mean ± half-width of the {int(CONFIDENCE * 100)}% t-interval over seeds. "
+          "A verdict is Supported or Refuted by Welch's 95% interval of the gain, or Refuted by an equivalence test "
+          "(TOST) at its margin, the smallest difference that matters; otherwise it is Inconclusive and says what "
+          "these seeds can detect. A claim is Refuted if any verdict is, else Inconclusive if any is.", ""]
     for path in paths:
         claim = json.loads(path.read_text())
         metrics = [claim["metric"], *claim["also"]]
-        md += [f"### {claim['claim']}", "", f"*{claim['statement']}*", "", "**Verdict:**", "",
-               *(f"- {v['text']}" for v in claim["verdicts"]), "",
+        md += [f"### {claim['claim']}: {claim['outcome'] or 'not judged'}", "", f"*{claim['statement']}*", "",
+               f"**Verdict:** {claim['outcome'] or 'not judged'}", "",
+               *(f"- {v['type']} ({_margin(v, claim)}): {v['text']}" for v in claim["verdicts"]), "",
                "| arm | " + (claim["sweep"]["path"] or "") + " | n | " + " | ".join(metrics) + " |",
                "|---|---|---|" + "---|" * len(metrics)]
         for row in claim["table"]:

@@ -118,11 +118,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     params = load_params(args.params)
     best = run_study(params, args.study, _options(params, progress=not args.no_progress), n_trials=args.n_trials)
-    if best["value"] is None:  # this worker is done while others still run the study's first trials
-        print(f"study {best['study']}: no trial complete yet; other workers are still running")
-    else:
-        status = "" if best["complete"] else " so far (other workers are still running)"
-        print(f"best {best['metric']} = {best['value']:.4f} with {best['params']}{status}")
+    print(f"best {best['metric']} = {best['value']:.4f} with {best['params']}")
     return 0
 
 
@@ -130,9 +126,16 @@ def cmd_claim(args: argparse.Namespace) -> int:
     from benchmarks.claims import run_claim
     from benchmarks.params import load_params
 
+    if not args.stale_after > 0:
+        raise ArchbenchError(f"--stale-after {args.stale_after:g}: give a positive number of seconds (default 120)")
     params = load_params(args.params)
-    result = run_claim(params, args.claim, _options(params, progress=not args.no_progress))
-    print(f"{result['claim']}: {result['verdict']}")
+    result = run_claim(params, args.claim, _options(params, progress=not args.no_progress), worker=args.worker,
+                       stale_after_s=args.stale_after)
+    if result is None:  # a worker that left while others still train: the last of them writes the table
+        print(f"{args.claim}: nothing left to take; the worker that finishes last writes the table "
+              f"(or run `archbench claim {args.claim}` to wait for it)")
+        return 0
+    print(f"{result['claim']}: {result['outcome'] or 'not judged'}. {result['verdict']}")
     return 0
 
 
@@ -253,8 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("claim", help="run one of the seed's claims (arms x sweep x seeds) and judge it with 95%% CIs")
+    p = sub.add_parser("claim", help="run one of the seed's claims (arms x sweep x seeds) and judge it: "
+                                     "Supported, Refuted or Inconclusive")
     p.add_argument("claim")
+    p.add_argument("--worker", action="store_true",
+                   help="one of several workers (any machine sharing the results folder): take unfinished "
+                        "cell-seeds under a lease, leave when none is left to take; the last one writes the table")
+    p.add_argument("--stale-after", type=float, default=120.0, metavar="SECONDS",
+                   help="take over a cell-seed whose worker has not beaten its lease's heartbeat for this long")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_claim)
 

@@ -3,16 +3,23 @@
 Times forward (grad enabled, as in training) and forward+backward separately for both
 of StackedRNN's paths (``fused``: whole-sequence Functions with hand-written BPTT, the
 default; ``ref``: per-step autograd), median over repeats after a warm-up, everything in
-one process and interleaved per repeat so the ratios are comparable.
+one process and interleaved per repeat so the ratios are comparable: on a shared machine
+absolute timings drift by ~30% between runs, ratios measured side by side much less.
+One detailed table per thread count, then a summary of the fused path's ratios
+(ours / torch; below 1.0 is faster than torch). ``--json PATH`` writes every row and timing.
 ``python -m benchmarks.speed --help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,8 +51,8 @@ def _fwd_fns(model: Callable[[torch.Tensor], object], params: Sequence[nn.Parame
     return fwd, fwd_bwd
 
 
-def _median_ms(fns: Sequence[Callable[[], None]], repeats: int, warmup: int = 1) -> list[float]:
-    """Median ms of each fn. Calls are interleaved per repeat so that load from other processes
+def _times_ms(fns: Sequence[Callable[[], None]], repeats: int, warmup: int = 1) -> list[list[float]]:
+    """Every repeat's ms of each fn. Calls are interleaved per repeat so that load from other processes
     on a shared machine hits every contender alike instead of skewing one ratio."""
     for fn in fns:
         for _ in range(warmup):
@@ -55,98 +62,141 @@ def _median_ms(fns: Sequence[Callable[[], None]], repeats: int, warmup: int = 1)
         for fn, ts in zip(fns, times):
             t0 = time.perf_counter()
             fn()
-            ts.append(time.perf_counter() - t0)
-    return [1000.0 * statistics.median(ts) for ts in times]
+            ts.append(1000.0 * (time.perf_counter() - t0))
+    return times
 
 
 def run_speed(time_steps: int = 100, batch: int = 64, input_size: int = 64, hidden_size: int = 256,
-              depths: Sequence[int] = (1, 3), repeats: int = 5, compile: bool = False,
-              cells: Sequence[str] = ("elman", "lstm", "peephole")) -> list[dict]:
-    """One row per (cell, depth) with fused/ref/torch ms and ratios to torch.
+              depths: Sequence[int] = (1, 3), repeats: int = 7, compile: bool = False,
+              cells: Sequence[str] = ("lstm", "peephole", "elman"), ref: bool = True) -> list[dict]:
+    """One row per (cell, depth) at torch's current thread count: fused/ref/torch median ms and ratios to torch.
 
-    ``compiled_*`` keys only with ``compile`` (torch.compile of the per-step reference path;
-    the fused Functions are opaque to the compiler)."""
+    ``ref=False`` skips the (slow) per-step autograd path. ``compiled_*`` keys only with ``compile``
+    (torch.compile of the per-step reference path; the fused Functions are opaque to the compiler)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     torch.manual_seed(0)
     x = torch.randn(batch, time_steps, input_size)  # [batch, time, input]
+    paths = ("fused", "ref") if ref else ("fused",)
     rows: list[dict] = []
     for cell in cells:
         for depth in depths:
             fused = StackedRNN(cell, input_size, hidden_size, num_layers=depth)
             ours = StackedRNN(cell, input_size, hidden_size, num_layers=depth, fused=False)
             ours.load_state_dict(fused.state_dict())
-            ref = _torch_rnn(BASELINES[cell], input_size, hidden_size, depth)
-            fu = _fwd_fns(fused, list(fused.parameters()), x)
-            own = _fwd_fns(ours, list(ours.parameters()), x)
-            base = _fwd_fns(ref, list(ref.parameters()), x)
-            fu_f, own_f, ref_f, fu_fb, own_fb, ref_fb = _median_ms([fu[0], own[0], base[0], fu[1], own[1], base[1]],
-                                                                   repeats)
-            row = {
-                "cell": cell, "baseline": f"nn.{BASELINES[cell].upper()}", "depth": depth,
-                "time_steps": time_steps, "batch": batch, "input": input_size, "hidden": hidden_size,
-                "fused_fwd_ms": fu_f, "ref_fwd_ms": own_f, "torch_fwd_ms": ref_f,
-                "fused_fwd_ratio": fu_f / ref_f, "ref_fwd_ratio": own_f / ref_f,
-                "fused_fwd_bwd_ms": fu_fb, "ref_fwd_bwd_ms": own_fb, "torch_fwd_bwd_ms": ref_fb,
-                "fused_fwd_bwd_ratio": fu_fb / ref_fb, "ref_fwd_bwd_ratio": own_fb / ref_fb,
-            }
+            base = _torch_rnn(BASELINES[cell], input_size, hidden_size, depth)
+            contenders = {"fused": fused, "ref": ours}
+            fns = {p: _fwd_fns(contenders[p], list(contenders[p].parameters()), x) for p in paths}
+            fns["torch"] = _fwd_fns(base, list(base.parameters()), x)
+            names = [(p, kind) for kind in ("fwd", "fwd_bwd") for p in (*paths, "torch")]
+            times = _times_ms([fns[p][kind == "fwd_bwd"] for p, kind in names], repeats)
+            row: dict = {"threads": torch.get_num_threads(), "cell": cell, "baseline": f"nn.{BASELINES[cell].upper()}",
+                         "depth": depth, "time_steps": time_steps, "batch": batch, "input": input_size,
+                         "hidden": hidden_size, "repeats": repeats,
+                         "times_ms": {f"{p}_{kind}": ts for (p, kind), ts in zip(names, times)}}
+            for (p, kind), ts in zip(names, times):
+                row[f"{p}_{kind}_ms"] = statistics.median(ts)
+            for p in paths:
+                for kind in ("fwd", "fwd_bwd"):
+                    row[f"{p}_{kind}_ratio"] = row[f"{p}_{kind}_ms"] / row[f"torch_{kind}_ms"]
             if compile:
                 compiled = torch.compile(ours)
                 t0 = time.perf_counter()
                 compiled(x)[0].sum().backward()  # compiles both the forward and backward graphs
                 row["compile_s"] = time.perf_counter() - t0
-                c_f, c_fb = _median_ms(_fwd_fns(compiled, list(ours.parameters()), x), repeats)
-                row.update(compiled_fwd_ms=c_f, compiled_fwd_ratio=c_f / ref_f,
-                           compiled_fwd_bwd_ms=c_fb, compiled_fwd_bwd_ratio=c_fb / ref_fb)
+                c_f, c_fb = (statistics.median(ts) for ts in
+                             _times_ms(_fwd_fns(compiled, list(ours.parameters()), x), repeats))
+                row.update(compiled_fwd_ms=c_f, compiled_fwd_ratio=c_f / row["torch_fwd_ms"],
+                           compiled_fwd_bwd_ms=c_fb, compiled_fwd_bwd_ratio=c_fb / row["torch_fwd_bwd_ms"])
             rows.append(row)
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    cols = [("cell", "cell", "s"), ("baseline", "torch", "s"), ("depth", "depth", "d"),
-            ("fused_fwd_ms", "fused fwd", ".1f"), ("ref_fwd_ms", "ref fwd", ".1f"),
-            ("torch_fwd_ms", "torch fwd", ".1f"),
-            ("fused_fwd_ratio", "fused/t", ".2f"), ("ref_fwd_ratio", "ref/t", ".2f"),
-            ("fused_fwd_bwd_ms", "fused f+b", ".1f"), ("ref_fwd_bwd_ms", "ref f+b", ".1f"),
-            ("torch_fwd_bwd_ms", "torch f+b", ".1f"),
-            ("fused_fwd_bwd_ratio", "fused/t", ".2f"), ("ref_fwd_bwd_ratio", "ref/t", ".2f")]
-    if rows and "compile_s" in rows[0]:
-        cols += [("compile_s", "compile s", ".1f"), ("compiled_fwd_ms", "comp fwd ms", ".1f"),
-                 ("compiled_fwd_ratio", "ratio", ".2f"), ("compiled_fwd_bwd_ms", "comp f+b ms", ".1f"),
-                 ("compiled_fwd_bwd_ratio", "ratio", ".2f")]
-    cells = [[format(r[k], f) for k, _, f in cols] for r in rows]
-    widths = [max(len(h), *(len(c[j]) for c in cells)) for j, (_, h, _) in enumerate(cols)]
-    lines = ["  ".join(h.rjust(w) for (_, h, _), w in zip(cols, widths))]
-    lines.append("  ".join("-" * w for w in widths))
+def _render(cols: list[tuple[str, str]], cells: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(c[j]) for c in cells)) for j, (h, _) in enumerate(cols)]
+    lines = ["  ".join(h.rjust(w) for (h, _), w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
 
 
+def format_table(rows: list[dict]) -> str:
+    """Detailed table: median ms of each path and its ratio to torch (t), forward and forward+backward."""
+    paths = [p for p in ("fused", "ref") if rows and f"{p}_fwd_ms" in rows[0]]
+    cols = [("cell", "cell", "s"), ("baseline", "torch", "s"), ("depth", "depth", "d")]
+    for kind, label in (("fwd", "fwd"), ("fwd_bwd", "f+b")):
+        cols += [(f"{p}_{kind}_ms", f"{p} {label}", ".1f") for p in paths]
+        cols += [(f"torch_{kind}_ms", f"torch {label}", ".1f")]
+        cols += [(f"{p}_{kind}_ratio", f"{p}/t", ".2f") for p in paths]
+    if rows and "compile_s" in rows[0]:
+        cols += [("compile_s", "compile s", ".1f"), ("compiled_fwd_ms", "comp fwd ms", ".1f"),
+                 ("compiled_fwd_ratio", "ratio", ".2f"), ("compiled_fwd_bwd_ms", "comp f+b ms", ".1f"),
+                 ("compiled_fwd_bwd_ratio", "ratio", ".2f")]
+    return _render([(h, f) for _, h, f in cols], [[format(r[k], f) for k, _, f in cols] for r in rows])
+
+
+def format_summary(rows: list[dict]) -> str:
+    """The fused path's ratios, one line per (threads, depth), a column per cell vs its torch baseline."""
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    keys = list(dict.fromkeys((r["threads"], r["depth"]) for r in rows))
+    by = {(r["threads"], r["depth"], r["cell"]): r for r in rows}
+    cols = [("threads", ""), ("depth", "")]
+    for c in cells:
+        base = by[next(k for k in by if k[2] == c)]["baseline"].removeprefix("nn.")
+        cols += [(f"{c}/{base} fwd", ""), (f"{c}/{base} f+b", "")]
+    table = []
+    for n, d in keys:
+        line = [str(n), str(d)]
+        for c in cells:
+            r = by.get((n, d, c))
+            line += ["-", "-"] if r is None else [f"{r['fused_fwd_ratio']:.2f}", f"{r['fused_fwd_bwd_ratio']:.2f}"]
+        table.append(line)
+    return _render(cols, table)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="archbench speed", description=__doc__.splitlines()[0])
     parser.add_argument("--time-steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--input", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 3])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--cells", nargs="+", default=["elman", "lstm", "peephole"], choices=sorted(BASELINES))
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--cells", nargs="+", default=["lstm", "peephole", "elman"], choices=sorted(BASELINES))
+    parser.add_argument("--no-ref", action="store_true", help="skip the per-step autograd path (faster)")
     parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd reference path")
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="torch thread counts to time, one table each (default: torch's current setting)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write all rows as JSON")
     args = parser.parse_args(argv)
     if args.threads is not None and any(n < 1 for n in args.threads):
         parser.error(f"--threads must be positive integers, got {args.threads}")
-    for n in args.threads or [torch.get_num_threads()]:
-        # Thread count changes the ratio: torch's per-step gate ops are big enough for ATen to split
-        # across threads, ours are kept below that size (see lightning_modules/recurrent_fused.py).
-        torch.set_num_threads(n)
-        rows = run_speed(args.time_steps, args.batch, args.input, args.hidden, args.depths, args.repeats,
-                         compile=args.compile, cells=args.cells)
-        print(f"T={args.time_steps} batch={args.batch} input={args.input} hidden={args.hidden} "
-              f"threads={torch.get_num_threads()} repeats={args.repeats} "
-              "(median ms; fused/t, ref/t = that path's time / torch's)")
-        print(format_table(rows))
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    before, load_before = torch.get_num_threads(), os.getloadavg()
+    rows: list[dict] = []
+    try:
+        for n in args.threads or [before]:
+            # Thread count changes the ratio: torch's per-step gate ops are big enough for ATen to split
+            # across threads, ours are kept below that size (see lightning_modules/recurrent_fused.py).
+            torch.set_num_threads(n)
+            part = run_speed(args.time_steps, args.batch, args.input, args.hidden, args.depths, args.repeats,
+                             compile=args.compile, cells=args.cells, ref=not args.no_ref)
+            print(f"T={args.time_steps} batch={args.batch} input={args.input} hidden={args.hidden} threads={n} "
+                  f"repeats={args.repeats} (median ms; <path>/t = that path's time / torch's)")
+            print(format_table(part) + "\n")
+            rows += part
+    finally:
+        torch.set_num_threads(before)
+    load_after = os.getloadavg()
+    print("fused path / torch (median of interleaved repeats; < 1.00 is faster than torch)")
+    print(format_summary(rows))
+    print(f"load average before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {os.cpu_count()} CPUs")
+    if args.json is not None:
+        record = {"torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+                  "load_avg_before": load_before[0], "load_avg_after": load_after[0], "rows": rows}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 

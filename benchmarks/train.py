@@ -197,32 +197,33 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
         client, exp_id = logger.experiment, logger.experiment_id
         if "mlflow.note.content" not in client.get_experiment(exp_id).tags:
             client.set_experiment_tag(exp_id, "mlflow.note.content", EXPERIMENT_NOTE)
-        if opts.on_run_created is not None:
-            opts.on_run_created(run_id)
     else:
         logger = _make_logger(exp, seed, opts, None, commit)  # rank-zero-only inside: writes nothing here
-    # Trainable parameters, so models of "comparable size" can be checked rather than assumed.
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    # The model's own arguments reach MLflow through Lightning (save_hyperparameters); these are the rest.
-    extra = {f"exp.{k}": v for k, v in _flat(exp.as_dict()).items() if not k.startswith("model_args.")}
-    logger.log_hyperparams(extra | {"seed": seed, "data_hash": data_hash, "git_commit": commit, "code_hash": fp.code_hash,
-                                    "config_hash": exp.config_hash(), "parameters": n_params} | package_versions())
-    # A model may choose what "best" means (a GAN keeps the best validation FID); the default is val/loss.
-    monitor = opts.monitor or getattr(model, "monitor", "val/loss")
-    mode = getattr(model, "monitor_mode", "min") if monitor == getattr(model, "monitor", "val/loss") else _direction(monitor)
-    checkpoint = ModelCheckpoint(dirpath=state / "ckpt", filename="best", monitor=monitor, mode=mode,
-                                 auto_insert_metric_name=False)
-    # last.ckpt every epoch, whatever the monitor did: Lightning 2.6's save_last only writes it on epochs that
-    # improved the best. Listed after ``checkpoint`` so the file carries the best score of the same epoch.
-    latest = ModelCheckpoint(dirpath=state / "ckpt", filename="last", enable_version_counter=False)
-    guard = DivergenceGuard(ratio=opts.divergence_ratio)
-    callbacks = [guard, checkpoint, latest, CurveWriter(state / "curve.csv"), SampleLogger(state / "samples"),
-                 *opts.extra_callbacks]
-    if opts.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
-    trainer = pl.Trainer(**args, logger=logger, callbacks=callbacks, default_root_dir=state,
-                         enable_progress_bar=opts.progress_bar, enable_model_summary=False)
+    # From here on an MLflow run is open: whatever fails (a bad callback, the Trainer, fit, test) closes it.
     try:
+        if rank0 and opts.on_run_created is not None:
+            opts.on_run_created(run_id)
+        # Trainable parameters, so models of "comparable size" can be checked rather than assumed.
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        # The model's own arguments reach MLflow through Lightning (save_hyperparameters); these are the rest.
+        extra = {f"exp.{k}": v for k, v in _flat(exp.as_dict()).items() if not k.startswith("model_args.")}
+        logger.log_hyperparams(extra | {"seed": seed, "data_hash": data_hash, "git_commit": commit, "code_hash": fp.code_hash,
+                                        "config_hash": exp.config_hash(), "parameters": n_params} | package_versions())
+        # A model may choose what "best" means (a GAN keeps the best validation FID); the default is val/loss.
+        monitor = opts.monitor or getattr(model, "monitor", "val/loss")
+        mode = getattr(model, "monitor_mode", "min") if monitor == getattr(model, "monitor", "val/loss") else _direction(monitor)
+        checkpoint = ModelCheckpoint(dirpath=state / "ckpt", filename="best", monitor=monitor, mode=mode,
+                                     auto_insert_metric_name=False)
+        # last.ckpt every epoch, whatever the monitor did: Lightning 2.6's save_last only writes it on epochs that
+        # improved the best. Listed after ``checkpoint`` so the file carries the best score of the same epoch.
+        latest = ModelCheckpoint(dirpath=state / "ckpt", filename="last", enable_version_counter=False)
+        guard = DivergenceGuard(ratio=opts.divergence_ratio)
+        callbacks = [guard, checkpoint, latest, CurveWriter(state / "curve.csv"), SampleLogger(state / "samples"),
+                     *opts.extra_callbacks]
+        if opts.progress_bar:
+            callbacks.append(TQDMProgressBar(refresh_rate=10))
+        trainer = pl.Trainer(**args, logger=logger, callbacks=callbacks, default_root_dir=state,
+                             enable_progress_bar=opts.progress_bar, enable_model_summary=False)
         started = time.perf_counter()
         trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
         fit_s = time.perf_counter() - started
@@ -233,6 +234,29 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
         tested = [] if opts.skip_test else trainer.test(
             model, datamodule=dm, ckpt_path="best" if checkpoint.best_model_path else None, verbose=False)
         metrics = _finite_metrics(exp, seed, tested, opts.skip_test)
+        if checkpoint.best_model_score is not None:
+            metrics[f"{monitor}_best"] = float(checkpoint.best_model_score)
+        budget = {k: args.get(k) for k in ("max_epochs", "max_steps", "max_time")}
+        result = {
+            "experiment": exp.name, "seed": seed, "metrics": metrics, "stopped_by": stop, "epochs": trainer.current_epoch,
+            "steps": trainer.global_step, "budget": budget, "config_hash": exp.config_hash(), "code_hash": fp.code_hash,
+            "data_hash": data_hash,
+            "settings": {"data_hash": data_hash, "data": dm.describe(), "config_hash": exp.config_hash(),
+                         "parameters": n_params} | getattr(model, "metric_settings", lambda: {})(),
+        }
+        provenance = {"run_id": run_id, "tracking_uri": tracking_uri(opts.project_dir), "git_commit": commit,
+                      "dvc_lock": lock_state(opts.project_dir), "machine": machine(torch.get_num_threads()),
+                      "device": str(model.device), "fit_s": round(fit_s, 2), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if rank0:
+            client = logger.experiment
+            client.set_tag(run_id, "stopped_by", stop)
+            for path in (checkpoint.best_model_path, latest.best_model_path):
+                if path:
+                    client.log_artifact(run_id, path, "checkpoints")
+            client.log_dict(run_id, result | {"provenance": provenance}, "result.json")
+            (state / "done.json").write_text(json.dumps(result, indent=2, default=str))
+            if opts.results_dir is not None:
+                write_seed_results(opts.results_dir / exp.name, state, checkpoint.best_model_path, result, provenance)
     except BaseException as exc:
         killed = isinstance(exc, (KeyboardInterrupt, SystemExit))  # Lightning turns Ctrl-C into SystemExit
         if rank0:
@@ -241,29 +265,6 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
             if not killed:  # a failed run leaves nothing that a later run would resume
                 discard_checkpoints(state)
         raise
-    if checkpoint.best_model_score is not None:
-        metrics[f"{monitor}_best"] = float(checkpoint.best_model_score)
-    budget = {k: args.get(k) for k in ("max_epochs", "max_steps", "max_time")}
-    result = {
-        "experiment": exp.name, "seed": seed, "metrics": metrics, "stopped_by": stop, "epochs": trainer.current_epoch,
-        "steps": trainer.global_step, "budget": budget, "config_hash": exp.config_hash(), "code_hash": fp.code_hash,
-        "data_hash": data_hash,
-        "settings": {"data_hash": data_hash, "data": dm.describe(), "config_hash": exp.config_hash(),
-                     "parameters": n_params} | getattr(model, "metric_settings", lambda: {})(),
-    }
-    provenance = {"run_id": run_id, "tracking_uri": tracking_uri(opts.project_dir), "git_commit": commit,
-                  "dvc_lock": lock_state(opts.project_dir), "machine": machine(torch.get_num_threads()),
-                  "device": str(model.device), "fit_s": round(fit_s, 2), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if rank0:
-        client = logger.experiment
-        client.set_tag(run_id, "stopped_by", stop)
-        for path in (checkpoint.best_model_path, latest.best_model_path):
-            if path:
-                client.log_artifact(run_id, path, "checkpoints")
-        client.log_dict(run_id, result | {"provenance": provenance}, "result.json")
-        (state / "done.json").write_text(json.dumps(result, indent=2, default=str))
-        if opts.results_dir is not None:
-            write_seed_results(opts.results_dir / exp.name, state, checkpoint.best_model_path, result, provenance)
     return result | {"run_id": run_id, "provenance": provenance,
                      "timing": {"fit_s": round(fit_s, 2), "epochs": trainer.current_epoch, "device": str(model.device)}}
 

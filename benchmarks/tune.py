@@ -4,7 +4,9 @@ Each ``archbench tune NAME`` is a worker: SQLite storage serves workers on one m
 (``OPTUNA_STORAGE``) workers on many. A study ends with exactly ``n_trials`` finished (COMPLETE + PRUNED)
 trials whatever the number of workers:
 - ``MaxTrialsCallback`` stops a worker once the storage holds ``n_trials`` finished trials;
-- a worker may still have started a trial just before another one finished the last: every trial, once
+- a worker whose remaining trials are all running elsewhere waits for them (it takes over if one fails)
+  instead of starting one that would not be needed;
+- two workers may still start trials at the same moment: every trial, once
   RUNNING, is admitted only if ``finished + (RUNNING trials started before it) < n_trials``. Otherwise it
   waits while those may still fail, and fails itself as ``not_needed`` once enough have finished. With
   one agreed order (start time, then number), the last admitted trial saw every earlier one, so no more
@@ -305,6 +307,7 @@ def _open_study(name: str, conf: dict[str, Any], digest: str, storage: Any, url:
                 f"now {digest}); rename the study in params.yaml, or delete the old one with `optuna delete-study "
                 f"--study-name {name} --storage {shown_url(url)}`")
         if attrs.get("mlflow_parent_run_id"):
+            _check_parent(name, attrs["mlflow_parent_run_id"], tracker, url)
             return study, attrs["mlflow_parent_run_id"]
         if time.monotonic() > deadline:  # its creator died before making the parent: make it (set only if absent)
             study.set_user_attr("definition_hash", digest)
@@ -313,11 +316,24 @@ def _open_study(name: str, conf: dict[str, Any], digest: str, storage: Any, url:
         time.sleep(0.5)
 
 
+def _check_parent(name: str, run_id: str, tracker: Tracker, url: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tracker.client.get_run(run_id)
+    except MlflowException:
+        raise ArchbenchError(
+            f"study '{name}': its MLflow parent run {run_id} is not in {tracker.uri}; point MLFLOW_TRACKING_URI at the "
+            f"store its first worker used, or delete the study with `optuna delete-study --study-name {name} "
+            f"--storage {shown_url(url)}`") from None
+
+
 def _sampler(conf: dict[str, Any], seed: int) -> Any:
     import optuna
 
     startup = int((conf.get("pruner") or {}).get("sampler_startup_trials", 4))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    # constant_liar: running trials count as bad guesses, so concurrent workers explore apart.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
 
 
 def _pruner(conf: dict[str, Any]) -> Any:
@@ -446,21 +462,48 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
             if isinstance(exc, SystemExit):  # Optuna marks FAIL only on Exception/KeyboardInterrupt
                 raise KeyboardInterrupt from exc
             raise
+        if next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number).state != TrialState.RUNNING:
+            # Failed as stale by another worker while it ran (heartbeats held up past the grace period): its
+            # result can no longer be told, and it was retried if still needed.
+            if result.get("run_id"):
+                tracker.client.set_terminated(result["run_id"], "FAILED")
+            raise TrialNotNeeded(f"trial {trial.number} was failed as stale while it ran")
         value = result["metrics"].get(f"{metric}_best")
         if value is None or not math.isfinite(value):
             raise DivergedError(f"study '{name}' trial {trial.number}: best {metric} is {value}; the trial failed")
         return float(value)
+
+    budget = max(3 * target, target + 10)  # trials this worker may start: ends a study whose every trial fails
+
+    def enough(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # The other needed trials are running: wait for them (in _more_needed) rather than start a trial
+        # that would only be needed if one of them failed.
+        finished, running = _counts(study)
+        if finished + len(running) >= target:
+            study.stop()
 
     try:
         _fail_stale(study)  # a killed worker's trial is failed even when no trial remains to run
         finished, running = _counts(study)
         if finished < target or running:
             tracker.client.update_run(parent, status="RUNNING")  # a continued study reopens its parent
-        if finished < target:
-            study.optimize(objective, n_trials=max(3 * target, target + 10), show_progress_bar=opts.progress_bar,
-                           catch=(DivergedError, TrialNotNeeded),
-                           callbacks=[optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))])
-        return _settle(study, name, conf, target, parent, opts, tracker, worker, poll_s)
+        while _more_needed(study, target, poll_s):
+            started = len([t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker])
+            if started >= budget:
+                raise ArchbenchError(f"study '{name}': {started} trials started by this worker and only {_counts(study)[0]} "
+                                     f"of {target} finished; see the failed trials in MLflow and fix their cause")
+            try:
+                study.optimize(objective, n_trials=budget - started, show_progress_bar=opts.progress_bar,
+                               catch=(DivergedError, TrialNotNeeded),
+                               callbacks=[optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                                          enough])
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+                # Another worker failed this worker's trial as stale while it still ran (heartbeats held up
+                # past the grace period): that trial is lost and retried, and this worker goes on.
+                if not isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) and not str(exc).startswith("Cannot tell a"):
+                    raise
+                optuna.logging.get_logger("optuna").warning(f"study '{name}': a trial of this worker was failed as stale: {exc}")
+        return _close(study, name, conf, target, parent, opts, tracker, worker)
     except BaseException as exc:
         if not _counts(study)[1]:  # no other worker is running a trial: nobody else will close the parent
             from benchmarks.tracking import end_run
@@ -469,48 +512,48 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
         raise
 
 
-def _settle(study: Any, name: str, conf: dict[str, Any], target: int, parent: str, opts: RunOptions,
-            tracker: Tracker, worker: str, poll_s: float) -> dict[str, Any]:
-    """After this worker's last trial: wait out the stale trials of dead workers, then the worker that finished
-    the last counted trial (or one that found the study already complete) closes the study."""
-    from optuna.trial import TrialState
-
-    counted_states = (TrialState.COMPLETE, TrialState.PRUNED)
+def _more_needed(study: Any, target: int, poll_s: float) -> bool:
+    """True when this worker should start trials; False once the study is complete (``target`` finished, none
+    running). In between it waits, failing the stale trials of dead workers, which frees their slots."""
     while True:
         _fail_stale(study)
         finished, running = _counts(study)
-        if finished < target or not running:
-            break
-        time.sleep(poll_s)  # a trial that is waiting to be admitted, or a dead worker's that will go stale
+        if finished >= target and not running:
+            return False
+        if finished + len(running) < target:
+            return True
+        time.sleep(poll_s)
+
+
+def _close(study: Any, name: str, conf: dict[str, Any], target: int, parent: str, opts: RunOptions,
+           tracker: Tracker, worker: str) -> dict[str, Any]:
+    """The worker that finished the last counted trial closes the study; so does one that found it complete.
+
+    Every worker reads the same finished trials from the storage, so exactly one of them is the closer."""
+    from optuna.trial import TrialState
+
     trials = study.get_trials(deepcopy=False)
-    if finished < target:
-        if running:
-            return summarize(study, name, conf, target, strict=False) | {"complete": False}
-        failed = sum(t.state == TrialState.FAIL for t in trials)
-        raise ArchbenchError(f"study '{name}': only {finished} of {target} trials finished ({failed} failed); "
-                             f"see the failed trials in MLflow, fix the cause and run `archbench tune {name}` again")
-    counted = sorted((t for t in trials if t.state in counted_states),
+    counted = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
                      key=lambda t: (t.datetime_complete.timestamp() if t.datetime_complete else 0.0, t.number))
     mine = [t for t in trials if t.user_attrs.get("worker") == worker]
     if mine and counted[-1].user_attrs.get("worker") != worker:
-        return summarize(study, name, conf, target, strict=False) | {"complete": True}  # another worker closes it
+        return summarize(study, name, conf, target)  # another worker closes it
     return _finish(study, name, conf, target, parent, opts, tracker)
 
 
-def summarize(study: Any, name: str, conf: dict[str, Any], target: int, strict: bool = True) -> dict[str, Any]:
+def summarize(study: Any, name: str, conf: dict[str, Any], target: int) -> dict[str, Any]:
     """The study as the storage holds it: the same content whichever worker reads it."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if not complete and strict:
+    if not complete:
         pruned = sum(t.state == TrialState.PRUNED for t in trials)
         raise ArchbenchError(f"study '{name}': no trial completed ({pruned} pruned); loosen the pruner or raise n_trials")
-    best = study.best_trial if complete else None
+    best = study.best_trial
     return {
         "study": name, "study_name": study.study_name, "metric": conf.get("metric", "val/loss"),
-        "direction": conf.get("direction", "minimize"), "value": best.value if best else None,
-        "params": best.params if best else {}, "trial": best.number if best else None,
+        "direction": conf.get("direction", "minimize"), "value": best.value, "params": best.params, "trial": best.number,
         "n_complete": len(complete), "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "n_failed": sum(t.state == TrialState.FAIL for t in trials), "n_trials": target, "experiment": conf["experiment"],
         "n_repeats": sum("repeat_of" in t.user_attrs for t in complete),  # answered by an earlier identical trial
@@ -542,7 +585,7 @@ def _finish(study: Any, name: str, conf: dict[str, Any], target: int, parent: st
         os.replace(tmp, out / "best_params.json")  # atomic: a reader never sees half a file
         _plot_history(study, out / "history.png")
     client.set_terminated(parent, "FINISHED")
-    return summary | {"complete": True}
+    return summary
 
 
 def _plot_history(study: Any, path: Path) -> None:

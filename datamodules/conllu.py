@@ -18,11 +18,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from datamodules.sampling import EpochShuffleSampler
+from datamodules.checks import check_bool, check_int, check_optional_int
+from datamodules.loaders import Collate, SamplerFactory, SplitLoaders, resolve_workers
 from datamodules.sources import DataNotFoundError, RemoteFile, data_dirs, locate
 
 IGNORE_INDEX = -100
@@ -128,12 +128,7 @@ def tag_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
     return x, y, lengths
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-class UDPOSDataModule(pl.LightningDataModule):
+class UDPOSDataModule(SplitLoaders, pl.LightningDataModule):
     """UD English-EWT UPOS tagging (12,544 / 2,001 / 2,077 sentences: official train / dev / test).
 
     Vocabulary: train words seen >= ``min_freq`` times (after lowercasing if ``lowercase``), sorted by
@@ -145,19 +140,17 @@ class UDPOSDataModule(pl.LightningDataModule):
     MODEL_ARGS = ("vocab_size", "num_tags", "tag_names")
 
     def __init__(self, batch_size: int = 32, min_freq: int = 2, lowercase: bool = True, data_dir: str | None = None,
-                 limit: int | None = None, num_workers: int = 0, download: bool = True) -> None:
+                 limit: int | None = None, num_workers: int | None = None, download: bool = True) -> None:
         super().__init__()
-        _check_int("batch_size", batch_size, 1)
-        _check_int("min_freq", min_freq, 1)
-        _check_int("num_workers", num_workers, 0)
-        if limit is not None:
-            _check_int("limit", limit, 1)
-        for name, flag in (("lowercase", lowercase), ("download", download)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be true or false, got {flag!r}")
+        check_int("batch_size", batch_size, 1)
+        check_int("min_freq", min_freq, 1)
+        check_optional_int("limit", limit, 1)
+        check_bool("lowercase", lowercase)
+        check_bool("download", download)
         self.save_hyperparameters()
         self.batch_size, self.min_freq, self.lowercase = batch_size, min_freq, lowercase
-        self.data_dir, self.limit, self.num_workers, self.download = data_dir, limit, num_workers, download
+        self.data_dir, self.limit, self.download = data_dir, limit, download
+        self.num_workers = resolve_workers(num_workers)
         self._paths: dict[str, Path] = {}
         self._sentences: dict[str, list[Sentence]] = {}
         self._datasets: dict[str, TaggedDataset] = {}
@@ -213,28 +206,19 @@ class UDPOSDataModule(pl.LightningDataModule):
         return list(self._load()[split])
 
     # --- loaders ----------------------------------------------------------------------------------
-    def _loader(self, split: str) -> DataLoader[Batch]:
+    def _dataset(self, split: str) -> TaggedDataset:
         self.setup()
-        dataset = self._datasets[split]
-        seed = torch.initial_seed()  # seed_everything(s) fixes the order (see text.py)
+        return self._datasets[split]
+
+    def _collate(self) -> Collate:
+        return tag_collate
+
+    def _sampler(self, split: str) -> SamplerFactory | None:
         if split == "train":
-            sampler: Any = EpochShuffleSampler(len(dataset), seed)
-        else:
-            # Evaluation in length order: far less padding, and accuracy does not depend on order.
-            sampler = sorted(range(len(dataset)), key=lambda i: len(dataset.words[i]))
-        workers = self.num_workers > 0
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=tag_collate,
-                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(seed),
-                          worker_init_fn=pl_worker_init_function if workers else None, persistent_workers=workers)
-
-    def train_dataloader(self) -> DataLoader[Batch]:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader[Batch]:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader[Batch]:
-        return self._loader("test")
+            return None  # the seeded epoch shuffle
+        # Evaluation in length order: far less padding, and accuracy does not depend on order.
+        words = self._dataset(split).words
+        return lambda seed: sorted(range(len(words)), key=lambda i: len(words[i]))
 
     # --- provenance -------------------------------------------------------------------------------
     @functools.cached_property

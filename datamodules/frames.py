@@ -22,30 +22,18 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.fabric.utilities.seed import pl_worker_init_function
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from datamodules.sampling import EpochShuffleSampler
+from datamodules.checks import check_bool, check_fraction, check_int, check_number
+from datamodules.fashion_files import load_fashion_mnist
+from datamodules.images import SPLIT_SEED, train_val_split
+from datamodules.loaders import SplitLoaders, resolve_workers
 
 Split = tuple[torch.Tensor, torch.Tensor]  # (uint8 [N, 28, 28], int64 [N])
 SPLITS = ("train", "val", "test")
 NUM_CLASSES = 10
 SIDE = 28
 OCCLUDE = 22  # side of the noise square over a corrupted frame
-# Same seed as images.py's split, so this val slice is the val slice of the fashion_mnist dataset too.
-VAL_SPLIT_SEED = 1234
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_fraction(name: str, value: object, upper_open: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value and (
-        value < 1 if upper_open else value <= 1)
-    if not ok:
-        raise ValueError(f"{name} must be in [0, 1{')' if upper_open else ']'}, got {value!r}")
 
 
 class VideoDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -100,11 +88,12 @@ class VideoDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return frames.clamp_(0, 1).unsqueeze(1), labels  # [T, 1, 28, 28], [T]
 
 
-class FrameVideoDataModule(pl.LightningDataModule):
+class FrameVideoDataModule(SplitLoaders, pl.LightningDataModule):
     """Fashion-MNIST frame videos. Items of train videos come from the official train images minus a
-    validation slice of ``val_images`` (the last of a fixed permutation seeded 1234, as in images.py),
-    val videos from that slice, test videos from the official test images. Video i of split k (train 0,
-    val 1, test 2) is drawn from generator seed ``(data_seed * 3 + k) * 10**7 + i``.
+    validation slice of ``val_images`` (images.py's ``train_val_split``: with val_images = val_size, the
+    very images of the fashion_mnist datasets' val split), val videos from that slice, test videos from
+    the official test images. Video i of split k (train 0, val 1, test 2) is drawn from generator seed
+    ``(data_seed * 3 + k) * 10**7 + i``.
     """
 
     MODEL_ARGS = ("num_classes", "frame_shape")
@@ -112,21 +101,22 @@ class FrameVideoDataModule(pl.LightningDataModule):
     def __init__(self, batch_size: int = 32, length: int = 24, min_run: int = 3, max_run: int = 8,
                  noise: float = 0.3, max_shift: int = 3, corrupt_p: float = 0.25, train_videos: int = 2000,
                  val_videos: int = 300, test_videos: int = 500, val_images: int = 5000, data_seed: int = 0,
-                 data_dir: str | None = None, download: bool = True, num_workers: int = 0) -> None:
+                 data_dir: str | None = None, download: bool = True, num_workers: int | None = None) -> None:
         super().__init__()
         for name, value, low in (("batch_size", batch_size, 1), ("length", length, 1), ("min_run", min_run, 1),
                                  ("max_run", max_run, min_run if isinstance(min_run, int) else 1),
                                  ("max_shift", max_shift, 0), ("train_videos", train_videos, 1),
                                  ("val_videos", val_videos, 1), ("test_videos", test_videos, 1),
-                                 ("val_images", val_images, 1), ("data_seed", data_seed, 0), ("num_workers", num_workers, 0)):
-            _check_int(name, value, low)
+                                 ("val_images", val_images, 1), ("data_seed", data_seed, 0)):
+            check_int(name, value, low)
         if max_shift >= SIDE // 2:
             raise ValueError(f"max_shift must be < {SIDE // 2}, got {max_shift}")
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-            raise ValueError(f"noise must be a number >= 0, got {noise!r}")
-        _check_fraction("corrupt_p", corrupt_p, upper_open=False)
+        check_number("noise", noise, 0)
+        check_fraction("corrupt_p", corrupt_p, upper_open=False)
+        check_bool("download", download)
         self.save_hyperparameters()
-        self.batch_size, self.num_workers, self.data_dir, self.download = batch_size, num_workers, data_dir, download
+        self.batch_size, self.data_dir, self.download = batch_size, data_dir, download
+        self.num_workers = resolve_workers(num_workers)
         self.val_images, self.data_seed = val_images, data_seed
         self.counts = {"train": train_videos, "val": val_videos, "test": test_videos}
         self.render = {"length": length, "min_run": min_run, "max_run": max_run, "noise": float(noise),
@@ -144,8 +134,6 @@ class FrameVideoDataModule(pl.LightningDataModule):
 
     def _images(self) -> dict[str, Split]:
         if self._source is None:
-            from datamodules.images import load_fashion_mnist  # lazy: decoding the idx files costs ~1 s
-
             self._source = load_fashion_mnist(self.data_dir, download=self.download)
         return self._source
 
@@ -154,12 +142,11 @@ class FrameVideoDataModule(pl.LightningDataModule):
 
     def _pools(self) -> dict[str, Split]:
         src = self._images()
-        images, labels = src["train"]
-        if self.val_images >= len(labels):
-            raise ValueError(f"val_images must be < {len(labels)} (the train images), got {self.val_images}")
-        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
-        train, val = perm[: len(labels) - self.val_images], perm[len(labels) - self.val_images :]
-        return {"train": (images[train], labels[train]), "val": (images[val], labels[val]), "test": src["test"]}
+        n = len(src["train"][1])
+        if self.val_images >= n:
+            raise ValueError(f"val_images must be < {n} (the train images), got {self.val_images}")
+        train, val = train_val_split(src["train"], self.val_images)
+        return {"train": train, "val": val, "test": src["test"]}
 
     def setup(self, stage: str | None = None) -> None:
         if self._datasets:
@@ -171,24 +158,9 @@ class FrameVideoDataModule(pl.LightningDataModule):
     def model_args(self) -> dict[str, Any]:
         return {"num_classes": NUM_CLASSES, "frame_shape": [1, SIDE, SIDE]}
 
-    def _loader(self, split: str) -> DataLoader[Any]:
+    def _dataset(self, split: str) -> VideoDataset:
         self.setup()
-        dataset = self._datasets[split]
-        seed = torch.initial_seed()  # seed_everything(s) fixes the order (see text.py)
-        workers = self.num_workers > 0
-        return DataLoader(dataset, batch_size=self.batch_size,
-                          sampler=EpochShuffleSampler(len(dataset), seed) if split == "train" else None,
-                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(seed),
-                          worker_init_fn=pl_worker_init_function if workers else None, persistent_workers=workers)
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")
+        return self._datasets[split]
 
     # --- provenance -------------------------------------------------------------------------------
     @functools.cached_property
@@ -201,7 +173,7 @@ class FrameVideoDataModule(pl.LightningDataModule):
 
     def _settings(self) -> dict[str, Any]:
         return {**self.render, "counts": self.counts, "val_images": self.val_images, "data_seed": self.data_seed,
-                "occlude": OCCLUDE, "val_split_seed": VAL_SPLIT_SEED}
+                "occlude": OCCLUDE, "val_split_seed": SPLIT_SEED}
 
     def content_hash(self) -> str:
         """sha256 over the source images and every setting that shapes the videos."""
@@ -216,7 +188,7 @@ class FrameVideoDataModule(pl.LightningDataModule):
             **self._settings(),
             "splits": {k: {"videos": len(ds), "frames": len(ds) * ds.length, "item_pool": len(ds.images)}
                        for k, ds in self._datasets.items()},
-            "split_rule": f"item pools: official train permuted (seed {VAL_SPLIT_SEED}), last {self.val_images} "
+            "split_rule": f"item pools: official train permuted (seed {SPLIT_SEED}), last {self.val_images} "
             "for val videos, the rest for train videos; official test for test videos; video i of split k "
             f"rendered from generator seed ({self.data_seed}*3+k)*10**7+i",
         }

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from datamodules.checks import check_bool, check_label, check_open_unit
 from datamodules.images import _FashionBase
+from datamodules.loaders import SamplerFactory
 from datamodules.sampling import EpochShuffleSampler
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
@@ -60,13 +62,12 @@ class PairedEdgesDataModule(_FashionBase):
 
     def __init__(self, batch_size: int = 128, val_size: int = 5000, binarize: bool = False,
                  classes: list[int] | None = None, limit: int | None = None, data_dir: str | None = None,
-                 num_workers: int = 0, pad_to: int | None = None, download: bool = True,
+                 num_workers: int | None = None, pad_to: int | None = None, download: bool = True,
                  edge_threshold: float = 0.2) -> None:
         super().__init__(batch_size, val_size, binarize, classes, limit, data_dir, num_workers, pad_to)
-        number = isinstance(edge_threshold, (int, float)) and not isinstance(edge_threshold, bool)
-        if not number or not 0 < edge_threshold < 1:
-            raise ValueError(f"edge_threshold must be a number in (0, 1), got {edge_threshold!r}")
-        self.download = bool(download)
+        check_open_unit("edge_threshold", edge_threshold)
+        check_bool("download", download)
+        self.download = download
         self.edge_threshold = float(edge_threshold)
         self.save_hyperparameters()
 
@@ -139,15 +140,15 @@ class UnpairedDomainsDataModule(_FashionBase):
         return super().model_args() | {"domain_a": self.domain_a, "domain_b": self.domain_b}
 
     def __init__(self, batch_size: int = 128, val_size: int = 5000, binarize: bool = False,
-                 limit: int | None = None, data_dir: str | None = None, num_workers: int = 0,
+                 limit: int | None = None, data_dir: str | None = None, num_workers: int | None = None,
                  pad_to: int | None = None, download: bool = True, domain_a: int = 7, domain_b: int = 9) -> None:
-        for name, value in (("domain_a", domain_a), ("domain_b", domain_b)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.NUM_CLASSES:
-                raise ValueError(f"{name} must be a label in 0..{self.NUM_CLASSES - 1}, got {value!r}")
+        check_label("domain_a", domain_a, self.NUM_CLASSES)
+        check_label("domain_b", domain_b, self.NUM_CLASSES)
         if domain_a == domain_b:
             raise ValueError(f"domain_a and domain_b must differ, both are {domain_a}")
         super().__init__(batch_size, val_size, binarize, [domain_a, domain_b], limit, data_dir, num_workers, pad_to)
-        self.download = bool(download)
+        check_bool("download", download)
+        self.download = download
         self.domain_a, self.domain_b = domain_a, domain_b
         self.save_hyperparameters()
 
@@ -161,13 +162,13 @@ class UnpairedDomainsDataModule(_FashionBase):
         assert isinstance(dataset, UnpairedDataset)
         return (dataset.a if domain == "a" else dataset.b).float() / self._scale
 
-    def _sampler(self, name: str, seed: int) -> Sampler[Any] | None:
-        dataset = self._datasets[name]
+    def _sampler(self, split: str) -> SamplerFactory:
+        dataset = self._dataset(split)
         assert isinstance(dataset, UnpairedDataset)
         na, nb = len(dataset.a), len(dataset.b)
-        if name == "train":
-            return PairSampler(EpochShuffleSampler(na, seed), EpochShuffleSampler(nb, seed + 1))
-        return PairSampler(range(na), range(nb))
+        if split == "train":
+            return lambda seed: PairSampler(EpochShuffleSampler(na, seed), EpochShuffleSampler(nb, seed + 1))
+        return lambda seed: PairSampler(range(na), range(nb))
 
     def _settings(self) -> dict[str, Any]:
         return super()._settings() | {"domain_a": self.domain_a, "domain_b": self.domain_b}

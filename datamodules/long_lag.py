@@ -19,17 +19,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.fabric.utilities.seed import pl_worker_init_function
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from datamodules.sampling import EpochShuffleSampler
+from datamodules.checks import check_int
+from datamodules.loaders import SplitLoaders, resolve_workers
 
 SPLITS = ("train", "val", "test")
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def make_long_lag(size: int, lag: int, num_symbols: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +40,7 @@ def make_long_lag(size: int, lag: int, num_symbols: int, num_classes: int, seed:
     return distractors, labels
 
 
-class LongLagDataModule(pl.LightningDataModule):
+class LongLagDataModule(SplitLoaders, pl.LightningDataModule):
     """Synthetic, generated at setup: split k of data_seed s uses generator seed ``s * 1000 + k`` (train 0,
     val 1, test 2), so the splits are fixed by (data_seed, sizes, lag, alphabet) and never by the run's seed.
     """
@@ -54,21 +49,20 @@ class LongLagDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 64, lag: int = 50, num_symbols: int = 8, num_classes: int = 4,
                  train_size: int = 4000, val_size: int = 500, test_size: int = 1000, data_seed: int = 0,
-                 num_workers: int = 0) -> None:
+                 num_workers: int | None = None) -> None:
         super().__init__()
-        _check_int("batch_size", batch_size, 1)
-        _check_int("lag", lag, 1)
-        _check_int("num_classes", num_classes, 2)
+        check_int("batch_size", batch_size, 1)
+        check_int("lag", lag, 1)
+        check_int("num_classes", num_classes, 2)
         # At least one distractor symbol, else steps after the first have nothing to show.
-        _check_int("num_symbols", num_symbols, num_classes + 1)
+        check_int("num_symbols", num_symbols, num_classes + 1)
         for name, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
-            _check_int(name, value, 1)
-        _check_int("data_seed", data_seed, 0)
-        _check_int("num_workers", num_workers, 0)
+            check_int(name, value, 1)
+        check_int("data_seed", data_seed, 0)
         self.save_hyperparameters()
         self.batch_size, self.lag, self.num_symbols, self.num_classes = batch_size, lag, num_symbols, num_classes
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
-        self.data_seed, self.num_workers = data_seed, num_workers
+        self.data_seed, self.num_workers = data_seed, resolve_workers(num_workers)
         self._data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -86,26 +80,11 @@ class LongLagDataModule(pl.LightningDataModule):
         self.setup()
         return self._data[split]
 
-    def _loader(self, split: str) -> DataLoader[Any]:
+    def _dataset(self, split: str) -> TensorDataset:
         self.setup()
         ids, labels = self._data[split]
         # One-hot up front: 4000 x 50 x 8 floats is 6 MB, cheaper than encoding every batch.
-        dataset = TensorDataset(F.one_hot(ids, self.num_symbols).float(), labels)  # [N, lag, symbols], [N]
-        seed = torch.initial_seed()  # seed_everything(s) fixes the order (see text.py)
-        workers = self.num_workers > 0
-        return DataLoader(dataset, batch_size=self.batch_size,
-                          sampler=EpochShuffleSampler(len(dataset), seed) if split == "train" else None,
-                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(seed),
-                          worker_init_fn=pl_worker_init_function if workers else None, persistent_workers=workers)
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")
+        return TensorDataset(F.one_hot(ids, self.num_symbols).float(), labels)  # [N, lag, symbols], [N]
 
     def _settings(self) -> dict[str, Any]:
         return {"lag": self.lag, "num_symbols": self.num_symbols, "num_classes": self.num_classes,

@@ -13,6 +13,18 @@ import torch
 from torch.utils.data import Sampler
 
 
+SEED_MODULUS = 2**63 - 1  # manual_seed takes at most a 64-bit value; Python ints must be brought below it
+
+
+def epoch_seed(seed: int, epoch: int, offset: int = 0) -> int:
+    """The generator seed of one epoch: a function of (seed, epoch) only, so a resumed epoch k replays k.
+
+    Modulo: without seed_everything, torch.initial_seed() is a full 64-bit value, and seed * 100_003 would
+    overflow manual_seed; seeds of seed_everything (< 2**32) are unchanged by it.
+    """
+    return (seed * 100_003 + epoch + offset) % SEED_MODULUS
+
+
 class EpochShuffleSampler(Sampler[int]):
     def __init__(self, size: int, seed: int) -> None:
         self.size = size
@@ -26,6 +38,5 @@ class EpochShuffleSampler(Sampler[int]):
         return self.size
 
     def __iter__(self) -> Iterator[int]:
-        # Modulo: without seed_everything, torch.initial_seed() is a full 64-bit value and would overflow.
-        gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % (2**63 - 1))
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))  # a CPU generator, even on a GPU
         yield from torch.randperm(self.size, generator=gen).tolist()

@@ -17,83 +17,25 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.seed import pl_worker_init_function
-from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
 
-from datamodules.sampling import EpochShuffleSampler
+from datamodules.char_sequences import IGNORE_INDEX, SequenceDataset, WindowDataset, pad_collate
+from datamodules.checks import check_bool, check_int, check_optional_int
+from datamodules.loaders import Collate, SplitLoaders, resolve_workers
 from datamodules.sources import RemoteFile, locate
 
-IGNORE_INDEX = -100
-Batch = tuple[torch.Tensor, torch.Tensor]
 
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    # bool is an int subclass; batch_size=True is a bug, not 1.
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def pad_collate(batch: Sequence[Batch], pad_id: int) -> Batch:
-    """Pad variable-length (x, y) pairs to the batch's longest: x with ``pad_id``, y with -100."""
-    xs, ys = zip(*batch)
-    x = pad_sequence(list(xs), batch_first=True, padding_value=pad_id)  # [batch, time]
-    y = pad_sequence(list(ys), batch_first=True, padding_value=IGNORE_INDEX)  # [batch, time]
-    return x, y
-
-
-class SequenceDataset(Dataset[Batch]):
-    """Whole sequences (start symbol + text + end symbol); item i is (seq[:-1], seq[1:]).
-
-    Kept as int lists and made tensors per item: building ~10^5 tiny tensors up front costs seconds.
-    """
-
-    def __init__(self, sequences: list[list[int]]) -> None:
-        self.sequences = sequences
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def __getitem__(self, i: int) -> Batch:
-        seq = torch.tensor(self.sequences[i], dtype=torch.long)  # [length]
-        return seq[:-1], seq[1:]
-
-
-class WindowDataset(Dataset[Batch]):
-    """Windows of ``seq_len + 1`` ids with stride ``seq_len`` over one long text.
-
-    Consecutive windows share one boundary char, so every char of the split after its first is a
-    target exactly once; the tail too short for a full window (< seq_len chars) is dropped.
-    """
-
-    def __init__(self, ids: torch.Tensor, seq_len: int) -> None:
-        self.ids = ids  # [chars]
-        self.seq_len = seq_len
-
-    def __len__(self) -> int:
-        return max(0, (len(self.ids) - 1) // self.seq_len)
-
-    def __getitem__(self, i: int) -> Batch:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        start = i * self.seq_len
-        window = self.ids[start : start + self.seq_len + 1]  # [seq_len + 1]
-        return window[:-1], window[1:]
-
-
-class CharDataModule(pl.LightningDataModule):
+class CharDataModule(SplitLoaders, pl.LightningDataModule):
     """Shared vocabulary, encoding and loader logic; subclasses build ``self._splits`` in ``setup``."""
 
     end_symbol: str = "\n"  # "" means free-running text with no end of sequence
     # model_args() supplies these to the model; an experiment may not set them itself.
     MODEL_ARGS = ("vocab", "end_symbol")
 
-    def __init__(self, batch_size: int, num_workers: int) -> None:
+    def __init__(self, batch_size: int, num_workers: int | None) -> None:
         super().__init__()
-        _check_int("batch_size", batch_size, 1)
-        _check_int("num_workers", num_workers, 0)
+        check_int("batch_size", batch_size, 1)
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = resolve_workers(num_workers)
         self._splits: dict[str, SequenceDataset | WindowDataset] = {}
         self._vocab: str | None = None
 
@@ -145,37 +87,12 @@ class CharDataModule(pl.LightningDataModule):
         return digest.hexdigest()
 
     # --- loaders ----------------------------------------------------------------------------------
-    def _split(self, name: str) -> SequenceDataset | WindowDataset:
-        if not self._splits:
-            self.setup("fit")
-        return self._splits[name]
+    def _dataset(self, split: str) -> SequenceDataset | WindowDataset:
+        self.setup("fit")
+        return self._splits[split]
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader[Batch]:
-        # Seeded from torch's current seed at creation, so seed_everything(s) fixes the shuffle order,
-        # and a private generator keeps loaders from consuming (and shifting) the global RNG stream.
-        seed = torch.initial_seed()
-        generator = torch.Generator().manual_seed(seed)
-        workers = self.num_workers > 0
-        dataset = self._split(name)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), seed) if shuffle else None,
-            collate_fn=functools.partial(pad_collate, pad_id=self.pad_id),
-            num_workers=self.num_workers,
-            generator=generator,
-            worker_init_fn=pl_worker_init_function if workers else None,
-            persistent_workers=workers,
-        )
-
-    def train_dataloader(self) -> DataLoader[Batch]:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader[Batch]:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader[Batch]:
-        return self._loader("test", shuffle=False)
+    def _collate(self) -> Collate:
+        return functools.partial(pad_collate, pad_id=self.pad_id)
 
     def _split_sizes(self, chars: dict[str, int]) -> dict[str, dict[str, int]]:
         return {name: {"sequences": len(ds), "characters": chars[name]} for name, ds in self._splits.items()}
@@ -196,9 +113,9 @@ class HelloDataModule(CharDataModule):
 
     WORDS: tuple[str, ...] = ("hello", "hell", "hole", "heel", "eel", "he", "hoe", "loo", "lo", "oh")
 
-    def __init__(self, batch_size: int = 16, repeats: int = 64, num_workers: int = 0) -> None:
+    def __init__(self, batch_size: int = 16, repeats: int = 64, num_workers: int | None = None) -> None:
         super().__init__(batch_size, num_workers)
-        _check_int("repeats", repeats, 1)
+        check_int("repeats", repeats, 1)
         self.save_hyperparameters()
         self.repeats = repeats
 
@@ -254,12 +171,11 @@ class WordsDataModule(CharDataModule):
         max_len: int = 16,
         data_dir: str | None = None,
         limit: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        _check_int("max_len", max_len, 2)
-        if limit is not None:
-            _check_int("limit", limit, 1)
+        check_int("max_len", max_len, 2)
+        check_optional_int("limit", limit, 1)
         self.save_hyperparameters()
         self.max_len = max_len
         self.data_dir = data_dir
@@ -335,12 +251,11 @@ class TinyShakespeareDataModule(CharDataModule):
         seq_len: int = 128,
         data_dir: str | None = None,
         download: bool = True,
-        num_workers: int = 0,
+        num_workers: int | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        _check_int("seq_len", seq_len, 1)
-        if not isinstance(download, bool):
-            raise ValueError(f"download must be a bool, got {download!r}")
+        check_int("seq_len", seq_len, 1)
+        check_bool("download", download)
         self.save_hyperparameters()
         self.seq_len = seq_len
         self.data_dir = data_dir

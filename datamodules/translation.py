@@ -26,11 +26,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.sampling import EpochShuffleSampler
+from datamodules.checks import check_bool, check_int, check_optional_int
+from datamodules.loaders import Collate, SplitLoaders, resolve_workers, seeded_loader
+from datamodules.sampling import EpochShuffleSampler, epoch_seed
 from datamodules.sources import RemoteFile, locate
 
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
@@ -63,11 +64,6 @@ def build_vocab(sentences: Sequence[list[str]], min_freq: int, max_vocab: int | 
     ranked = sorted((t for t, c in counts.items() if c >= min_freq and t not in SPECIALS), key=lambda t: (-counts[t], t))
     itos = list(SPECIALS) + ranked
     return itos[:max_vocab] if max_vocab is not None else itos
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def pair_collate(batch: Sequence[Pair]) -> Batch:
@@ -114,11 +110,11 @@ class BucketBatchSampler(Sampler[list[int]]):
         for i in range(0, len(order), self.chunk):
             part = sorted(order[i : i + self.chunk], key=self.lengths.__getitem__)  # stable: ties keep shuffle order
             batches += [part[j : j + self.batch_size] for j in range(0, len(part), self.batch_size)]
-        gen = torch.Generator().manual_seed(self.sampler.seed * 100_003 + self.sampler.epoch + 1)
+        gen = torch.Generator().manual_seed(epoch_seed(self.sampler.seed, self.sampler.epoch, offset=1))
         yield from (batches[k] for k in torch.randperm(len(batches), generator=gen).tolist())
 
 
-class Multi30kDataModule(pl.LightningDataModule):
+class Multi30kDataModule(SplitLoaders, pl.LightningDataModule):
     """Multi30k task 1 (Elliott et al. 2016), German->English: 29,000 / 1,014 / 1,000 pairs.
 
     ``max_len`` drops training pairs whose source or target has more than max_len tokens (val and test
@@ -137,23 +133,20 @@ class Multi30kDataModule(pl.LightningDataModule):
         max_len: int = 50,
         data_dir: str | None = None,
         limit: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         download: bool = True,
     ) -> None:
         super().__init__()
-        _check_int("batch_size", batch_size, 1)
-        _check_int("min_freq", min_freq, 1)
-        _check_int("max_len", max_len, 1)
-        _check_int("num_workers", num_workers, 0)
-        if max_vocab is not None:
-            _check_int("max_vocab", max_vocab, len(SPECIALS) + 1)
-        if limit is not None:
-            _check_int("limit", limit, 1)
-        if not isinstance(download, bool):
-            raise ValueError(f"download must be a bool, got {download!r}")
+        check_int("batch_size", batch_size, 1)
+        check_int("min_freq", min_freq, 1)
+        check_int("max_len", max_len, 1)
+        check_optional_int("max_vocab", max_vocab, len(SPECIALS) + 1)
+        check_optional_int("limit", limit, 1)
+        check_bool("download", download)
         self.save_hyperparameters()
         self.batch_size, self.min_freq, self.max_vocab, self.max_len = batch_size, min_freq, max_vocab, max_len
-        self.data_dir, self.limit, self.num_workers, self.download = data_dir, limit, num_workers, download
+        self.data_dir, self.limit, self.download = data_dir, limit, download
+        self.num_workers = resolve_workers(num_workers)
         self._paths: dict[str, Path] = {}
         self._lines: dict[str, tuple[list[str], list[str]]] = {}  # split -> (german lines, english lines)
         self._splits: dict[str, PairDataset] = {}
@@ -231,32 +224,24 @@ class Multi30kDataModule(pl.LightningDataModule):
         return {"src_vocab_size": len(self.src_itos), "tgt_vocab_size": len(self.tgt_itos), "tgt_itos": list(self.tgt_itos)}
 
     # --- loaders ----------------------------------------------------------------------------------
-    def _loader(self, name: str) -> DataLoader[Batch]:
-        # Seeded from torch's current seed, so seed_everything(s) fixes the bucketed order (see text.py).
-        # Reduced mod 2**32: an unseeded process has a 64-bit initial seed, which overflows the sampler's
-        # seed * 100_003 + epoch; seed_everything seeds are < 2**32 and so are unchanged.
-        seed = torch.initial_seed() % 2**32
-        dataset = self.split(name)
-        workers = self.num_workers > 0
-        common: dict[str, Any] = dict(collate_fn=pair_collate, num_workers=self.num_workers,
-                                      generator=torch.Generator().manual_seed(seed),
-                                      worker_init_fn=pl_worker_init_function if workers else None,
-                                      persistent_workers=workers)
-        if name != "train":
-            return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **common)
+    def _dataset(self, split: str) -> PairDataset:
+        return self.split(split)
+
+    def _collate(self) -> Collate:
+        return pair_collate
+
+    def _loader(self, split: str) -> DataLoader[Batch]:
+        if split != "train":
+            return super()._loader(split)  # file order: hypotheses line up with references(split)
+        dataset = self.split(split)
         lengths = [len(s) for s, _ in dataset.pairs]
-        sampler = BucketBatchSampler(EpochShuffleSampler(len(dataset), seed), lengths, self.batch_size,
-                                     chunk=self.batch_size * BUCKET_BATCHES)
-        return DataLoader(dataset, batch_sampler=sampler, **common)
 
-    def train_dataloader(self) -> DataLoader[Batch]:
-        return self._loader("train")
+        def buckets(seed: int) -> BucketBatchSampler:
+            return BucketBatchSampler(EpochShuffleSampler(len(dataset), seed), lengths, self.batch_size,
+                                      chunk=self.batch_size * BUCKET_BATCHES)
 
-    def val_dataloader(self) -> DataLoader[Batch]:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader[Batch]:
-        return self._loader("test")
+        return seeded_loader(dataset, self.batch_size, train=True, num_workers=self.num_workers,
+                             collate_fn=pair_collate, batch_sampler=buckets)
 
     # --- provenance -------------------------------------------------------------------------------
     def _settings(self) -> dict[str, Any]:

@@ -43,18 +43,23 @@ from torch.autograd.function import once_differentiable
 __all__ = ["ElmanSequence", "LSTMSequence", "matmul_dtype", "run_fused"]
 
 
-# Why no torch.tanh in the loops: on CPU it goes through MKL's vector math, which splits even a
-# [64, 256] tensor across threads; on a shared 2-core machine each call then waits for a
-# descheduled thread (measured 15 ms vs 0.1 ms per call). We use tanh(x) = 2 sigmoid(2x) - 1
-# instead, with the factor 2 folded into the weights once per sequence (scaling by 2 is exact
-# in floating point). Same function; the result differs from torch.tanh only in rounding
-# (~1e-7 absolute in float32). Scalars are passed as tensors/alphas because a Python scalar
-# operand costs an extra tensor conversion per call.
+# tanh in the loops: torch.tanh goes through MKL's vector math, which ATen splits across threads
+# from 2048 elements on, so at two or more threads even a [64, 256] tanh is a parallel region; on a
+# shared 2-core machine each call then waits for a descheduled thread (measured 15 ms vs 0.1 ms per
+# call). So torch.tanh is used only on one thread (where it is the fastest form); otherwise
+# tanh(x) = 2 sigmoid(2x) - 1, with the factor 2 folded into the weights once per sequence (scaling
+# by 2 is exact in floating point). The two forms differ only in rounding (~1e-7 in float32).
+# Scalars are passed as tensors/alphas: a Python scalar operand costs a tensor conversion per call.
 #
 # Per-step elementwise ops work on one or two gate slices ([batch, hidden] or [batch, 2*hidden]),
 # not on all four at once: ATen splits an op on 32768 elements or more across threads, and at
 # these sizes the rendezvous costs more than it saves; under load from other processes it costs
 # milliseconds per call.
+
+
+def _tanh_ok() -> bool:
+    """Whether the loops may call torch.tanh (see above): only when torch runs on one thread."""
+    return torch.get_num_threads() == 1
 
 
 def matmul_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
@@ -135,15 +140,17 @@ class ElmanSequence(torch.autograd.Function):
         # x [T, batch, input], w_ih [hidden, input], bias [hidden] or None, w_hh [hidden, hidden],
         # s0 [batch, hidden]; md: the matmul dtype (None: the weights')
         md = md or w_hh.dtype
-        two = w_hh.new_full((1,), 2.0)
-        pre, flat = _project(x, w_ih, bias, two, md)  # [T, batch, hidden]: 2 (U x_t + b)
+        tanh_ok = _tanh_ok()
+        scale = w_hh.new_full((1,), 1.0 if tanh_ok else 2.0)  # 2: tanh as 2 sigmoid(2 z) - 1
+        pre, flat = _project(x, w_ih, bias, scale, md)  # [T, batch, hidden]: scale (U x_t + b)
         ss = w_hh.new_empty(x.shape[0] + 1, *s0.shape)  # [T+1, batch, hidden]: s_0 .. s_T
         ss[0] = s0
-        wt2 = torch.add(w_hh, w_hh).t().contiguous().to(md)  # 2 W^T, [in, out] row-major
+        wt = torch.mul(w_hh, scale).t().contiguous().to(md)  # scale W^T, [in, out] row-major
         neg_one = w_hh.new_full((1,), -1.0)
         s = ss[0]
         for z, s_next in zip(pre.unbind(0), ss[1:].unbind(0)):
-            s = _two_sigmoid_minus_one(_addmm_(z, s, wt2), neg_one, out=s_next)  # tanh(U x_t + b + W s_{t-1})
+            z = _addmm_(z, s, wt)  # U x_t + b + W s_{t-1}
+            s = torch.tanh(z, out=s_next) if tanh_ok else _two_sigmoid_minus_one(z, neg_one, out=s_next)
         ctx.save_for_backward(flat, w_ih, w_hh, ss)
         ctx.x_dtype, ctx.x_shape, ctx.device_type = x.dtype, x.shape, x.device.type
         return ss[1:], ss[-1].clone()
@@ -182,8 +189,10 @@ class LSTMSequence(torch.autograd.Function):
         steps, batch, _ = x.shape
         h = w_hh.shape[1]
         md = md or w_hh.dtype
+        tanh_ok = _tanh_ok()
         scale = w_hh.new_ones(4 * h)
-        scale[2 * h:3 * h] = 2.0  # the g slot is computed as 2 sigmoid(2 g_pre) - 1
+        if not tanh_ok:
+            scale[2 * h:3 * h] = 2.0  # the g slot is computed as 2 sigmoid(2 g_pre) - 1
         # [T, batch, 4*hidden]: starts as the (scaled) U x_t + b, each step adds y_{t-1} W^T in
         # place, then it holds i, f, g, o after their nonlinearity (what backward needs).
         acts, flat = _project(x, w_ih, bias, scale, md)
@@ -203,12 +212,15 @@ class LSTMSequence(torch.autograd.Function):
             if peephole is not None:
                 i_f.view(batch, 2, h).addcmul_(s_prev.unsqueeze(1), peephole[:2])  # i, f see s_{t-1}
             i_f.sigmoid_()
-            _two_sigmoid_minus_one(g, neg_one, out=g)  # g = tanh(g_pre)
+            g.tanh_() if tanh_ok else _two_sigmoid_minus_one(g, neg_one, out=g)  # g = tanh(g_pre)
             torch.mul(s_prev, f, out=s).addcmul_(i, g)  # s_t = s_{t-1} * f + g * i
             if peephole is not None:
                 o.addcmul_(s, peephole[2])  # o sees the new s_t
             o.sigmoid_()
-            _two_sigmoid_minus_one(torch.add(s, s, out=c), neg_one, out=c)  # c = tanh(s_t)
+            if tanh_ok:
+                torch.tanh(s, out=c)  # c = tanh(s_t)
+            else:
+                _two_sigmoid_minus_one(torch.add(s, s, out=c), neg_one, out=c)
             torch.mul(c, o, out=ys_t[t + 1])  # y_t = tanh(s_t) * o
         ctx.save_for_backward(flat, w_ih, w_hh, peephole, acts, ss, cs, ys)
         ctx.x_dtype, ctx.x_shape, ctx.device_type = x.dtype, x.shape, x.device.type
@@ -222,48 +234,68 @@ class LSTMSequence(torch.autograd.Function):
             return _lstm_backward(ctx, d_ys, d_y_last, d_s_last)
 
 
+# Backward takes the steps in chunks of this many: the factors that do not depend on the recurrence
+# are formed for a whole chunk at once (a few ops on [chunk, batch, hidden] instead of ~10 per step).
+CHUNK = 8
+
+
+def _local_factors(acts: Tensor, ss: Tensor, cs: Tensor, ys: Tensor, peephole: Tensor | None, d_pre: Tensor,
+                   k: Tensor, carry: Tensor) -> None:
+    """For a chunk of steps ([C, ...] slices), everything BPTT needs that does not depend on later steps.
+
+    With ds_t the grad wrt s_t and dy_t the one wrt y_t, the LSTM's local derivatives give
+        ds_t = ds_{t+1} F_{t+1} + dy_t K_t,   d_pre_t = [ds_t L_i, ds_t L_f, ds_t L_g, dy_t L_o],
+    and this fills d_pre with L = [sigma'(i) g, sigma'(f) s_{t-1}, i (1 - g^2), tanh(s_t) sigma'(o)],
+    k with K = o (1 - tanh^2 s_t) (+ L_o p_o) and, with peepholes, carry with F = f + L_i p_i + L_f p_f
+    (without them F is just f, read from acts). acts [C, batch, 4h], ss [C+1, batch, h] (s_{t-1}, s_t),
+    cs/ys [C, batch, h] (tanh s_t, y_t).
+    """
+    i, f, g, o = acts.unflatten(-1, (4, -1)).unbind(-2)  # each [C, batch, hidden], post-nonlinearity
+    l_i, l_f, l_g, l_o = d_pre.unflatten(-1, (4, -1)).unbind(-2)
+    ig = i * g
+    torch.addcmul(ig, ig, i, value=-1.0, out=l_i)  # i (1 - i) g
+    torch.addcmul(i, ig, g, value=-1.0, out=l_g)  # i (1 - g^2)
+    torch.mul(f, ss[:-1], out=l_f)
+    l_f.addcmul_(l_f, f, value=-1.0)  # f (1 - f) s_{t-1}
+    torch.addcmul(ys, ys, o, value=-1.0, out=l_o)  # tanh(s_t) o (1 - o) = y - y o
+    torch.addcmul(o, ys, cs, value=-1.0, out=k)  # o (1 - tanh^2 s_t) = o - y tanh(s_t)
+    if peephole is not None:
+        k.addcmul_(l_o, peephole[2])  # o_pre also sees s_t
+        torch.addcmul(f, l_i, peephole[0], out=carry).addcmul_(l_f, peephole[1])  # i, f_pre see s_{t-1}
+
+
 def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
                    d_s_last: Tensor | None) -> tuple[Tensor | None, ...]:
-    """BPTT for LSTMSequence: per step the gate derivatives and ``dy_{t-1} = d_pre_t W``, then the weight grads."""
+    """BPTT for LSTMSequence: per step ``dy_{t-1} = d_pre_t W`` and four elementwise ops, then the weight grads."""
     flat, w_ih, w_hh, peephole, acts, ss, cs, ys = ctx.saved_tensors
     steps, batch, h4 = acts.shape
     h = h4 // 4
     w_md = w_hh.to(flat.dtype)
     d_pre = torch.empty_like(acts)  # [T, batch, 4*hidden]: grads wrt the gate pre-activations
     ds = torch.zeros_like(ss[0]) if d_s_last is None else d_s_last.clone()  # [batch, hidden], grad wrt s_t
-    k = torch.empty_like(ds)  # scratch [batch, hidden]
-    a_t, dp_t, ss_t, cs_t, ys_t = acts.unbind(0), d_pre.unbind(0), ss.unbind(0), cs.unbind(0), ys[1:].unbind(0)
-    i_t, f_t, g_t, o_t = (v.unbind(0) for v in acts.unflatten(2, (4, h)).unbind(2))
-    di_t, df_t, dg_t, do_t = (v.unbind(0) for v in d_pre.unflatten(2, (4, h)).unbind(2))
+    k = ss.new_empty(min(CHUNK, steps), batch, h)  # [chunk, batch, hidden]: K of the current chunk
+    carry = torch.empty_like(k) if peephole is not None else None  # F of the current chunk (peepholes)
+    dp_t, dp_ifg_t, dp_o_t = d_pre.unbind(0), d_pre[..., :3 * h].unflatten(-1, (3, h)).unbind(0), \
+        d_pre[..., 3 * h:].unbind(0)
     d_ys_t = [None] * steps if d_ys is None else d_ys.unbind(0)
     for t in range(steps - 1, -1, -1):
-        a, dp, c, y = a_t[t], dp_t[t], cs_t[t], ys_t[t]
-        i, f, g, o = i_t[t], f_t[t], g_t[t], o_t[t]
-        dp_i, dp_f, dp_g, dp_o = di_t[t], df_t[t], dg_t[t], do_t[t]
+        t0 = t - t % CHUNK
+        if t == steps - 1 or t % CHUNK == CHUNK - 1:  # entering a new chunk [t0, t]
+            n = t + 1 - t0
+            _local_factors(acts[t0:t + 1], ss[t0:t + 2], cs[t0:t + 1], ys[t0 + 1:t + 2], peephole,
+                           d_pre[t0:t + 1], k[:n], None if carry is None else carry[:n])
+            k_t = k[:n].unbind(0)
+            f_t = acts[t0:t + 1, :, h:2 * h].unbind(0) if carry is None else carry[:n].unbind(0)
         if t < steps - 1:
-            dy = _from_above_and_next(d_ys_t[t], dp_t[t + 1], w_md)
+            dy = _from_above_and_next(d_ys_t[t], dp_t[t + 1], w_md)  # dy_t = d_out_t + d_pre_{t+1} W
         else:
             dy = torch.zeros_like(ds) if d_y_last is None else d_y_last
             if d_ys_t[t] is not None:
                 dy = dy + d_ys_t[t]
-        # sigmoid' = a - a^2 for i and f (one call)
-        torch.addcmul(a[:, :2 * h], a[:, :2 * h], a[:, :2 * h], value=-1.0, out=dp[:, :2 * h])
-        # y = c o gives ds += dy (o (1 - c^2) [+ c o' p_o]); with y stored, c o' = y - o y and
-        # o (1 - c^2) = o - y c are one op each.
-        torch.addcmul(y, o, y, value=-1.0, out=dp_o)
-        torch.addcmul(o, y, c, value=-1.0, out=k)
-        if peephole is not None:
-            k.addcmul_(dp_o, peephole[2])  # o_pre also sees s_t
-        ds.addcmul_(dy, k)  # ds is now the whole grad wrt s_t
-        dp_o.mul_(dy)
-        # s_t = f s_{t-1} + i g: each slot gets ds times its local derivative.
-        dp_i.mul_(g)
-        dp_f.mul_(ss_t[t])
-        dp[:, :2 * h].view(batch, 2, h).mul_(ds.unsqueeze(1))
-        torch.addcmul(i, i, g.square(), value=-1.0, out=dp_g).mul_(ds)  # i tanh'(g) ds
-        ds.mul_(f)  # now the grad wrt s_{t-1}
-        if peephole is not None:
-            ds.addcmul_(dp_i, peephole[0]).addcmul_(dp_f, peephole[1])
+        ds.addcmul_(dy, k_t[t - t0])  # ds_t = ds_{t+1} F_{t+1} + dy_t K_t
+        dp_ifg_t[t].mul_(ds.unsqueeze(1))  # [batch, 3, hidden]: i, f, g slots
+        dp_o_t[t].mul_(dy)
+        ds.mul_(f_t[t - t0])  # ds_{t+1} F_{t+1} for the step before
     d_pre_md = d_pre.to(flat.dtype)
     d_w_hh = _recurrent_weight_grad(d_pre_md, ys, w_hh.dtype) if ctx.needs_input_grad[3] else None
     d_y0 = _mm(d_pre[0], w_md, ys.dtype) if ctx.needs_input_grad[4] else None

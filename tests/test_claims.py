@@ -1,77 +1,38 @@
-"""The claims machinery: confidence intervals against scipy, verdicts on known numbers, bad definitions,
-and a tiny claim run end to end through the CLI into the report."""
+"""The claims machinery: definitions and their one-line errors, cells, and running a claim: one worker or
+several at once (processes sharing the results folder), a killed worker's cell-seed taken over, the table
+built only from finished seed files, and the claim through the CLI into the report.
+
+The statistics and the verdicts' outcomes are tested in test_claim_stats.py."""
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from scipy import stats
 
-from benchmarks.claims import cell_experiments, claim_config, judge, mean_ci, summarise, welch_interval
+import benchmarks.train
+from benchmarks.claim_stats import OUTCOMES
+from benchmarks.claims import cell_experiments, claim_config, run_claim
 from benchmarks.cli import main
 from benchmarks.errors import ArchbenchError
-from benchmarks.params import load_params
-from tests.conftest import ROOT, tiny_params
-
-
-def test_mean_ci_matches_scipy_t_interval() -> None:
-    values = [0.61, 0.72, 0.55, 0.68, 0.70]
-    low, high = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / 5, scale=stats.sem(values))
-    got = mean_ci(values)
-    assert got["mean"] - got["ci"] == pytest.approx(low, abs=1e-12)
-    assert got["mean"] + got["ci"] == pytest.approx(high, abs=1e-12)
-    assert math.isnan(mean_ci([1.0])["ci"])
-
-
-def test_welch_interval_matches_scipy() -> None:
-    a, b = [0.9, 0.95, 0.97, 0.92], [0.41, 0.52, 0.39]
-    diff, low, high = welch_interval(a, b)
-    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    assert (low, high) == pytest.approx((ci.low, ci.high), abs=1e-10)
-    assert diff == pytest.approx(sum(a) / 4 - sum(b) / 3)
-
-
-def test_judge_respects_direction_and_noise() -> None:
-    high, low = [0.9, 0.92, 0.91], [0.5, 0.52, 0.49]
-    assert judge(high, low, higher_is_better=True) == "better"
-    assert judge(high, low, higher_is_better=False) == "worse"
-    assert judge([0.5, 0.9, 0.1], [0.55, 0.2, 0.8], higher_is_better=True) == "no significant difference"
-    assert judge([1.0, 1.0], [0.25, 0.25], higher_is_better=True) == "better"  # identical seeds: an exact gap
-
+from benchmarks.leases import holders
+from benchmarks.params import Experiment, load_params
+from tests.conftest import ROOT, env_for_subprocess, run_options, tiny_params, write_params
 
 def _conf(**over: Any) -> dict[str, Any]:
     conf = {"statement": "s", "model": "sequence_classifier", "data": "long_lag", "seeds": [0, 1, 2],
             "arms": {"elman": {"model_args": {"cell": "elman"}}, "lstm": {"model_args": {"cell": "lstm"}}},
             "sweep": {"path": "data_args.lag", "values": [5, 50]}, "metric": "test/acc", "mode": "max",
-            "verdict": [{"type": "better", "arm": "lstm", "than": "elman"}]}
+            "verdict": [{"type": "better", "arm": "lstm", "than": "elman", "margin": 0.05}]}
     return conf | over
-
-
-def test_better_verdict_is_judged_at_the_largest_sweep_value() -> None:
-    _, conf = claim_config({"claims": {"c": _conf()}}, "c")
-    solved, chance = {"test/acc": [1.0, 0.99, 1.0]}, {"test/acc": [0.26, 0.24, 0.25]}
-    per_seed = {("elman", 5): solved, ("lstm", 5): solved, ("elman", 50): chance, ("lstm", 50): solved}
-    result = summarise("c", conf, per_seed)
-    assert result["supported"] is True and result["verdict"].startswith("Supported")
-    assert [c["outcome"] for c in result["verdicts"][0]["comparisons"]] == ["no significant difference", "better"]
-    per_seed[("lstm", 50)] = chance
-    assert summarise("c", conf, per_seed)["supported"] is False
-
-
-def test_plateau_verdict() -> None:
-    conf = _conf(arms={"lstm": {}}, sweep={"path": "model_args.num_layers", "values": [1, 3, 5]}, metric="test/loss",
-                 mode="min", verdict={"type": "plateau", "arm": "lstm", "after": 3})
-    _, conf = claim_config({"claims": {"d": conf}}, "d")
-    per_seed = {("lstm", 1): {"test/loss": [2.4, 2.41, 2.39]}, ("lstm", 3): {"test/loss": [2.2, 2.21, 2.19]},
-                ("lstm", 5): {"test/loss": [2.21, 2.19, 2.2]}}
-    assert summarise("d", conf, per_seed)["supported"] is True
-    per_seed[("lstm", 5)] = {"test/loss": [2.0, 2.01, 1.99]}  # depth 5 clearly better: the claim fails
-    result = summarise("d", conf, per_seed)
-    assert result["supported"] is False and "5" in result["verdict"]
 
 
 def test_cells_combine_base_arm_and_sweep() -> None:
@@ -84,7 +45,9 @@ def test_cells_combine_base_arm_and_sweep() -> None:
 
 @pytest.mark.parametrize(("over", "message"), [
     ({"seeds": [0]}, "at least 2 integers"),
-    ({"verdict": {"type": "better", "arm": "gru", "than": "elman"}}, "verdict.arm 'gru' is not an arm"),
+    ({"verdict": {"type": "better", "arm": "gru", "than": "elman", "margin": 0.05}}, "verdict.arm 'gru' is not an arm"),
+    ({"verdict": {"type": "better", "arm": "lstm", "than": "elman"}}, "a 'better' verdict needs 'margin'"),
+    ({"verdict": {"type": "better", "arm": "lstm", "than": "elman", "margin": 0}}, "margin must be a positive number"),
     ({"verdict": {"type": "wins"}}, "verdict.type must be one of"),
     ({"sweep": {"path": "lag", "values": [1]}}, "sweep.path must be"),
     ({"mode": "up"}, "mode must be min or max"),
@@ -108,17 +71,125 @@ def test_tiny_claim_runs_through_the_cli_into_the_report(project: Path, capsys: 
     assert (out / "claim.png").is_file()
     assert len(claim["table"]) == 3 * 2 and all(len(row["seeds"]) == 2 for row in claim["table"])
     assert {"test/acc", "test/grad_norm_first"} <= claim["table"][0].keys()
-    assert claim["supported"] in (True, False) and len(claim["verdicts"]) == 2
-    # Each cell is a normal experiment: its per-seed results sit beside the claim.
-    assert (out / "runs" / "claim_long_lag_lstm_lag6" / "metrics.json").is_file()
+    assert claim["outcome"] in OUTCOMES and [v["outcome"] for v in claim["verdicts"]][1] is None
+    assert claim["outcome"] == claim["verdicts"][0]["outcome"] and claim["verdicts"][0]["margin"] == 0.05
+    assert len(_trained(capsys.readouterr().out)) == 12
+    # Each cell-seed is a normal run: its result file (made by that cell's config) sits beside the claim.
+    result = json.loads((out / "runs" / "claim_long_lag_lstm_lag6" / "seeds" / "seed_1" / "result.json").read_text())
+    cell = cell_experiments("long_lag", *claim_config(tiny_params(), "long_lag"))[("lstm", 6)]
+    assert result["config_hash"] == cell.config_hash()
+    assert result["metrics"]["test/acc"] == next(r for r in claim["table"] if r["value"] == 6
+                                                 and r["arm"] == "lstm")["seeds"][1]
     assert main(["report"]) == 0
     board = (project / "results" / "report" / "leaderboard.md").read_text()
-    assert "### long_lag" in board and claim["verdicts"][0]["text"] in board
+    assert f"### long_lag: {claim['outcome']}" in board and claim["verdicts"][0]["text"] in board
+    assert "margin 0.05 fraction on test/acc" in board
     assert (project / "results" / "report" / "claim_long_lag.png").is_file()
-    # Rerunning resumes every finished seed instead of training again: the same numbers come back.
+    # Rerunning trains nothing: every finished seed file is current, the same numbers come back.
     assert main(["claim", "long_lag", "--no-progress"]) == 0
+    assert _trained(capsys.readouterr().out) == []
     again = json.loads((out / "claim.json").read_text())
     assert again["table"] == claim["table"]
+
+
+# ---- workers -----------------------------------------------------------------------------------------------
+def _trained(stdout: str) -> list[tuple[str, int]]:
+    return [(m[1], int(m[2])) for m in re.finditer(r"claim \w+: trained (\S+) seed (\d+)", stdout)]
+
+
+def _fake_training(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """run_seed replaced by a result file written at once: the LSTM solves every lag, Elman only the short one."""
+    calls: list[tuple[str, int]] = []
+
+    def run_seed(exp: Experiment, seed: int, opts: Any) -> dict[str, Any]:
+        calls.append((exp.name, seed))
+        solved = exp.model_args["cell"] != "elman" or exp.data_args["lag"] < 6
+        result = {"experiment": exp.name, "seed": seed, "config_hash": exp.config_hash(),
+                  "metrics": {"test/acc": (1.0 if solved else 0.25) - 0.01 * seed, "test/grad_norm_first": 0.1}}
+        path = opts.results_dir / exp.name / "seeds" / f"seed_{seed}" / "result.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(benchmarks.train, "run_seed", run_seed)
+    return calls
+
+
+def test_workers_take_each_cell_seed_once_and_skip_live_leases(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls, params, opts = _fake_training(monkeypatch), tiny_params(), run_options(project)
+    runs, leases = project / "results" / "claims" / "long_lag" / "runs", project / "results" / "claims" / ".leases"
+    stale = runs / "claim_long_lag_lstm_lag3" / "seeds" / "seed_0" / "result.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"seed": 0, "config_hash": "another", "metrics": {"test/acc": 0.0}}))
+    held = leases / "long_lag" / "claim_long_lag_elman_lag6.seed1.lease"  # a worker on another machine, alive
+    held.parent.mkdir(parents=True)
+    held.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t"}))
+    assert run_claim(params, "long_lag", opts, worker=True) is None  # it leaves the held cell-seed to its holder
+    assert len(calls) == len(set(calls)) == 11 and ("claim_long_lag_lstm_lag3", 0) in calls  # the stale file: rerun
+    assert run_claim(params, "long_lag", opts, worker=True) is None and len(calls) == 11
+    assert not (runs.parent / "claim.json").exists()
+    os.utime(held)  # its last heartbeat: now
+    started = time.monotonic()
+    result = run_claim(params, "long_lag", opts, stale_after_s=1.5)  # waits until that lease's heartbeat is stale
+    assert result is not None and time.monotonic() - started >= 1.0
+    assert calls[11:] == [("claim_long_lag_elman_lag6", 1)] and not list(leases.glob("*/*.lease*"))
+    assert result["outcome"] == "Supported"  # lstm [1.0, 0.99] vs elman [0.25, 0.24] at lag 6
+    row = next(r for r in result["table"] if r["arm"] == "lstm" and r["value"] == 3)
+    assert row["seeds"] == [1.0, 0.99]  # from the current files only, never the stale one
+    assert json.loads((runs.parent / "claim.json").read_text())["table"] == result["table"]
+
+
+def _two_arm_project(project: Path, results: str) -> Path:
+    """The tiny long-lag claim cut to 2 arms x 2 lags x 2 seeds, with its own results and state folders."""
+    params = tiny_params()
+    params["settings"] = (params.get("settings") or {}) | {"results_dir": results, "state_dir": f".state_{results}"}
+    claim = params["claims"]["long_lag"]
+    claim["arms"].pop("peephole")
+    claim["verdict"] = [v for v in claim["verdict"] if v["type"] == "better"]
+    path = project / f"params_{results}.yaml"
+    write_params(path, params)
+    return path
+
+
+@pytest.mark.slow
+def test_two_workers_and_a_killed_one_give_the_table_of_one(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = _two_arm_project(project, "one")
+    assert main(["--params", str(one), "claim", "long_lag", "--no-progress"]) == 0
+    alone = json.loads((project / "one" / "claims" / "long_lag" / "claim.json").read_text())
+    capsys.readouterr()
+
+    many = _two_arm_project(project, "many")
+    command = [str(Path(sys.executable).parent / "archbench"), "--params", str(many), "claim", "long_lag", "--worker",
+               "--no-progress"]
+    workers = [subprocess.Popen(command, cwd=project, env=env_for_subprocess(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    leases = project / "many" / "claims" / ".leases" / "long_lag"
+    victim, taken = workers[0], None
+    deadline = time.monotonic() + 120
+    while taken is None and victim.poll() is None and time.monotonic() < deadline:
+        taken = next((key for key, lease in holders(leases).items() if lease.get("pid") == victim.pid), None)
+        time.sleep(0.05)
+    assert taken is not None, "the first worker never took a cell-seed"
+    os.kill(victim.pid, signal.SIGKILL)  # mid-run: its lease stays behind, its MLflow run is left RUNNING
+    victim.wait()  # reaped: its pid is gone, so its lease is stale at once on this host
+    logs = [w.communicate(timeout=300)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers[1:]), logs[1:]
+    # Whatever the survivors left (none, or the killed one's cell-seed if they had gone) a plain run finishes.
+    assert main(["--params", str(many), "claim", "long_lag", "--no-progress"]) == 0
+    others = [t for log in [*logs[1:], capsys.readouterr().out] for t in _trained(log)]
+    trained = _trained(logs[0]) + others
+    assert len(trained) == len(set(trained)) == 8  # every cell-seed trained, none twice
+    cell, seed = taken.rsplit(".seed", 1)
+    assert (cell, int(seed)) in others  # the killed worker's cell-seed was taken over
+    shared = json.loads((project / "many" / "claims" / "long_lag" / "claim.json").read_text())
+    assert [(r["arm"], r["value"], r["seeds"]) for r in shared["table"]] == \
+        [(r["arm"], r["value"], r["seeds"]) for r in alone["table"]]  # the very same floats
+    assert shared["outcome"] == alone["outcome"] and shared["verdict"] == alone["verdict"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("archbench").experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]  # the killed one's run is closed too
 
 
 def test_every_claim_in_params_yaml_builds_its_cells() -> None:

@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
 
 from benchmarks import metric_keys
 from benchmarks.build import accepted_args, build_model, check_experiment
@@ -28,7 +29,7 @@ from datamodules.contracts import SuiteDataModule
 from datamodules.frames import FrameVideoDataModule
 from datamodules.image_pairs import PairedEdgesDataModule, UnpairedDomainsDataModule
 from datamodules.images import DigitsDataModule
-from datamodules.translation import Multi30kDataModule
+from datamodules.translation import Multi30kDataModule, pair_collate
 from datamodules.conllu import UDPOSDataModule
 from lightning_modules import MODELS
 from lightning_modules.contracts import MakesSamples, SuiteModel
@@ -95,6 +96,10 @@ class TinyMulti30k(Multi30kDataModule):
 
     def content_hash(self) -> str:
         return hashlib.sha256(json.dumps(PAIRS).encode()).hexdigest()
+
+    def train_dataloader(self) -> DataLoader:
+        # A plain loader: the real one's length-bucketed batch sampler takes no distributed sampler (DDP test).
+        return DataLoader(self.split("train"), batch_size=self.batch_size, collate_fn=pair_collate)
 
 
 def _tagged_sentences() -> list[tuple[list[str], list[str]]]:
@@ -314,13 +319,28 @@ def test_every_rank_logs_the_same_numbers_under_ddp(name: str, classifier_ckpt: 
         dm = DigitsDataModule(batch_size=16)
         model = MODELS[name](**dm.model_args(), **TINY_MODEL_ARGS[name] | {"fid_checkpoint": str(classifier_ckpt)})
     # A GAN's D step leaves G's parameters without gradients (and the reverse), which plain DDP refuses.
-    # Multi30k's length-bucketed batch sampler takes no distributed sampler: every rank then sees all pairs.
     trainer = pl.Trainer(**(TINY_TRAINER | {"limit_val_batches": 2, "limit_test_batches": 2}), accelerator="cpu",
                          devices=2, strategy="ddp_spawn_find_unused_parameters_true", enable_checkpointing=False,
-                         use_distributed_sampler=name != "seq2seq", callbacks=[_RankMetrics(tmp_path)])
+                         callbacks=[_RankMetrics(tmp_path)])
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm, verbose=False)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     tested = {k for k in ranks[0] if k.startswith("test/")}
     assert tested >= ({"test/bleu", "test/loss"} if name == "seq2seq" else {"test/fid", "test/fid_floor", "test/is"})
     assert {k: ranks[0][k] for k in tested} == {k: ranks[1][k] for k in tested}
+    if name == "seq2seq":  # the oracle: one process scoring the whole test split with the trained weights
+        from lightning_modules.decoding import PAD, corpus_bleu
+
+        model.eval()
+        nll, tokens, hyps, refs = 0.0, 0, [], []
+        with torch.no_grad():
+            for src, src_len, tgt in dm.test_dataloader():
+                logits = model.net(src, src_len, tgt[:, :-1])
+                nll += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten(),
+                                                               ignore_index=PAD, reduction="sum"))
+                tokens += int((tgt[:, 1:] != PAD).sum())
+                hyps += model.translate(src, src_len)
+                refs += [model.detok(row) for row in tgt.tolist()]
+        assert len(hyps) == len(PAIRS)  # 2 ranks x 2 batches of 2 cover the 6 test pairs
+        assert ranks[0]["test/loss"] == pytest.approx(nll / tokens, rel=1e-5)
+        assert ranks[0]["test/bleu"] == pytest.approx(corpus_bleu(hyps, refs), rel=1e-5)

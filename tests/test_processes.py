@@ -85,3 +85,30 @@ def test_a_run_killed_with_sigkill_resumes_in_the_same_mlflow_run(project: Path)
     assert straight.returncode == 0, straight.stderr[-3000:]
     fresh = json.loads((project / "results" / "hello_lstm" / "metrics.json").read_text())
     assert resumed["test/loss"]["mean"] == pytest.approx(fresh["test/loss"]["mean"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_three_seeds_as_three_processes_merge_to_what_one_process_writes(project: Path) -> None:
+    """Seeds 0, 1, 2 as separate processes at once (as on three machines), then `collect`: the same
+    metrics.json and summary as one process running all three."""
+    params = tiny_params()
+    params["experiments"]["hello_lstm"]["seeds"] = [0, 1, 2]
+    write_params(project / "params.yaml", params)
+    env = env_for_subprocess()
+    one = subprocess.run(["archbench", "train", "hello_lstm", "--no-progress"], cwd=project, env=env,
+                         capture_output=True, text=True, check=False)
+    assert one.returncode == 0, one.stderr[-3000:]
+    (project / "results").rename(project / "results_one")
+    jobs = [subprocess.Popen(["archbench", "train", "hello_lstm", "--seed", str(s), "--no-progress"], cwd=project,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for s in (0, 1, 2)]
+    for job in jobs:
+        _, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err[-3000:]
+    collected = subprocess.run(["archbench", "collect", "hello_lstm"], cwd=project, env=env, capture_output=True,
+                               text=True, check=False)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    for name in ("metrics.json", "summary.json"):
+        merged = json.loads((project / "results" / "hello_lstm" / name).read_text())
+        single = json.loads((project / "results_one" / "hello_lstm" / name).read_text())
+        assert merged == single, name
+    assert sorted(_files(project / "results")) == sorted(_files(project / "results_one"))

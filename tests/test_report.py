@@ -101,8 +101,11 @@ def write_fixture(root: Path) -> Path:
              "mode": "max", "sweep": {"path": "data_args.lag", "values": [3, 6]}, "arms": ["elman", "lstm"], "also": [],
              "table": [{"arm": a, "value": v, "seeds": [m, m + 0.02], "test/acc": {"mean": m + 0.01, "ci": 0.127, "n": 2}}
                        for a, v, m in (("elman", 3, 0.9), ("elman", 6, 0.3), ("lstm", 3, 0.95), ("lstm", 6, 0.9))],
-             "verdicts": [{"type": "better", "supported": True, "text": "Supported: lstm vs elman at data_args.lag = 6 "
-                           "is better on test/acc.", "comparisons": []}], "supported": True, "verdict": "Supported"}
+             "verdicts": [{"type": "better", "margin": 0.05, "outcome": "Supported", "comparisons": [],
+                           "text": "Supported: lstm vs elman at data_args.lag = 6 on test/acc: better."},
+                          {"type": "compare", "outcome": None, "comparisons": [],
+                           "text": "Comparison: lstm vs elman at data_args.lag = 3 is no significant difference."}],
+             "outcome": "Supported", "verdict": "Supported: lstm vs elman"}
     _dump(results / "claims" / "long_lag" / "claim.json", claim)
     _png(results / "claims" / "long_lag" / "claim.png", 200)
     _dump(results / "tune" / "lstm_depth" / "best_params.json", {
@@ -204,6 +207,7 @@ def test_anchors_claims_studies_density_and_compare(site: Path) -> None:
     assert "published" in _board(index, "words") and "exp-words_lstm.html" in index  # ledger-only row
     claims = (site / "claims.html").read_text()
     assert "An LSTM remembers longer" in claims and 'class="badge ok">Supported' in claims
+    assert re.search(r'class="badge ?">Comparison</span> compare: Comparison', claims) and "better (margin 0.05)" in claims
     assert "img/claims/long_lag.png" in claims
     studies = (site / "studies.html").read_text()
     assert "lstm_depth" in studies and "0.4321" in studies and "history.png" in studies

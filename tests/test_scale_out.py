@@ -135,6 +135,29 @@ def test_non_finite_values_fail_their_trial_and_the_study_goes_on(project: Path,
     assert best["value"] == 2.0 and best["n_failed"] == 3 and best["n_complete"] == 3
 
 
+def test_a_trial_failed_as_stale_while_alive_is_lost_not_the_worker(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.tune as tune
+
+    params = load_params()
+    params["studies"]["lstm_depth"]["n_trials"] = 3
+    storage = f"sqlite:///{project / 'optuna.db'}"
+    calls = {"n": 0}
+
+    def slow_heartbeat_run_seed(exp: Any, seed: int, opts: Any) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 2:  # another worker gave up on this trial's heartbeats and failed it mid-training
+            study = optuna.load_study(study_name="lstm_depth", storage=storage)
+            mine = study.trials[int(opts.tags["optuna.trial"])]
+            study._storage.set_trial_state_values(mine._trial_id, TrialState.FAIL)
+        return {"metrics": {"val/loss_best": 3.0 - calls["n"] / 10}, "run_id": ""}
+
+    monkeypatch.setattr(tune, "run_seed", slow_heartbeat_run_seed)
+    best = run_study(params, "lstm_depth", run_options(project))
+    states = [t.state for t in optuna.load_study(study_name="lstm_depth", storage=storage).trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert best["n_complete"] == 3 and best["value"] == pytest.approx(2.6)
+
+
 @pytest.mark.slow
 def test_two_workers_on_sqlite_finish_exactly_n_trials(project: Path) -> None:
     n = _tiny_study(project)["studies"]["lstm_depth"]["n_trials"]

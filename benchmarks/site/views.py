@@ -7,7 +7,7 @@ from typing import Any
 
 from benchmarks.site.charts import claim_chart, density_chart
 from benchmarks.site.collect import verdict_status
-from benchmarks.site.html import chart_div, esc, flat, num, page, table
+from benchmarks.site.html import chart_div, esc, finite, flat, num, page, table
 from benchmarks.site.vocab import direction, label, label_with
 
 BADGE = {"Supported": "ok", "Refuted": "bad", "Inconclusive": "warn"}
@@ -15,19 +15,23 @@ BADGE = {"Supported": "ok", "Refuted": "bad", "Inconclusive": "warn"}
 
 def claims_page(claims: list[dict[str, Any]], images: dict[str, str]) -> str:
     charts, parts = {}, ['<h1>Claims</h1><p>Each claim of the course notes as an experiment: arms × a sweep × seeds; '
-                         'cells are mean ± half-width of the 95% t-interval; verdicts come from Welch\'s interval of '
-                         'the difference of means.</p>']
+                         'cells are mean ± half-width of the 95% t-interval. A verdict is Supported or Refuted by '
+                         'Welch\'s interval of the gain (or Refuted by an equivalence test at its margin), else '
+                         'Inconclusive; a claim is Refuted if any verdict is.</p>']
     for claim in claims:
         name = str(claim.get("claim"))
         metrics = [claim.get("metric"), *claim.get("also", [])]
         verdicts = "".join(f'<li><span class="badge {BADGE.get(verdict_status(v), "")}">{esc(verdict_status(v))}</span> '
-                           f'{esc(v.get("text"))}</li>' for v in claim.get("verdicts", []))
+                           f'{esc(v.get("type"))}' + (f' (margin {num(v["margin"])})' if finite(v.get("margin")) else "")
+                           + f': {esc(v.get("text"))}</li>' for v in claim.get("verdicts", []))
+        outcome = claim.get("outcome") or "not judged"
         rows = [[esc(r.get("arm")), esc(r.get("value")), str(len(r.get("seeds", []))),
                  *[esc(f"{num(r[m]['mean'])} ± {num(r[m].get('ci'), 2)}") if isinstance(r.get(m), dict) else "–"
                    for m in metrics]] for r in claim.get("table", [])]
         charts[f"claim-{name}"] = claim_chart(claim)
         png = images.get(str(claim.get("png")))
-        parts.append(f'<section class="claim" id="claim-{esc(name)}"><h2>{esc(name)}</h2>'
+        parts.append(f'<section class="claim" id="claim-{esc(name)}"><h2>{esc(name)} <span class="badge '
+                     f'{BADGE.get(outcome, "")}">{esc(outcome)}</span></h2>'
                      f'<p class="statement">{esc(claim.get("statement"))}</p><ul class="verdicts">{verdicts}</ul>'
                      + table(["arm", esc((claim.get("sweep") or {}).get("path") or ""), "n",
                               *[esc(label(m)) for m in metrics]], rows, "claim-table")

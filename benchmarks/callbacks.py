@@ -27,7 +27,7 @@ class CurveWriter(pl.Callback):
                 self.rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         row: dict[str, float] = {"epoch": float(trainer.current_epoch)}
         for key, value in trainer.callback_metrics.items():
@@ -60,7 +60,8 @@ class SampleLogger(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         make = getattr(pl_module, "make_samples", None)
-        if trainer.sanity_checking or make is None:
+        # Under DDP one process writes: every rank would make the same samples and race on the same files.
+        if trainer.sanity_checking or make is None or not trainer.is_global_zero:
             return
         with torch.no_grad():
             samples: dict[str, Any] = make()

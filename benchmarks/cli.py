@@ -193,6 +193,12 @@ def cmd_density(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_overhead(args: argparse.Namespace) -> int:
+    from benchmarks.overhead import main as overhead_main
+
+    return overhead_main(args.rest)
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
     from benchmarks.speed import main as speed_main
 
@@ -288,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     # add_help=False: `archbench speed --help` reaches the benchmark's own parser.
     p = sub.add_parser("speed", help="time the suite's cells against torch.nn.LSTM / nn.RNN", add_help=False)
     p.set_defaults(func=cmd_speed)
+    p = sub.add_parser("overhead", help="time `archbench train` end to end against a plain PyTorch loop of the "
+                                        "same training (interleaved, ratio of medians)", add_help=False)
+    p.set_defaults(func=cmd_overhead)
     return parser
 
 
@@ -297,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, rest = parser.parse_known_args(argv)
-        if args.command == "speed":
+        if args.command in ("speed", "overhead"):
             args.rest = rest  # the benchmark parses its own options
         elif rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -70,7 +70,7 @@ METRIC_KEYS: tuple[MetricKey, ...] = (
              "mean |G_BA(G_AB(a)) - a| + mean |G_AB(G_BA(b)) - b|, per pixel"),
     MetricKey("test/success_ab", "fraction", "max", "share of G_AB(test A) the frozen classifier labels domain B"),
     MetricKey("test/success_ba", "fraction", "max", "share of G_BA(test B) the frozen classifier labels domain A"),
-    # --- sample quality (FID in a domain classifier's feature space, see lightning_modules/fid.py) ---
+    # --- sample quality (FID in a domain classifier's feature space, see lightning_modules/metrics/fid.py) ---
     *_stages("val test", "fid", "FID", "min", "Frechet distance of generated to real images (GAN test: mean of draws)"),
     MetricKey("test/fid_std", "FID", "none", "standard deviation of test/fid over the noise draws"),
     MetricKey("test/fid_floor", "FID", "none", "FID of real train images vs the same reference: the floor"),

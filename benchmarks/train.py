@@ -298,8 +298,14 @@ def _run_seed_alone(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, A
     if lease is None:
         raise ArchbenchError(f"seed {seed} of {exp.name} is being trained by another worker right now "
                              f"(lease under {opts.state_dir / 'leases'}); run another seed, or wait and rerun")
-    with lease:
-        return run_seed(exp, seed, opts)
+    try:
+        with lease:
+            return run_seed(exp, seed, opts)
+    finally:
+        # A seed rejected before training (a bad model argument) leaves no empty lease or state folders.
+        for folder in (opts.state_dir / "leases", opts.state_dir):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def run_experiment(exp: Experiment, opts: RunOptions, seeds: list[int] | None = None) -> dict[str, Any]:

@@ -9,13 +9,13 @@ trials whatever the number of workers:
 - two workers may still start trials at the same moment: every trial, once
   RUNNING, is admitted only if ``finished + (RUNNING trials started before it) < n_trials``. Otherwise it
   waits while those may still fail, and fails itself as ``not_needed`` once enough have finished. With
-  one agreed order (start time, then number), the last admitted trial saw every earlier one, so no more
-  than ``n_trials`` can finish; a failure frees a slot for a waiting or later trial.
+  one agreed order (start time, then number; worker clocks in sync), the last admitted trial saw every
+  earlier one, so no more than ``n_trials`` can finish; a failure frees a slot for a waiting or later trial.
 Heartbeats fail the trials of a killed worker (``heartbeat_s``, 30 by default; stale after 4 beats); the
 one who fails it closes its MLflow run and retries it (``max_retry``) while the study still needs it.
 One MLflow parent run per study: the worker whose ``create_study`` succeeds (the storage's unique name is
 the guard) creates it, and the worker that finished the last counted trial closes it and writes
-``best_params.json``.
+``best_params.json``. The study's definition and its checks are in ``benchmarks/study_spec.py``.
 """
 
 from __future__ import annotations

@@ -51,15 +51,24 @@ __all__ = ["ElmanSequence", "LSTMSequence", "matmul_dtype", "run_fused"]
 # by 2 is exact in floating point). The two forms differ only in rounding (~1e-7 in float32).
 # Scalars are passed as tensors/alphas: a Python scalar operand costs a tensor conversion per call.
 #
-# Per-step elementwise ops work on one or two gate slices ([batch, hidden] or [batch, 2*hidden]),
-# not on all four at once: ATen splits an op on 32768 elements or more across threads, and at
-# these sizes the rendezvous costs more than it saves; under load from other processes it costs
-# milliseconds per call.
+# Likewise for grouping gates: other elementwise ops run on several threads from 32768 elements
+# on (ATen's grain size). At these sizes the rendezvous costs more than it saves and, under load
+# from other processes, milliseconds per call; so a per-step op covers several gate slices at once
+# only where it stays single-threaded (``_gate_groups``), leaving the matmul the one parallel
+# region of a step. The backward's once-per-chunk ops are large, and may be parallel.
+_GRAIN = 32768
 
 
 def _tanh_ok() -> bool:
     """Whether the loops may call torch.tanh (see above): only when torch runs on one thread."""
     return torch.get_num_threads() == 1
+
+
+def _gate_groups(first: int, n: int, batch: int, hidden: int) -> list[slice]:
+    """Gate slots first..first+n-1 in one slice where one elementwise op on them stays single-threaded, else one each."""
+    if torch.get_num_threads() == 1 or batch * n * hidden < _GRAIN:
+        return [slice(first, first + n)]
+    return [slice(k, k + 1) for k in range(first, first + n)]
 
 
 def matmul_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
@@ -202,17 +211,24 @@ class LSTMSequence(torch.autograd.Function):
         cs = w_hh.new_empty(steps, batch, h)  # [T, batch, hidden]: tanh(s_t), needed by backward
         ys = w_hh.new_empty(steps + 1, batch, h)  # [T+1, batch, hidden]: y_0 .. y_T (y_0 for dW_hh)
         ss[0], ys[0] = s0, y0
-        # Per-step views made once in C++ (cheaper than slicing in the loop).
+        # Per-step views made once (cheaper than slicing in the loop).
         a_t, ss_t, cs_t, ys_t = acts.unbind(0), ss.unbind(0), cs.unbind(0), ys.unbind(0)
         i_t, f_t, g_t, o_t = (v.unbind(0) for v in acts.unflatten(2, (4, h)).unbind(2))
+        groups = _gate_groups(0, 2, batch, h)  # i and f: [batch, 2 or 1, hidden] views
+        if_t = [[a4[:, q] for q in groups] for a4 in acts.unflatten(2, (4, h)).unbind(0)]
+        p_if = None if peephole is None else [peephole[q] for q in groups]
+        s_prev_t = ss.unsqueeze(2).unbind(0)  # [batch, 1, hidden] views of s_{t-1}
         for t in range(steps):
-            a = _addmm_(a_t[t], ys_t[t], wt)  # [batch, 4*hidden] pre-activations: U x_t + b + W y_{t-1}
+            _addmm_(a_t[t], ys_t[t], wt)  # [batch, 4*hidden] pre-activations: U x_t + b + W y_{t-1}
             i, f, g, o, s_prev, s, c = i_t[t], f_t[t], g_t[t], o_t[t], ss_t[t], ss_t[t + 1], cs_t[t]
-            i_f = a[:, :2 * h]
-            if peephole is not None:
-                i_f.view(batch, 2, h).addcmul_(s_prev.unsqueeze(1), peephole[:2])  # i, f see s_{t-1}
-            i_f.sigmoid_()
-            g.tanh_() if tanh_ok else _two_sigmoid_minus_one(g, neg_one, out=g)  # g = tanh(g_pre)
+            for k, z in enumerate(if_t[t]):
+                if p_if is not None:
+                    z.addcmul_(s_prev_t[t], p_if[k])  # i, f see s_{t-1}
+                z.sigmoid_()
+            if tanh_ok:
+                g.tanh_()  # g = tanh(g_pre)
+            else:
+                _two_sigmoid_minus_one(g, neg_one, out=g)
             torch.mul(s_prev, f, out=s).addcmul_(i, g)  # s_t = s_{t-1} * f + g * i
             if peephole is not None:
                 o.addcmul_(s, peephole[2])  # o sees the new s_t
@@ -275,8 +291,10 @@ def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
     ds = torch.zeros_like(ss[0]) if d_s_last is None else d_s_last.clone()  # [batch, hidden], grad wrt s_t
     k = ss.new_empty(min(CHUNK, steps), batch, h)  # [chunk, batch, hidden]: K of the current chunk
     carry = torch.empty_like(k) if peephole is not None else None  # F of the current chunk (peepholes)
-    dp_t, dp_ifg_t, dp_o_t = d_pre.unbind(0), d_pre[..., :3 * h].unflatten(-1, (3, h)).unbind(0), \
-        d_pre[..., 3 * h:].unbind(0)
+    dp_t, dp_o_t = d_pre.unbind(0), d_pre[..., 3 * h:].unbind(0)
+    groups = _gate_groups(0, 3, batch, h)  # i, f, g: [batch, 3 or 1, hidden] views
+    dp_ifg_t = [[v[:, q] for q in groups] for v in d_pre.unflatten(2, (4, h)).unbind(0)]
+    ds_b = ds.unsqueeze(1)  # [batch, 1, hidden] view; ds is updated in place throughout
     d_ys_t = [None] * steps if d_ys is None else d_ys.unbind(0)
     for t in range(steps - 1, -1, -1):
         t0 = t - t % CHUNK
@@ -293,7 +311,8 @@ def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
             if d_ys_t[t] is not None:
                 dy = dy + d_ys_t[t]
         ds.addcmul_(dy, k_t[t - t0])  # ds_t = ds_{t+1} F_{t+1} + dy_t K_t
-        dp_ifg_t[t].mul_(ds.unsqueeze(1))  # [batch, 3, hidden]: i, f, g slots
+        for z in dp_ifg_t[t]:
+            z.mul_(ds_b)  # i, f, g slots: ds_t L
         dp_o_t[t].mul_(dy)
         ds.mul_(f_t[t - t0])  # ds_{t+1} F_{t+1} for the step before
     d_pre_md = d_pre.to(flat.dtype)

@@ -105,7 +105,7 @@ def classifier_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import lightning.pytorch as pl
 
     from datamodules.images import DigitsDataModule
-    from lightning_modules.classifier import DomainClassifier
+    from lightning_modules.metrics.classifier import DomainClassifier
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -13,9 +13,9 @@ import torch
 from scipy.stats import norm
 
 from datamodules.images import DigitsDataModule
-from lightning_modules.classifier import DomainClassifier
-from lightning_modules.diffusion import DDPM
-from lightning_modules.likelihood import discretized_gaussian_log_prob
+from lightning_modules.metrics.classifier import DomainClassifier
+from lightning_modules.likelihood.diffusion import DDPM
+from lightning_modules.likelihood.bounds import discretized_gaussian_log_prob
 
 
 @pytest.fixture(autouse=True)

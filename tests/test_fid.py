@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from datamodules.images import DigitsDataModule
 from lightning_modules import MODELS
-from lightning_modules.classifier import DomainClassifier
-from lightning_modules.fid import DomainFID, fid_floor, inception_score, load_feature_extractor
+from lightning_modules.metrics.classifier import DomainClassifier
+from lightning_modules.metrics.fid import DomainFID, fid_floor, inception_score, load_feature_extractor
 
 
 class Identity(nn.Module):
@@ -81,7 +81,7 @@ def test_floor_uses_the_reference_features_and_leaves_the_fakes_alone() -> None:
 def test_floor_sets_are_disjoint_slices_and_shrink_to_what_the_split_holds() -> None:
     from types import SimpleNamespace
 
-    from lightning_modules.fid import floor_image_sets, floor_images
+    from lightning_modules.metrics.fid import floor_image_sets, floor_images
 
     images = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1)  # image i holds the value i
     labels = torch.tensor([0, 1] * 5)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from datamodules.images import DigitsDataModule
 from datamodules.sources import sha256_file
-from lightning_modules.gan import GAN, discriminator_objective, generator_loss, linear_decay_factor, r1_penalty
+from lightning_modules.adversarial.gan import GAN, discriminator_objective, generator_loss, linear_decay_factor, r1_penalty
 
 TINY = {"latent_dim": 8, "base_channels": 8}
 
@@ -120,7 +120,7 @@ def test_tiny_gan_steps_both_players_and_reports_fid(classifier_ckpt: Path) -> N
 
 
 def test_test_fid_and_floor_are_means_over_draws_and_disjoint_slices(classifier_ckpt: Path) -> None:
-    from lightning_modules.fid import fid_floor, load_feature_extractor
+    from lightning_modules.metrics.fid import fid_floor, load_feature_extractor
 
     model, trainer, dm, _ = _train_tiny(0, classifier_ckpt, fid_repeats=3)
     tested = trainer.test(model, datamodule=dm, verbose=False)[0]

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from datamodules.image_pairs import sobel_edges
 from datamodules.images import DigitsDataModule
 from datamodules.sources import sha256_file
-from lightning_modules.cyclegan import CycleGAN, cycle_l1, d_adversarial, g_adversarial
-from lightning_modules.pix2pix import Pix2Pix, UNet
+from lightning_modules.adversarial.cyclegan import CycleGAN, cycle_l1, d_adversarial, g_adversarial
+from lightning_modules.adversarial.pix2pix import Pix2Pix, UNet
 
 A, B = 7, 9  # digit classes standing in for sneaker and ankle boot
 

@@ -55,6 +55,7 @@ def test_ddp_on_two_cpu_processes_writes_what_one_process_writes(project: Path) 
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}  # 2 seeds x (single, ddp)
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_in_the_same_mlflow_run(project: Path) -> None:
     """kill -9 in the middle of training; the plain rerun resumes and lands where an uninterrupted run lands."""
     params = tiny_params()

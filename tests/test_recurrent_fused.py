@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules.recurrent import StackedRNN, detach_state
+import lightning_modules.recurrent_fused as rf
 from lightning_modules.recurrent_fused import ElmanSequence, LSTMSequence
 from tests.conftest import copy_from_torch
 
@@ -199,3 +200,77 @@ def test_dropout_and_double_backward() -> None:
     (gx,) = torch.autograd.grad(fused(x)[0].sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|double backward|does not require grad"):
         gx.sum().backward()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_multithread_forms_match_reference(cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At more than one thread the loops take tanh as 2 sigmoid(2x) - 1 and one op per gate slot
+    (a grain of 1 forces the per-slot split at this tiny size): same values and grads as the reference."""
+    monkeypatch.setattr(rf, "_GRAIN", 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert not rf._tanh_ok() and len(rf._gate_groups(0, 3, B, H)) == 3
+        fused, ref = _pair(cell, 2)
+        x = torch.randn(B, T, IN, dtype=torch.float64)
+        state = _random_state(fused)
+        y, fin, grads = _run(fused, x, state)
+        y_r, fin_r, grads_r = _run(ref, x, state)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(y, y_r, **TOL64)
+    for a, b in zip(_flat(fin) + grads, _flat(fin_r) + grads_r, strict=True):
+        torch.testing.assert_close(a, b, **TOL64)
+
+
+def test_matmul_dtype_follows_autocast() -> None:
+    x32, w32 = torch.zeros(2, 2), torch.zeros(2, 2)
+    assert rf.matmul_dtype(x32, w32) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert rf.matmul_dtype(x32, w32) == torch.bfloat16
+        assert rf.matmul_dtype(x32.double(), w32.double()) == torch.float64  # autocast leaves float64 alone
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bf16_autocast_forward_backward(cell: str) -> None:
+    """Under CPU bf16 autocast (Lightning's bf16-mixed) the fused path runs its matmuls in bf16 and the
+    rest in float32: close to the float32 run within bf16 precision, float32 outputs and grads, all finite."""
+    torch.manual_seed(0)
+    model = StackedRNN(cell, 8, 16, num_layers=2)
+    x = torch.randn(4, 9, 8, requires_grad=True)
+    params = list(model.parameters())
+
+    def run() -> tuple[Tensor, list[Tensor]]:
+        y, fin = model(x)
+        loss = (y * torch.linspace(-1, 1, y.shape[-1])).sum() + sum(s.sum() for s in _flat(fin))
+        return y, list(torch.autograd.grad(loss, [x] + params))
+
+    y32, g32 = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16, g16 = run()
+    assert y16.dtype == torch.float32 and not torch.equal(y16, y32)  # the matmuls really ran in bf16
+    torch.testing.assert_close(y16, y32, atol=2e-2, rtol=0.0)  # bf16 keeps ~3 significant digits
+    for name, a, b in zip(["x"] + [n for n, _ in model.named_parameters()], g16, g32, strict=True):
+        assert a.dtype == b.dtype and torch.isfinite(a).all(), name
+        assert (a - b).norm() <= 2e-2 * b.norm(), name
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_deterministic_algorithms_mode(fused: bool) -> None:
+    """Nothing in either path raises under torch.use_deterministic_algorithms(True); two runs agree bit for bit."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for cell in CELLS:
+            results = []
+            for _ in range(2):
+                torch.manual_seed(0)
+                model = StackedRNN(cell, IN, H, num_layers=2, dropout=0.25, learn_s0=True, fused=fused)
+                x = torch.randn(B, T, IN, requires_grad=True)
+                y, fin = model(x)
+                grads = torch.autograd.grad(_loss(y, fin), [x] + list(model.parameters()))
+                results.append([y, *grads])
+            for a, b in zip(*results, strict=True):
+                assert torch.equal(a, b), cell
+    finally:
+        torch.use_deterministic_algorithms(before)

@@ -15,10 +15,10 @@ import torch
 from torch import Tensor, distributions, nn
 
 from datamodules.images import DigitsDataModule
-from lightning_modules.hvae import HierarchicalVAE
-from lightning_modules.likelihood import (bernoulli_log_prob, importance_weighted_nll, iw_nll, normal_kl,
+from lightning_modules.likelihood.hvae import HierarchicalVAE
+from lightning_modules.likelihood.bounds import (bernoulli_log_prob, importance_weighted_nll, iw_nll, normal_kl,
                                           normal_log_prob)
-from lightning_modules.vae import VAE
+from lightning_modules.likelihood.vae import VAE
 
 
 @pytest.fixture(autouse=True)

@@ -24,9 +24,9 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.likelihood import (LogWeightFn, bernoulli_log_prob, check_ks, importance_weighted_nll, normal_kl,
+from lightning_modules.likelihood.bounds import (LogWeightFn, bernoulli_log_prob, check_ks, importance_weighted_nll, normal_kl,
                                           normal_log_prob, randn)
-from lightning_modules.vae import EVAL_SEED, _grid_figure, check_binary, check_image_shape, check_int, mlp
+from lightning_modules.likelihood.vae import EVAL_SEED, _grid_figure, check_binary, check_image_shape, check_int, mlp
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

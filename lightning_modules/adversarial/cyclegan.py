@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.sources import sha256_file
-from lightning_modules.classifier import DomainClassifier
-from lightning_modules.fid import DomainFID, MonitorsFID, floor_images, load_feature_extractor
-from lightning_modules.dcgan_nets import check_image_shape
-from lightning_modules.adversarial_losses import discriminator_objective, generator_loss
-from lightning_modules.image_grids import columns_grid
-from lightning_modules.pix2pix import PatchDiscriminator
+from lightning_modules.metrics.classifier import DomainClassifier
+from lightning_modules.metrics.fid import DomainFID, MonitorsFID, floor_images, load_feature_extractor
+from lightning_modules.adversarial.dcgan_nets import check_image_shape
+from lightning_modules.adversarial.losses import discriminator_objective, generator_loss
+from lightning_modules.figures import columns_grid
+from lightning_modules.adversarial.pix2pix import PatchDiscriminator
 
 ADV_LOSSES = ("lsgan", "bce")
 

@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.likelihood import (LogWeightFn, bernoulli_log_prob, check_ks, importance_weighted_nll,
+from lightning_modules.likelihood.bounds import (LogWeightFn, bernoulli_log_prob, check_ks, importance_weighted_nll,
                                           normal_kl, normal_log_prob, randn)
 
 if TYPE_CHECKING:

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.diffusion_unet import UNet
-from lightning_modules.likelihood import bits_per_dim, discretized_gaussian_log_prob, normal_kl, randint, randn
-from lightning_modules.vae import _grid_figure, check_image_shape, check_int
+from lightning_modules.likelihood.diffusion_unet import UNet
+from lightning_modules.likelihood.bounds import bits_per_dim, discretized_gaussian_log_prob, normal_kl, randint, randn
+from lightning_modules.likelihood.vae import _grid_figure, check_image_shape, check_int
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -238,7 +238,7 @@ class DDPM(pl.LightningModule):
         self._bpd_seen = 0
         self._fid = None
         if self.hparams.fid_checkpoint:
-            from lightning_modules.fid import DomainFID, load_feature_extractor  # lazy: torchmetrics' FID
+            from lightning_modules.metrics.fid import DomainFID, load_feature_extractor  # lazy: torchmetrics' FID
 
             extractor, digest = load_feature_extractor(self.hparams.fid_checkpoint)
             self._fid = DomainFID(extractor.to(self.device), digest, reference_split="test").to(self.device)
@@ -267,7 +267,7 @@ class DDPM(pl.LightningModule):
             n = min(SAMPLE_BATCH, self.hparams.fid_samples - start)
             self._fid.update_fake(self.sample(n, self.hparams.fid_sample_steps, gen))
         self.log("test/fid", self._fid.compute(), sync_dist=True)
-        from lightning_modules.fid import floor_images
+        from lightning_modules.metrics.fid import floor_images
 
         real = floor_images(self.trainer, self.hparams.fid_samples)
         if real is not None:  # the floor: as many real train images as samples, against the same test reference

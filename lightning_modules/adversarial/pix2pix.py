@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
-from lightning_modules.fid import DomainFID, MonitorsFID, floor_images, load_feature_extractor
-from lightning_modules.adversarial_losses import discriminator_objective, generator_loss
-from lightning_modules.image_grids import columns_grid
+from lightning_modules.metrics.fid import DomainFID, MonitorsFID, floor_images, load_feature_extractor
+from lightning_modules.adversarial.losses import discriminator_objective, generator_loss
+from lightning_modules.figures import columns_grid
 
 
 def _down(cin: int, cout: int, first: bool) -> nn.Sequential:

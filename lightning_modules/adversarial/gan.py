@@ -23,12 +23,12 @@ import torch
 from torch import Tensor
 
 # generator_loss and the rest are re-exported: pix2pix, CycleGAN and the tests import them from here too.
-from lightning_modules.adversarial_losses import (G_LOSSES, discriminator_objective, generator_loss,  # noqa: F401
+from lightning_modules.adversarial.losses import (G_LOSSES, discriminator_objective, generator_loss,  # noqa: F401
                                                   linear_decay_factor, r1_penalty)
-from lightning_modules.dcgan_nets import D_NORMS, Discriminator, Generator, check_image_shape
-from lightning_modules.fid import (DomainFID, FeatureExtractor, MonitorsFID, floor_image_sets, inception_score,
+from lightning_modules.adversarial.dcgan_nets import D_NORMS, Discriminator, Generator, check_image_shape
+from lightning_modules.metrics.fid import (DomainFID, FeatureExtractor, MonitorsFID, floor_image_sets, inception_score,
                                    load_feature_extractor)
-from lightning_modules.image_grids import image_grid
+from lightning_modules.figures import image_grid
 
 FID_NOISE_OFFSET = 1  # FID/IS noise is seeded noise_seed + 1: the same z every epoch, apart from the grid's
 VAL_NOISE_OFFSET = 1000  # val batch i uses noise_seed + 1000 + i, so validating never moves the training RNG

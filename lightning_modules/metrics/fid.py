@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from datamodules.sources import sha256_file
-from lightning_modules.classifier import DomainClassifier
+from lightning_modules.metrics.classifier import DomainClassifier
 
 
 class FeatureExtractor(nn.Module):

@@ -4,32 +4,22 @@ Why: with per-step autograd, every time step records ~10 graph nodes and its bac
 runs one small ``dW_hh`` matmul per step plus an accumulation of a [n_gates*hidden, hidden]
 gradient, all through the autograd engine. Here the forward runs the time loop without a
 graph, storing only the gate activations and states; the backward runs BPTT by hand
-(per step: the elementwise gate derivatives and ``dy_{t-1} = dgates_t W_hh``) and forms
-``dW_hh = sum_t dgates_t^T y_{t-1}`` after the loop as ONE matmul over all [time*batch] rows.
-The input projection ``U x_t + b`` is one matmul over the whole sequence (its output buffer
-is then reused in place for the gates), and ``dU``, ``db`` come from one matmul too.
+(per step: ``dy_{t-1} = dgates_t W_hh`` and four elementwise ops, the rest of the local
+derivatives formed for chunks of steps at once) and forms ``dW_hh = sum_t dgates_t^T y_{t-1}``
+after the loop as ONE matmul over all [time*batch] rows. The input projection ``U x_t + b`` is
+one matmul over the whole sequence (its output buffer is then reused in place for the gates),
+and ``dU``, ``db`` come from one matmul too. Matmul backend, layouts and mixed precision:
+lightning_modules/recurrent_kernels.py.
 
 Everything is time-major ([time, batch, ...]) so each step's slice is contiguous; the
 top layer's output is handed back as a [batch, time, hidden] view (as nn.LSTM(batch_first=True)).
 Equations are exactly those of lightning_modules/recurrent.py (gate order i, f, g, o;
 peepholes: i and f see s_{t-1}, o sees s_t). Double backward is not supported.
 
-Matrix multiplies go through ATen's default CPU BLAS (MKL). We timed oneDNN for the same
-shapes through every route torch offers (``F.linear`` on ``Tensor.to_mkldnn()`` tensors, the
-public one; ``torch.ops.mkldnn._linear_pointwise`` with a prepacked weight, the fused-add
-variant included) and it was slower here, at one and two threads: per step [64,256]x[256,1024]
-MKL 125-135 GFLOP/s vs oneDNN 84-105 (one thread), and likewise for the big projection and
-weight-gradient shapes. No public flag routes an exact float32 ``addmm`` to oneDNN on x86 (only
-the bf16/tf32 ``fp32_precision`` modes do, which change the numbers). What did pay: the bias as
-a column of ones on the input (no broadcast copy before the matmul, and ``db`` from the ``dU``
-matmul) and weight gradients computed as ``x^T dgates`` (MKL is faster with this layout).
-
-Mixed precision: under ``torch.autocast`` (e.g. Lightning's ``bf16-mixed``) the matmuls run in
-the autocast dtype (oneDNN's bf16 kernels), their results are added into float32 buffers and
-every elementwise op, state and stored activation stays float32. ``run_fused`` picks that dtype
-and runs the Functions with autocast off, so no op is recast behind our back (an in-place op
-on a recast tensor is what used to fail). Works for any device type, unlike a fixed
-``custom_fwd(device_type=...)``.
+Under ``torch.autocast`` ``run_fused`` picks the matmul dtype and runs the Functions with
+autocast off, so that no op is recast behind their back (a bf16 ``addmm`` feeding an in-place op
+on a float32 buffer is what used to fail); it works for any device type, unlike a
+``custom_fwd(device_type=...)`` fixed to one.
 """
 
 from __future__ import annotations
@@ -40,104 +30,20 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["ElmanSequence", "LSTMSequence", "matmul_dtype", "run_fused"]
+from lightning_modules.recurrent_kernels import (
+    addmm_acc_,
+    grad_from_above_and_next,
+    gate_groups,
+    mm_as,
+    project_input,
+    project_input_grads,
+    recurrent_weight_grad,
+    use_torch_tanh,
+    two_sigmoid_minus_one,
+    matmul_dtype,
+)
 
-
-# tanh in the loops: torch.tanh goes through MKL's vector math, which ATen splits across threads
-# from 2048 elements on, so at two or more threads even a [64, 256] tanh is a parallel region; on a
-# shared 2-core machine each call then waits for a descheduled thread (measured 15 ms vs 0.1 ms per
-# call). So torch.tanh is used only on one thread (where it is the fastest form); otherwise
-# tanh(x) = 2 sigmoid(2x) - 1, with the factor 2 folded into the weights once per sequence (scaling
-# by 2 is exact in floating point). The two forms differ only in rounding (~1e-7 in float32).
-# Scalars are passed as tensors/alphas: a Python scalar operand costs a tensor conversion per call.
-#
-# Likewise for grouping gates: other elementwise ops run on several threads from 32768 elements
-# on (ATen's grain size). At these sizes the rendezvous costs more than it saves and, under load
-# from other processes, milliseconds per call; so a per-step op covers several gate slices at once
-# only where it stays single-threaded (``_gate_groups``), leaving the matmul the one parallel
-# region of a step. The backward's once-per-chunk ops are large, and may be parallel.
-_GRAIN = 32768
-
-
-def _tanh_ok() -> bool:
-    """Whether the loops may call torch.tanh (see above): only when torch runs on one thread."""
-    return torch.get_num_threads() == 1
-
-
-def _gate_groups(first: int, n: int, batch: int, hidden: int) -> list[slice]:
-    """Gate slots first..first+n-1 in one slice where one elementwise op on them stays single-threaded, else one each."""
-    if torch.get_num_threads() == 1 or batch * n * hidden < _GRAIN:
-        return [slice(first, first + n)]
-    return [slice(k, k + 1) for k in range(first, first + n)]
-
-
-def matmul_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
-    """The dtype the matmuls run in: autocast's for x's device if it is on and weights are float32."""
-    dev = x.device.type
-    if weight.dtype == torch.float32 and torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return weight.dtype
-
-
-def _two_sigmoid_minus_one(z: Tensor, neg_one: Tensor, out: Tensor) -> Tensor:
-    """``out = 2 sigmoid(z) - 1`` (= tanh(z / 2)); ``out`` may be ``z``."""
-    return torch.add(neg_one, torch.sigmoid(z, out=out), alpha=2.0, out=out)
-
-
-def _mm(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
-    """``a @ b`` in b's dtype (the matmul dtype), returned as ``dtype``; the casts are no-ops in full precision."""
-    return torch.mm(a.to(b.dtype), b).to(dtype)
-
-
-def _addmm_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``acc += a @ b`` in place; b is in the matmul dtype, acc keeps its own (float32 under autocast)."""
-    return acc.addmm_(a, b) if b.dtype == acc.dtype else acc.add_(_mm(a, b, acc.dtype))
-
-
-def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None, scale: Tensor,
-             md: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``(U x_t + b) * scale`` for all steps in one matmul.
-
-    x [T, batch, input] -> (a fresh [T, batch, n_gates*hidden] in w_ih's dtype, the matmul's left
-    operand [T*batch, input(+1)] in ``md``, kept for backward). The bias rides as a column of ones
-    on x. ``scale`` ([n_gates*hidden]; powers of 2, so exact) is folded into the small U and b.
-    """
-    w = w_ih * scale.unsqueeze(1)  # [G, input]
-    flat = x.reshape(-1, x.shape[-1])  # [T*batch, input]
-    if bias is not None:
-        w = torch.cat([w, (bias * scale).unsqueeze(1)], 1)  # [G, input+1]
-        flat = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)  # [T*batch, input+1]
-    flat = flat.to(md)
-    out = _mm(flat, w.t().to(md), w_ih.dtype)  # [T*batch, G]
-    return out.view(*x.shape[:-1], -1), flat
-
-
-def _project_grads(ctx: Any, d_pre: Tensor, flat: Tensor, w_ih: Tensor) -> tuple[Tensor | None, ...]:
-    """Grads of x, U, b (inputs 0, 1, 2) from d_pre [T, batch, G] and the forward's [T*batch, input(+1)] operand."""
-    md = flat.dtype
-    d = d_pre.flatten(0, 1).to(md)  # [T*batch, G]
-    d_x = _mm(d, w_ih.to(md), ctx.x_dtype).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
-    d_w_ih = d_b = None
-    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        d_wb = torch.mm(flat.t(), d).t().to(w_ih.dtype)  # [G, input(+1)]: x^T d is the faster layout
-        n_in = w_ih.shape[1]
-        d_w_ih = d_wb[:, :n_in] if ctx.needs_input_grad[1] else None
-        d_b = d_wb[:, n_in] if ctx.needs_input_grad[2] else None  # the ones column
-    return d_x, d_w_ih, d_b
-
-
-def _from_above_and_next(d_out: Tensor | None, d_pre_next: Tensor, w_hh: Tensor) -> Tensor:
-    """Grad reaching a step's output: from above (``d_out``, None if nothing used it) plus ``d_pre_{t+1} W``."""
-    if d_out is not None and w_hh.dtype == d_pre_next.dtype:
-        return torch.addmm(d_out, d_pre_next, w_hh)
-    dy = _mm(d_pre_next, w_hh, d_pre_next.dtype)
-    return dy if d_out is None else dy.add_(d_out)
-
-
-def _recurrent_weight_grad(d_pre: Tensor, outputs: Tensor, dtype: torch.dtype) -> Tensor:
-    """``sum_t d_pre_t^T y_{t-1}`` in one matmul; ``outputs`` [T+1, batch, hidden] holds y_0 .. y_T."""
-    md = d_pre.dtype
-    return torch.mm(outputs[:-1].flatten(0, 1).t().to(md), d_pre.flatten(0, 1)).t().to(dtype)
+__all__ = ["ElmanSequence", "LSTMSequence", "run_fused"]
 
 
 class ElmanSequence(torch.autograd.Function):
@@ -149,17 +55,17 @@ class ElmanSequence(torch.autograd.Function):
         # x [T, batch, input], w_ih [hidden, input], bias [hidden] or None, w_hh [hidden, hidden],
         # s0 [batch, hidden]; md: the matmul dtype (None: the weights')
         md = md or w_hh.dtype
-        tanh_ok = _tanh_ok()
+        tanh_ok = use_torch_tanh()
         scale = w_hh.new_full((1,), 1.0 if tanh_ok else 2.0)  # 2: tanh as 2 sigmoid(2 z) - 1
-        pre, flat = _project(x, w_ih, bias, scale, md)  # [T, batch, hidden]: scale (U x_t + b)
+        pre, flat = project_input(x, w_ih, bias, scale, md)  # [T, batch, hidden]: scale (U x_t + b)
         ss = w_hh.new_empty(x.shape[0] + 1, *s0.shape)  # [T+1, batch, hidden]: s_0 .. s_T
         ss[0] = s0
         wt = torch.mul(w_hh, scale).t().contiguous().to(md)  # scale W^T, [in, out] row-major
         neg_one = w_hh.new_full((1,), -1.0)
         s = ss[0]
         for z, s_next in zip(pre.unbind(0), ss[1:].unbind(0)):
-            z = _addmm_(z, s, wt)  # U x_t + b + W s_{t-1}
-            s = torch.tanh(z, out=s_next) if tanh_ok else _two_sigmoid_minus_one(z, neg_one, out=s_next)
+            z = addmm_acc_(z, s, wt)  # U x_t + b + W s_{t-1}
+            s = torch.tanh(z, out=s_next) if tanh_ok else two_sigmoid_minus_one(z, neg_one, out=s_next)
         ctx.save_for_backward(flat, w_ih, w_hh, ss)
         ctx.x_dtype, ctx.x_shape, ctx.device_type = x.dtype, x.shape, x.device.type
         return ss[1:], ss[-1].clone()
@@ -177,14 +83,14 @@ class ElmanSequence(torch.autograd.Function):
             ds = torch.zeros_like(ss[0]) if d_last is None else d_last  # [batch, hidden]
             for t in range(steps - 1, -1, -1):
                 if t < steps - 1:
-                    ds = _from_above_and_next(d_ys_t[t], d_pre_t[t + 1], w_md)
+                    ds = grad_from_above_and_next(d_ys_t[t], d_pre_t[t + 1], w_md)
                 elif d_ys_t[t] is not None:
                     ds = ds + d_ys_t[t]
                 torch.addcmul(ds, ds, ys_t[t].square(), value=-1.0, out=d_pre_t[t])  # tanh' = 1 - s^2
             d_pre_md = d_pre.to(flat.dtype)
-            d_w_hh = _recurrent_weight_grad(d_pre_md, ss, w_hh.dtype) if ctx.needs_input_grad[3] else None
-            d_s0 = _mm(d_pre[0], w_md, ss.dtype) if ctx.needs_input_grad[4] else None
-            return (*_project_grads(ctx, d_pre_md, flat, w_ih), d_w_hh, d_s0, None)
+            d_w_hh = recurrent_weight_grad(d_pre_md, ss, w_hh.dtype) if ctx.needs_input_grad[3] else None
+            d_s0 = mm_as(d_pre[0], w_md, ss.dtype) if ctx.needs_input_grad[4] else None
+            return (*project_input_grads(ctx, d_pre_md, flat, w_ih), d_w_hh, d_s0, None)
 
 
 class LSTMSequence(torch.autograd.Function):
@@ -198,13 +104,13 @@ class LSTMSequence(torch.autograd.Function):
         steps, batch, _ = x.shape
         h = w_hh.shape[1]
         md = md or w_hh.dtype
-        tanh_ok = _tanh_ok()
+        tanh_ok = use_torch_tanh()
         scale = w_hh.new_ones(4 * h)
         if not tanh_ok:
             scale[2 * h:3 * h] = 2.0  # the g slot is computed as 2 sigmoid(2 g_pre) - 1
         # [T, batch, 4*hidden]: starts as the (scaled) U x_t + b, each step adds y_{t-1} W^T in
         # place, then it holds i, f, g, o after their nonlinearity (what backward needs).
-        acts, flat = _project(x, w_ih, bias, scale, md)
+        acts, flat = project_input(x, w_ih, bias, scale, md)
         wt = torch.mul(w_hh, scale.unsqueeze(1)).t().contiguous().to(md)  # [hidden, 4*hidden] row-major
         neg_one = w_hh.new_full((1,), -1.0)
         ss = w_hh.new_empty(steps + 1, batch, h)  # [T+1, batch, hidden]: s_0 .. s_T
@@ -214,12 +120,12 @@ class LSTMSequence(torch.autograd.Function):
         # Per-step views made once (cheaper than slicing in the loop).
         a_t, ss_t, cs_t, ys_t = acts.unbind(0), ss.unbind(0), cs.unbind(0), ys.unbind(0)
         i_t, f_t, g_t, o_t = (v.unbind(0) for v in acts.unflatten(2, (4, h)).unbind(2))
-        groups = _gate_groups(0, 2, batch, h)  # i and f: [batch, 2 or 1, hidden] views
+        groups = gate_groups(0, 2, batch, h)  # i and f: [batch, 2 or 1, hidden] views
         if_t = [[a4[:, q] for q in groups] for a4 in acts.unflatten(2, (4, h)).unbind(0)]
         p_if = None if peephole is None else [peephole[q] for q in groups]
         s_prev_t = ss.unsqueeze(2).unbind(0)  # [batch, 1, hidden] views of s_{t-1}
         for t in range(steps):
-            _addmm_(a_t[t], ys_t[t], wt)  # [batch, 4*hidden] pre-activations: U x_t + b + W y_{t-1}
+            addmm_acc_(a_t[t], ys_t[t], wt)  # [batch, 4*hidden] pre-activations: U x_t + b + W y_{t-1}
             i, f, g, o, s_prev, s, c = i_t[t], f_t[t], g_t[t], o_t[t], ss_t[t], ss_t[t + 1], cs_t[t]
             for k, z in enumerate(if_t[t]):
                 if p_if is not None:
@@ -228,7 +134,7 @@ class LSTMSequence(torch.autograd.Function):
             if tanh_ok:
                 g.tanh_()  # g = tanh(g_pre)
             else:
-                _two_sigmoid_minus_one(g, neg_one, out=g)
+                two_sigmoid_minus_one(g, neg_one, out=g)
             torch.mul(s_prev, f, out=s).addcmul_(i, g)  # s_t = s_{t-1} * f + g * i
             if peephole is not None:
                 o.addcmul_(s, peephole[2])  # o sees the new s_t
@@ -236,7 +142,7 @@ class LSTMSequence(torch.autograd.Function):
             if tanh_ok:
                 torch.tanh(s, out=c)  # c = tanh(s_t)
             else:
-                _two_sigmoid_minus_one(torch.add(s, s, out=c), neg_one, out=c)
+                two_sigmoid_minus_one(torch.add(s, s, out=c), neg_one, out=c)
             torch.mul(c, o, out=ys_t[t + 1])  # y_t = tanh(s_t) * o
         ctx.save_for_backward(flat, w_ih, w_hh, peephole, acts, ss, cs, ys)
         ctx.x_dtype, ctx.x_shape, ctx.device_type = x.dtype, x.shape, x.device.type
@@ -292,7 +198,7 @@ def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
     k = ss.new_empty(min(CHUNK, steps), batch, h)  # [chunk, batch, hidden]: K of the current chunk
     carry = torch.empty_like(k) if peephole is not None else None  # F of the current chunk (peepholes)
     dp_t, dp_o_t = d_pre.unbind(0), d_pre[..., 3 * h:].unbind(0)
-    groups = _gate_groups(0, 3, batch, h)  # i, f, g: [batch, 3 or 1, hidden] views
+    groups = gate_groups(0, 3, batch, h)  # i, f, g: [batch, 3 or 1, hidden] views
     dp_ifg_t = [[v[:, q] for q in groups] for v in d_pre.unflatten(2, (4, h)).unbind(0)]
     ds_b = ds.unsqueeze(1)  # [batch, 1, hidden] view; ds is updated in place throughout
     d_ys_t = [None] * steps if d_ys is None else d_ys.unbind(0)
@@ -305,7 +211,7 @@ def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
             k_t = k[:n].unbind(0)
             f_t = acts[t0:t + 1, :, h:2 * h].unbind(0) if carry is None else carry[:n].unbind(0)
         if t < steps - 1:
-            dy = _from_above_and_next(d_ys_t[t], dp_t[t + 1], w_md)  # dy_t = d_out_t + d_pre_{t+1} W
+            dy = grad_from_above_and_next(d_ys_t[t], dp_t[t + 1], w_md)  # dy_t = d_out_t + d_pre_{t+1} W
         else:
             dy = torch.zeros_like(ds) if d_y_last is None else d_y_last
             if d_ys_t[t] is not None:
@@ -316,15 +222,15 @@ def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
         dp_o_t[t].mul_(dy)
         ds.mul_(f_t[t - t0])  # ds_{t+1} F_{t+1} for the step before
     d_pre_md = d_pre.to(flat.dtype)
-    d_w_hh = _recurrent_weight_grad(d_pre_md, ys, w_hh.dtype) if ctx.needs_input_grad[3] else None
-    d_y0 = _mm(d_pre[0], w_md, ys.dtype) if ctx.needs_input_grad[4] else None
+    d_w_hh = recurrent_weight_grad(d_pre_md, ys, w_hh.dtype) if ctx.needs_input_grad[3] else None
+    d_y0 = mm_as(d_pre[0], w_md, ys.dtype) if ctx.needs_input_grad[4] else None
     d_s0 = ds if ctx.needs_input_grad[5] else None
     d_peep = None
     if peephole is not None and ctx.needs_input_grad[6]:
         # p^i, p^f multiply s_{t-1}, p^o multiplies s_t: sums over time and batch.
         d_if = d_pre[..., :2 * h].unflatten(-1, (2, h)) * ss[:-1].unsqueeze(2)  # [T, batch, 2, hidden]
         d_peep = torch.cat([d_if.sum((0, 1)), (d_pre[..., 3 * h:] * ss[1:]).sum((0, 1)).unsqueeze(0)])
-    return (*_project_grads(ctx, d_pre_md, flat, w_ih), d_w_hh, d_y0, d_s0, d_peep, None)
+    return (*project_input_grads(ctx, d_pre_md, flat, w_ih), d_w_hh, d_y0, d_s0, d_peep, None)
 
 
 def run_fused(layers: nn.ModuleList, x: Tensor, state: list, drop: nn.Module,

@@ -203,7 +203,7 @@ def test_every_key_in_the_source_is_in_the_table() -> None:
     # rest off the source. A literal key must be a row; an f-string must match at least one row.
     examples = [re.sub(r"\{\w+\}", "1", row.key) for row in metric_keys.METRIC_KEYS]
     missing = []
-    for path in sorted((ROOT / "lightning_modules").glob("*.py")):
+    for path in sorted((ROOT / "lightning_modules").rglob("*.py")):
         for call in _self_logs(path):
             arg = call.args[0]
             if isinstance(arg, ast.Constant):
@@ -222,7 +222,7 @@ def test_every_val_and_test_log_is_reduced_over_devices() -> None:
     # rank keeps its shard's mean and rank 0's is what gets written. (torchmetrics objects sync
     # themselves and ignore the flag, so the rule can be uniform.)
     missing = []
-    for path in sorted((ROOT / "lightning_modules").glob("*.py")):
+    for path in sorted((ROOT / "lightning_modules").rglob("*.py")):
         for call in _self_logs(path):
             key = ast.unparse(call.args[0]) if call.args else "?"
             sync = [k.value for k in call.keywords if k.arg == "sync_dist"]
@@ -344,3 +344,9 @@ def test_every_rank_logs_the_same_numbers_under_ddp(name: str, classifier_ckpt: 
         assert len(hyps) == len(PAIRS)  # 2 ranks x 2 batches of 2 cover the 6 test pairs
         assert ranks[0]["test/loss"] == pytest.approx(nll / tokens, rel=1e-5)
         assert ranks[0]["test/bleu"] == pytest.approx(corpus_bleu(hyps, refs), rel=1e-5)
+
+
+def test_no_file_in_lightning_modules_is_longer_than_350_lines() -> None:
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "lightning_modules").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 350}
+    assert not long, f"split these files: {long}"

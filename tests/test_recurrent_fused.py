@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules.recurrent import StackedRNN, detach_state
-import lightning_modules.recurrent_fused as rf
+import lightning_modules.recurrent_kernels as rk
 from lightning_modules.recurrent_fused import ElmanSequence, LSTMSequence
 from tests.conftest import copy_from_torch
 
@@ -206,11 +206,11 @@ def test_dropout_and_double_backward() -> None:
 def test_multithread_forms_match_reference(cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """At more than one thread the loops take tanh as 2 sigmoid(2x) - 1 and one op per gate slot
     (a grain of 1 forces the per-slot split at this tiny size): same values and grads as the reference."""
-    monkeypatch.setattr(rf, "_GRAIN", 1)
+    monkeypatch.setattr(rk, "GRAIN", 1)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert not rf._tanh_ok() and len(rf._gate_groups(0, 3, B, H)) == 3
+        assert not rk.use_torch_tanh() and len(rk.gate_groups(0, 3, B, H)) == 3
         fused, ref = _pair(cell, 2)
         x = torch.randn(B, T, IN, dtype=torch.float64)
         state = _random_state(fused)
@@ -225,10 +225,10 @@ def test_multithread_forms_match_reference(cell: str, monkeypatch: pytest.Monkey
 
 def test_matmul_dtype_follows_autocast() -> None:
     x32, w32 = torch.zeros(2, 2), torch.zeros(2, 2)
-    assert rf.matmul_dtype(x32, w32) == torch.float32
+    assert rk.matmul_dtype(x32, w32) == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert rf.matmul_dtype(x32, w32) == torch.bfloat16
-        assert rf.matmul_dtype(x32.double(), w32.double()) == torch.float64  # autocast leaves float64 alone
+        assert rk.matmul_dtype(x32, w32) == torch.bfloat16
+        assert rk.matmul_dtype(x32.double(), w32.double()) == torch.float64  # autocast leaves float64 alone
 
 
 @pytest.mark.parametrize("cell", CELLS)

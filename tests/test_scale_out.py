@@ -131,6 +131,11 @@ def test_non_finite_values_fail_their_trial_and_the_study_goes_on(project: Path,
     study = optuna.load_study(study_name="lstm_depth", storage=f"sqlite:///{project / 'optuna.db'}")
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE, TrialState.FAIL] + [TrialState.COMPLETE] * 2
     assert best["value"] == 2.0 and best["n_failed"] == 3 and best["n_complete"] == 3
+    # Running a complete study again trains nothing and closes it again with the same summary.
+    (project / "results" / "tune" / "lstm_depth" / "best_params.json").unlink()
+    assert run_study(params, "lstm_depth", run_options(project)) == best
+    assert len(study.get_trials(deepcopy=False)) == 6
+    assert json.loads((project / "results" / "tune" / "lstm_depth" / "best_params.json").read_text()) == best
 
 
 def test_a_trial_failed_as_stale_while_alive_is_lost_not_the_worker(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

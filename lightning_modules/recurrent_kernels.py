@@ -1,0 +1,122 @@
+"""Building blocks of the fused recurrent Functions (lightning_modules/recurrent_fused.py): matmuls in
+the right dtype and layout, and the rules that keep each time step's elementwise ops single-threaded.
+
+Matmul backend: ATen's default CPU BLAS (MKL). We timed oneDNN on the same shapes through every
+route torch offers for exact float32: ``F.linear`` on ``Tensor.to_mkldnn()`` tensors (the public
+one) and ``torch.ops.mkldnn._linear_pointwise`` with a prepacked weight (its fused-add variant
+too). No public flag sends an exact float32 ``addmm`` to oneDNN on x86: ATen's
+``use_mkldnn_matmul`` takes float32 only in the bf16/tf32 ``fp32_precision`` modes, which change
+the numbers, and the ``TORCH_MKLDNN_*`` size thresholds are read on ARM builds only. On this
+machine oneDNN was the slower one, at one and at two threads: a step's [64,256]x[256,1024] ran at
+125-135 GFLOP/s in MKL against 84-105 in oneDNN, and the whole-sequence shapes likewise. So
+the speed comes from layouts MKL runs well: the bias as a column of ones on the input (no
+broadcast copy before the matmul; ``db`` falls out of the ``dU`` matmul), ``x W^T`` with W as
+stored, and weight gradients as ``x^T dgates``.
+
+Mixed precision: under ``torch.autocast`` (Lightning's ``bf16-mixed``) the matmuls run in the
+autocast dtype (oneDNN's bf16 kernels, through ATen) and their results are added into float32
+buffers; every elementwise op, state and stored activation stays float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# tanh in the loops: torch.tanh goes through MKL's vector math, which ATen splits across threads
+# from 2048 elements on, so at two or more threads even a [64, 256] tanh is a parallel region; on a
+# shared 2-core machine each call then waits for a descheduled thread (measured 15 ms vs 0.1 ms per
+# call). So torch.tanh is used only on one thread (where it is the fastest form); otherwise
+# tanh(x) = 2 sigmoid(2x) - 1, with the factor 2 folded into the weights once per sequence (scaling
+# by 2 is exact in floating point). The two forms differ only in rounding (~1e-7 in float32).
+# Scalars are passed as tensors/alphas: a Python scalar operand costs a tensor conversion per call.
+#
+# Likewise for grouping gates: other elementwise ops run on several threads from 32768 elements
+# on (ATen's grain size). At these sizes the rendezvous costs more than it saves and, under load
+# from other processes, milliseconds per call; so a per-step op covers several gate slices at once
+# only where it stays single-threaded (``gate_groups``), leaving the matmul the one parallel
+# region of a step. The backward's once-per-chunk ops are large, and may be parallel.
+GRAIN = 32768
+
+
+def use_torch_tanh() -> bool:
+    """Whether the loops may call torch.tanh (see above): only when torch runs on one thread."""
+    return torch.get_num_threads() == 1
+
+
+def gate_groups(first: int, n: int, batch: int, hidden: int) -> list[slice]:
+    """Gate slots first..first+n-1 in one slice where one elementwise op on them stays single-threaded, else one each."""
+    if torch.get_num_threads() == 1 or batch * n * hidden < GRAIN:
+        return [slice(first, first + n)]
+    return [slice(k, k + 1) for k in range(first, first + n)]
+
+
+def matmul_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype the matmuls run in: autocast's for x's device if it is on and weights are float32."""
+    dev = x.device.type
+    if weight.dtype == torch.float32 and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return weight.dtype
+
+
+def two_sigmoid_minus_one(z: Tensor, neg_one: Tensor, out: Tensor) -> Tensor:
+    """``out = 2 sigmoid(z) - 1`` (= tanh(z / 2)); ``out`` may be ``z``."""
+    return torch.add(neg_one, torch.sigmoid(z, out=out), alpha=2.0, out=out)
+
+
+def mm_as(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """``a @ b`` in b's dtype (the matmul dtype), returned as ``dtype``; the casts are no-ops in full precision."""
+    return torch.mm(a.to(b.dtype), b).to(dtype)
+
+
+def addmm_acc_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``acc += a @ b`` in place; b is in the matmul dtype, acc keeps its own (float32 under autocast)."""
+    return acc.addmm_(a, b) if b.dtype == acc.dtype else acc.add_(mm_as(a, b, acc.dtype))
+
+
+def project_input(x: Tensor, w_ih: Tensor, bias: Tensor | None, scale: Tensor,
+             md: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(U x_t + b) * scale`` for all steps in one matmul.
+
+    x [T, batch, input] -> (a fresh [T, batch, n_gates*hidden] in w_ih's dtype, the matmul's left
+    operand [T*batch, input(+1)] in ``md``, kept for backward). The bias rides as a column of ones
+    on x. ``scale`` ([n_gates*hidden]; powers of 2, so exact) is folded into the small U and b.
+    """
+    w = w_ih * scale.unsqueeze(1)  # [G, input]
+    flat = x.reshape(-1, x.shape[-1])  # [T*batch, input]
+    if bias is not None:
+        w = torch.cat([w, (bias * scale).unsqueeze(1)], 1)  # [G, input+1]
+        flat = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)  # [T*batch, input+1]
+    flat = flat.to(md)
+    out = mm_as(flat, w.t().to(md), w_ih.dtype)  # [T*batch, G]
+    return out.view(*x.shape[:-1], -1), flat
+
+
+def project_input_grads(ctx: Any, d_pre: Tensor, flat: Tensor, w_ih: Tensor) -> tuple[Tensor | None, ...]:
+    """Grads of x, U, b (inputs 0, 1, 2) from d_pre [T, batch, G] and the forward's [T*batch, input(+1)] operand."""
+    md = flat.dtype
+    d = d_pre.flatten(0, 1).to(md)  # [T*batch, G]
+    d_x = mm_as(d, w_ih.to(md), ctx.x_dtype).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
+    d_w_ih = d_b = None
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        d_wb = torch.mm(flat.t(), d).t().to(w_ih.dtype)  # [G, input(+1)]: x^T d is the faster layout
+        n_in = w_ih.shape[1]
+        d_w_ih = d_wb[:, :n_in] if ctx.needs_input_grad[1] else None
+        d_b = d_wb[:, n_in] if ctx.needs_input_grad[2] else None  # the ones column
+    return d_x, d_w_ih, d_b
+
+
+def grad_from_above_and_next(d_out: Tensor | None, d_pre_next: Tensor, w_hh: Tensor) -> Tensor:
+    """Grad reaching a step's output: from above (``d_out``, None if nothing used it) plus ``d_pre_{t+1} W``."""
+    if d_out is not None and w_hh.dtype == d_pre_next.dtype:
+        return torch.addmm(d_out, d_pre_next, w_hh)
+    dy = mm_as(d_pre_next, w_hh, d_pre_next.dtype)
+    return dy if d_out is None else dy.add_(d_out)
+
+
+def recurrent_weight_grad(d_pre: Tensor, outputs: Tensor, dtype: torch.dtype) -> Tensor:
+    """``sum_t d_pre_t^T y_{t-1}`` in one matmul; ``outputs`` [T+1, batch, hidden] holds y_0 .. y_T."""
+    md = d_pre.dtype
+    return torch.mm(outputs[:-1].flatten(0, 1).t().to(md), d_pre.flatten(0, 1)).t().to(dtype)

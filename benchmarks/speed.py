@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in args.threads or [before]:
             # Thread count changes the ratio: torch's per-step gate ops are big enough for ATen to split
-            # across threads, ours are kept below that size (see lightning_modules/recurrent_fused.py).
+            # across threads, ours are kept below that size (see lightning_modules/recurrent_kernels.py).
             torch.set_num_threads(n)
             part = run_speed(args.time_steps, args.batch, args.input, args.hidden, args.depths, args.repeats,
                              compile=args.compile, cells=args.cells, ref=not args.no_ref)

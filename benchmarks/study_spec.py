@@ -1,8 +1,9 @@
 """A study's definition in params.yaml: validated whole before anything is created, each problem one line.
 
-Checks: pruner kind and keys, ranges (low <= high, low > 0 on a log scale), categorical choices, spec keys,
-the metric (a validation key of the vocabulary whose direction agrees), direction, n_trials and the
-worker settings. ``definition_hash`` is what a continued study must match.
+Checks: pruner kind and keys, ranges (low <= high, low > 0 on a log scale), categorical choices, spec
+keys, the metric (a validation key of the vocabulary whose direction agrees), direction, n_trials and the
+worker settings; a metric the model does not log stops its first trial at the sanity check. Also the
+sampler and pruner the definition names, and ``definition_hash``, which a continued study must match.
 """
 
 from __future__ import annotations
@@ -126,3 +127,47 @@ def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
         else:
             chosen[key] = trial.suggest_categorical(key, spec["choices"])
     return chosen
+
+
+def make_sampler(conf: dict[str, Any], seed: int) -> Any:
+    import optuna
+
+    startup = int((conf.get("pruner") or {}).get("sampler_startup_trials", 4))
+    # constant_liar: running trials count as bad guesses, so concurrent workers explore apart.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
+
+
+def make_pruner(conf: dict[str, Any]) -> Any:
+    import optuna
+
+    given = {k: v for k, v in (conf.get("pruner") or {}).items() if k not in ("kind", "sampler_startup_trials")}
+    kind = (conf.get("pruner") or {}).get("kind", "median")
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(**given)
+    if kind == "percentile":
+        return optuna.pruners.PercentilePruner(**given)
+    return optuna.pruners.MedianPruner(**({"n_startup_trials": 2, "n_warmup_steps": 1} | given))
+
+
+def metric_check(study: str, model: str, metric: str) -> Any:
+    """A callback that stops a trial at the sanity check (before any training step) when the model does not
+    log the study's metric, naming the validation keys it does log."""
+    import lightning.pytorch as pl
+
+    class MetricCheck(pl.Callback):
+        def _check(self, trainer: Any) -> None:
+            if metric not in trainer.callback_metrics:
+                logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/")) or ["none"]
+                raise ArchbenchError(f"study '{study}': model {model} does not log '{metric}' (its validation keys: "
+                                     f"{', '.join(logged)}); set the study's metric to one of them")
+
+        def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
+            self._check(trainer)
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            if not trainer.sanity_checking:
+                self._check(trainer)
+
+    return MetricCheck()

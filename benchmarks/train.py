@@ -100,6 +100,20 @@ def _make_logger(exp: Experiment, seed: int, opts: RunOptions, run_id: str | Non
     )
 
 
+def _describe_experiment(client: Any, exp_id: str) -> None:
+    """The note the MLflow UI shows on the experiment, set once. Two workers may set it at the same moment:
+    a tracking server then refuses the second insert, which leaves the same note in place."""
+    from mlflow.exceptions import MlflowException
+
+    if "mlflow.note.content" in client.get_experiment(exp_id).tags:
+        return
+    try:
+        client.set_experiment_tag(exp_id, "mlflow.note.content", EXPERIMENT_NOTE)
+    except MlflowException:
+        if "mlflow.note.content" not in client.get_experiment(exp_id).tags:
+            raise
+
+
 def _close_stale_run(run_id: str | None, opts: RunOptions) -> None:
     """A killed run that will not be resumed (killed before its first checkpoint, or its state no longer
     matches) is closed as KILLED, never left RUNNING."""
@@ -165,7 +179,7 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     from benchmarks.callbacks import CurveWriter, SampleLogger
     from benchmarks.guards import DivergenceGuard, stopped_by
     from benchmarks.provenance import code_hash, git_commit, lock_state, machine
-    from benchmarks.tracking import package_versions, set_status, tracking_uri
+    from benchmarks.tracking import ensure_tracking_store, package_versions, set_status, tracking_uri
 
     args = validate_run(exp, opts)
     if opts.threads:
@@ -190,13 +204,12 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
         if not resumes_own:
             _close_stale_run(previous_run, opts)
         old_run_id = previous_run if resumes_own else None
+        ensure_tracking_store(tracking_uri(opts.project_dir))  # two jobs on a fresh checkout race to create it
         logger = _make_logger(exp, seed, opts, old_run_id, commit)
         run_id = logger.run_id
         run_id_file.write_text(run_id)
         # The MLflow UI opens on the experiment: say what it holds (once; later runs leave it as it is).
-        client, exp_id = logger.experiment, logger.experiment_id
-        if "mlflow.note.content" not in client.get_experiment(exp_id).tags:
-            client.set_experiment_tag(exp_id, "mlflow.note.content", EXPERIMENT_NOTE)
+        _describe_experiment(logger.experiment, logger.experiment_id)
     else:
         logger = _make_logger(exp, seed, opts, None, commit)  # rank-zero-only inside: writes nothing here
     # From here on an MLflow run is open: whatever fails (a bad callback, the Trainer, fit, test) closes it.

@@ -1,21 +1,12 @@
 """Optuna studies from params.yaml, run by any number of workers that share one RDB storage.
 
 Each ``archbench tune NAME`` is a worker: SQLite storage serves workers on one machine, PostgreSQL
-(``OPTUNA_STORAGE``) workers on many. A study ends with exactly ``n_trials`` finished (COMPLETE + PRUNED)
-trials whatever the number of workers:
-- ``MaxTrialsCallback`` stops a worker once the storage holds ``n_trials`` finished trials;
-- a worker whose remaining trials are all running elsewhere waits for them (it takes over if one fails)
-  instead of starting one that would not be needed;
-- two workers may still start trials at the same moment: every trial, once
-  RUNNING, is admitted only if ``finished + (RUNNING trials started before it) < n_trials``. Otherwise it
-  waits while those may still fail, and fails itself as ``not_needed`` once enough have finished. With
-  one agreed order (start time, then number; worker clocks in sync), the last admitted trial saw every
-  earlier one, so no more than ``n_trials`` can finish; a failure frees a slot for a waiting or later trial.
-Heartbeats fail the trials of a killed worker (``heartbeat_s``, 30 by default; stale after 4 beats); the
-one who fails it closes its MLflow run and retries it (``max_retry``) while the study still needs it.
-One MLflow parent run per study: the worker whose ``create_study`` succeeds (the storage's unique name is
-the guard) creates it, and the worker that finished the last counted trial closes it and writes
-``best_params.json``. The study's definition and its checks are in ``benchmarks/study_spec.py``.
+(``OPTUNA_STORAGE``) workers on many. A study ends with exactly ``n_trials`` finished trials whatever the
+number of workers (how: ``benchmarks/study_storage.py``; the definition and its checks:
+``benchmarks/study_spec.py``). Whoever fails a killed worker's trial as stale closes its MLflow run and
+retries it (``max_retry``) while the study still needs it. One MLflow parent run per study: the worker
+whose ``create_study`` succeeds (the storage's unique study name is the guard) creates it, and the worker
+that finished the last counted trial closes it and writes ``best_params.json``.
 """
 
 from __future__ import annotations
@@ -32,84 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.errors import ArchbenchError, DivergedError
-from benchmarks.params import Experiment, experiment_from_params, settings
-from benchmarks.study_spec import check_positive, definition_hash, study_config, suggest
+from benchmarks.params import Experiment, experiment_from_params
+from benchmarks.study_spec import (check_positive, definition_hash, make_pruner, make_sampler, metric_check, study_config,
+                                   suggest)
+from benchmarks.study_storage import TrialNotNeeded, admit, counts, fail_stale, more_needed, open_storage, shown_url, storage_url
+from benchmarks import train
 from benchmarks.train import RunOptions, run_seed
 
-STORAGE_ENV = "OPTUNA_STORAGE"
 PARENT_WAIT_S = 60.0
-
-
-class TrialNotNeeded(Exception):
-    """A trial started while the last needed ones were finishing; it fails so the count stays exact."""
-
-
-def storage_url(params: dict[str, Any], project_dir: Path) -> str:
-    from benchmarks.tracking import resolve_uri
-
-    return resolve_uri(os.environ.get(STORAGE_ENV) or settings(params)["optuna_storage"], project_dir)
-
-
-def shown_url(url: str) -> str:
-    """The storage URL without its password, for messages and tags."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def _storage(url: str, heartbeat_s: int, on_stale: Any) -> Any:
-    import inspect
-
-    import optuna
-
-    from benchmarks.tracking import sqlite_creation_lock
-
-    kwargs: dict[str, Any] = {"heartbeat_interval": heartbeat_s, "grace_period": 4 * heartbeat_s}
-    # Optuna 4.9 renamed failed_trial_callback; pass whichever this version takes.
-    names = inspect.signature(optuna.storages.RDBStorage).parameters
-    kwargs["heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names else "failed_trial_callback"] = on_stale
-    if url.startswith("sqlite"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # workers wait for SQLite's write lock
-    with warnings.catch_warnings(), sqlite_creation_lock(url):
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, **kwargs)
-
-
-def _fail_stale(study: Any) -> None:
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-def _counts(study: Any) -> tuple[int, list[Any]]:
-    """(finished = COMPLETE + PRUNED, RUNNING trials), read from the storage."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    return (sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials),
-            [t for t in trials if t.state == TrialState.RUNNING])
-
-
-def _order(trial: Any) -> tuple[float, int]:
-    return (trial.datetime_start.timestamp() if trial.datetime_start else math.inf, trial.number)
-
-
-def _admit(study: Any, number: int, target: int, poll_s: float) -> bool:
-    """True when this RUNNING trial is needed; waits while earlier running trials may still fail."""
-    while True:
-        finished, running = _counts(study)
-        if finished >= target:
-            return False
-        me = next((t for t in running if t.number == number), None)
-        if me is None:  # failed as stale under us: its result could not be told anyway
-            return False
-        ahead = [t for t in running if _order(t) < _order(me)]
-        if finished + len(ahead) < target:
-            return True
-        _fail_stale(study)
-        time.sleep(poll_s)
 
 
 class Tracker:
@@ -143,7 +64,13 @@ class Tracker:
 
         tags = {"optuna.study": name, "archbench.role": "study", "definition_hash": digest,
                 "optuna.storage": shown_url(url), "mlflow.note.content": conf.get("description") or f"Optuna study {name}"}
-        run = self.client.create_run(self.experiment_id(), run_name=f"study:{name}", tags=tags)
+        exp_id = self.experiment_id()
+        # The experiment's note, written here by the one creator before any trial starts: trials that check
+        # and set it at once would race on a server (a duplicate-key error from the backend store).
+        note = getattr(train, "EXPERIMENT_NOTE", None)
+        if note and "mlflow.note.content" not in self.client.get_experiment(exp_id).tags:
+            self.client.set_experiment_tag(exp_id, "mlflow.note.content", note)
+        run = self.client.create_run(exp_id, run_name=f"study:{name}", tags=tags)
         params = {"experiment": conf["experiment"], "metric": conf.get("metric", "val/loss"), "seed": conf.get("seed", 0),
                   "direction": conf.get("direction", "minimize")}
         params |= {f"space.{k}": v for k, v in flatten(conf["search_space"]).items()}
@@ -171,7 +98,7 @@ def _open_study(name: str, conf: dict[str, Any], digest: str, storage: Any, url:
     """Create or load the study and its parent run; the one worker whose create_study succeeds makes the parent."""
     import optuna
 
-    kw = {"storage": storage, "sampler": _sampler(conf, int(conf.get("seed", 0))), "pruner": _pruner(conf)}
+    kw = {"storage": storage, "sampler": make_sampler(conf, int(conf.get("seed", 0))), "pruner": make_pruner(conf)}
     try:
         study = optuna.create_study(study_name=name, direction=conf.get("direction", "minimize"), **kw)
     except optuna.exceptions.DuplicatedStudyError:
@@ -196,7 +123,7 @@ def _open_study(name: str, conf: dict[str, Any], digest: str, storage: Any, url:
         if attrs.get("mlflow_parent_run_id"):
             _check_parent(name, attrs["mlflow_parent_run_id"], tracker, url)
             return study, attrs["mlflow_parent_run_id"]
-        if time.monotonic() > deadline:  # its creator died before making the parent: make it (set only if absent)
+        if time.monotonic() > deadline:  # its creator died between creating the study and the parent: take over
             study.set_user_attr("definition_hash", digest)
             study.set_user_attr("mlflow_experiment_id", tracker.experiment_id())
             study.set_user_attr("mlflow_parent_run_id", tracker.create_parent(name, conf, digest, url))
@@ -213,50 +140,6 @@ def _check_parent(name: str, run_id: str, tracker: Tracker, url: str) -> None:
             f"study '{name}': its MLflow parent run {run_id} is not in {tracker.uri}; point MLFLOW_TRACKING_URI at the "
             f"store its first worker used, or delete the study with `optuna delete-study --study-name {name} "
             f"--storage {shown_url(url)}`") from None
-
-
-def _sampler(conf: dict[str, Any], seed: int) -> Any:
-    import optuna
-
-    startup = int((conf.get("pruner") or {}).get("sampler_startup_trials", 4))
-    # constant_liar: running trials count as bad guesses, so concurrent workers explore apart.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
-
-
-def _pruner(conf: dict[str, Any]) -> Any:
-    import optuna
-
-    given = {k: v for k, v in (conf.get("pruner") or {}).items() if k not in ("kind", "sampler_startup_trials")}
-    kind = (conf.get("pruner") or {}).get("kind", "median")
-    if kind == "none":
-        return optuna.pruners.NopPruner()
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(**given)
-    if kind == "percentile":
-        return optuna.pruners.PercentilePruner(**given)
-    return optuna.pruners.MedianPruner(**({"n_startup_trials": 2, "n_warmup_steps": 1} | given))
-
-
-def _metric_check(study: str, model: str, metric: str) -> Any:
-    """A callback that stops a trial at the sanity check (before any training step) when the model does not
-    log the study's metric, naming the validation keys it does log."""
-    import lightning.pytorch as pl
-
-    class MetricCheck(pl.Callback):
-        def _check(self, trainer: Any) -> None:
-            if metric not in trainer.callback_metrics:
-                logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/")) or ["none"]
-                raise ArchbenchError(f"study '{study}': model {model} does not log '{metric}' (its validation keys: "
-                                     f"{', '.join(logged)}); set the study's metric to one of them")
-
-        def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
-            self._check(trainer)
-
-        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-            if not trainer.sanity_checking:
-                self._check(trainer)
-
-    return MetricCheck()
 
 
 def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int | None = None) -> dict[str, Any]:
@@ -291,11 +174,11 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
     def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         # Whoever fails a dead worker's trial closes its MLflow run, and retries it while it is still needed.
         tracker.close_trial(study, trial, "FAILED")
-        finished, running = _counts(study)
+        finished, running = counts(study)
         if finished + len(running) < target:
             retry(study, trial)
 
-    study, parent = _open_study(name, conf, digest, _storage(url, heartbeat_s, on_stale), url, tracker)
+    study, parent = _open_study(name, conf, digest, open_storage(url, heartbeat_s, on_stale), url, tracker)
     state_root = opts.state_dir / "tune" / name
     shared: dict[str, Any] = {}  # the datamodule, built once for all the trials of this worker
 
@@ -303,12 +186,12 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
         trial.set_user_attr("worker", worker)
         trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("mlflow_run_id", "")  # a retried trial inherits its predecessor's attrs
-        if not _admit(study, trial.number, target, poll_s):
+        if not admit(study, trial.number, target, poll_s):
             trial.set_user_attr("not_needed", True)
             raise TrialNotNeeded(f"trial {trial.number} started as the study reached {target} finished trials")
         # A sampler seeded per trial number: one worker replays a study exactly, and concurrent workers (or
         # a continued study) do not propose the same points from the same seed.
-        study.sampler = _sampler(conf, seed + trial.number)
+        study.sampler = make_sampler(conf, seed + trial.number)
         chosen = suggest(trial, conf["search_space"])
         # Every trial trains with the same seed and code, so a repeated choice would reproduce a finished
         # trial's value exactly (TPE repeats often on small categorical spaces): answer from that trial.
@@ -333,7 +216,7 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
         described = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
         trial_opts = dataclasses.replace(
             opts, results_dir=None, resume=False, state_dir=state_root / f"trial{trial.number}", progress_bar=False,
-            extra_callbacks=[PyTorchLightningPruningCallback(trial, monitor=metric), _metric_check(name, base.model, metric)],
+            extra_callbacks=[PyTorchLightningPruningCallback(trial, monitor=metric), metric_check(name, base.model, metric)],
             tags={"mlflow.parentRunId": parent, "optuna.study": name, "optuna.trial": str(trial.number),
                   "optuna.params": described},
             datamodule=shared["datamodule"], skip_test=True, monitor=metric,
@@ -365,19 +248,19 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
     def enough(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         # The other needed trials are running: wait for them (in _more_needed) rather than start a trial
         # that would only be needed if one of them failed.
-        finished, running = _counts(study)
+        finished, running = counts(study)
         if finished + len(running) >= target:
             study.stop()
 
     try:
-        _fail_stale(study)  # a killed worker's trial is failed even when no trial remains to run
-        finished, running = _counts(study)
+        fail_stale(study)  # a killed worker's trial is failed even when no trial remains to run
+        finished, running = counts(study)
         if finished < target or running:
             tracker.client.update_run(parent, status="RUNNING")  # a continued study reopens its parent
-        while _more_needed(study, target, poll_s):
+        while more_needed(study, target, poll_s):
             started = len([t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker])
             if started >= budget:
-                raise ArchbenchError(f"study '{name}': {started} trials started by this worker and only {_counts(study)[0]} "
+                raise ArchbenchError(f"study '{name}': {started} trials started by this worker and only {counts(study)[0]} "
                                      f"of {target} finished; see the failed trials in MLflow and fix their cause")
             try:
                 study.optimize(objective, n_trials=budget - started, show_progress_bar=opts.progress_bar,
@@ -392,24 +275,11 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
                 optuna.logging.get_logger("optuna").warning(f"study '{name}': a trial of this worker was failed as stale: {exc}")
         return _close(study, name, conf, target, parent, opts, tracker, worker)
     except BaseException as exc:
-        if not _counts(study)[1]:  # no other worker is running a trial: nobody else will close the parent
+        if not counts(study)[1]:  # no other worker is running a trial: nobody else will close the parent
             from benchmarks.tracking import end_run
 
             end_run(parent, "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED", tracker.uri)
         raise
-
-
-def _more_needed(study: Any, target: int, poll_s: float) -> bool:
-    """True when this worker should start trials; False once the study is complete (``target`` finished, none
-    running). In between it waits, failing the stale trials of dead workers, which frees their slots."""
-    while True:
-        _fail_stale(study)
-        finished, running = _counts(study)
-        if finished >= target and not running:
-            return False
-        if finished + len(running) < target:
-            return True
-        time.sleep(poll_s)
 
 
 def _close(study: Any, name: str, conf: dict[str, Any], target: int, parent: str, opts: RunOptions,

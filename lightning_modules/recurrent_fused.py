@@ -32,15 +32,15 @@ from torch.autograd.function import once_differentiable
 
 from lightning_modules.recurrent_kernels import (
     addmm_acc_,
-    grad_from_above_and_next,
     gate_groups,
+    grad_from_above_and_next,
+    matmul_dtype,
     mm_as,
     project_input,
     project_input_grads,
     recurrent_weight_grad,
-    use_torch_tanh,
     two_sigmoid_minus_one,
-    matmul_dtype,
+    use_torch_tanh,
 )
 
 __all__ = ["ElmanSequence", "LSTMSequence", "run_fused"]
@@ -186,6 +186,14 @@ def _local_factors(acts: Tensor, ss: Tensor, cs: Tensor, ys: Tensor, peephole: T
         torch.addcmul(f, l_i, peephole[0], out=carry).addcmul_(l_f, peephole[1])  # i, f_pre see s_{t-1}
 
 
+def _peephole_grad_(acc: Tensor, d_pre: Tensor, ss: Tensor) -> None:
+    """``acc`` [3, hidden] += the grads of p^i, p^f (they multiply s_{t-1}) and p^o (it multiplies s_t)
+    over a chunk of finished steps, summed over time and batch: d_pre [C, batch, 4h], ss [C+1, batch, h]."""
+    h = acc.shape[1]
+    acc[:2] += (d_pre[..., :2 * h].unflatten(-1, (2, h)) * ss[:-1].unsqueeze(2)).sum((0, 1))
+    acc[2] += (d_pre[..., 3 * h:] * ss[1:]).sum((0, 1))
+
+
 def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
                    d_s_last: Tensor | None) -> tuple[Tensor | None, ...]:
     """BPTT for LSTMSequence: per step ``dy_{t-1} = d_pre_t W`` and four elementwise ops, then the weight grads."""
@@ -202,9 +210,13 @@ def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
     dp_ifg_t = [[v[:, q] for q in groups] for v in d_pre.unflatten(2, (4, h)).unbind(0)]
     ds_b = ds.unsqueeze(1)  # [batch, 1, hidden] view; ds is updated in place throughout
     d_ys_t = [None] * steps if d_ys is None else d_ys.unbind(0)
+    # Peephole grads are summed chunk by chunk while the chunk's d_pre is still in cache.
+    d_peep = ss.new_zeros(3, h) if peephole is not None and ctx.needs_input_grad[6] else None
     for t in range(steps - 1, -1, -1):
         t0 = t - t % CHUNK
         if t == steps - 1 or t % CHUNK == CHUNK - 1:  # entering a new chunk [t0, t]
+            if d_peep is not None and t < steps - 1:  # the chunk after it is finished
+                _peephole_grad_(d_peep, d_pre[t + 1:t + 1 + CHUNK], ss[t + 1:t + 2 + CHUNK])
             n = t + 1 - t0
             _local_factors(acts[t0:t + 1], ss[t0:t + 2], cs[t0:t + 1], ys[t0 + 1:t + 2], peephole,
                            d_pre[t0:t + 1], k[:n], None if carry is None else carry[:n])
@@ -225,11 +237,8 @@ def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
     d_w_hh = recurrent_weight_grad(d_pre_md, ys, w_hh.dtype) if ctx.needs_input_grad[3] else None
     d_y0 = mm_as(d_pre[0], w_md, ys.dtype) if ctx.needs_input_grad[4] else None
     d_s0 = ds if ctx.needs_input_grad[5] else None
-    d_peep = None
-    if peephole is not None and ctx.needs_input_grad[6]:
-        # p^i, p^f multiply s_{t-1}, p^o multiplies s_t: sums over time and batch.
-        d_if = d_pre[..., :2 * h].unflatten(-1, (2, h)) * ss[:-1].unsqueeze(2)  # [T, batch, 2, hidden]
-        d_peep = torch.cat([d_if.sum((0, 1)), (d_pre[..., 3 * h:] * ss[1:]).sum((0, 1)).unsqueeze(0)])
+    if d_peep is not None:
+        _peephole_grad_(d_peep, d_pre[:CHUNK], ss[:CHUNK + 1])  # the first chunk
     return (*project_input_grads(ctx, d_pre_md, flat, w_ih), d_w_hh, d_y0, d_s0, d_peep, None)
 
 

@@ -25,6 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+__all__ = ["GRAIN", "addmm_acc_", "gate_groups", "grad_from_above_and_next", "matmul_dtype", "mm_as", "project_input",
+           "project_input_grads", "recurrent_weight_grad", "two_sigmoid_minus_one", "use_torch_tanh"]
+
 # tanh in the loops: torch.tanh goes through MKL's vector math, which ATen splits across threads
 # from 2048 elements on, so at two or more threads even a [64, 256] tanh is a parallel region; on a
 # shared 2-core machine each call then waits for a descheduled thread (measured 15 ms vs 0.1 ms per
@@ -47,7 +50,7 @@ def use_torch_tanh() -> bool:
 
 
 def gate_groups(first: int, n: int, batch: int, hidden: int) -> list[slice]:
-    """Gate slots first..first+n-1 in one slice where one elementwise op on them stays single-threaded, else one each."""
+    """Gate slots first..first+n-1 as one slice if one elementwise op on them stays single-threaded, else one each."""
     if torch.get_num_threads() == 1 or batch * n * hidden < GRAIN:
         return [slice(first, first + n)]
     return [slice(k, k + 1) for k in range(first, first + n)]
@@ -77,7 +80,7 @@ def addmm_acc_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 
 def project_input(x: Tensor, w_ih: Tensor, bias: Tensor | None, scale: Tensor,
-             md: torch.dtype) -> tuple[Tensor, Tensor]:
+                  md: torch.dtype) -> tuple[Tensor, Tensor]:
     """``(U x_t + b) * scale`` for all steps in one matmul.
 
     x [T, batch, input] -> (a fresh [T, batch, n_gates*hidden] in w_ih's dtype, the matmul's left

@@ -248,3 +248,17 @@ def test_continue_from_a_corrupt_checkpoint(project: Path, capsys: pytest.Captur
     (project / "bad.ckpt").write_text("not a checkpoint")
     err = _one_line_error(capsys, ["train", "hello_lstm", "--seed", "0", "--continue-from", "bad.ckpt"])
     assert "bad.ckpt is corrupt" in err
+
+
+# ---- studies, through the console script (the definitions are shared with tests/test_tune.py) ---------------
+from tests.test_tune import BAD_STUDIES  # noqa: E402
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD_STUDIES, ids=[f"{k}-{m[:24]}" for k, _, m in BAD_STUDIES])
+def test_bad_study_from_the_command_line(key: str, value: object, message: str, project: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    params = tiny_params()
+    params["studies"]["lstm_depth"][key] = value
+    write_params(project / "params.yaml", params)
+    assert message in _one_line_error(capsys, ["tune", "lstm_depth"])
+    _nothing_written(project)

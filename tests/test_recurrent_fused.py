@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.recurrent import StackedRNN, detach_state
+import lightning_modules.recurrent_fused as rf
 import lightning_modules.recurrent_kernels as rk
+from lightning_modules.recurrent import StackedRNN, detach_state
 from lightning_modules.recurrent_fused import ElmanSequence, LSTMSequence
 from tests.conftest import copy_from_torch
 
@@ -200,6 +201,22 @@ def test_dropout_and_double_backward() -> None:
     (gx,) = torch.autograd.grad(fused(x)[0].sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|double backward|does not require grad"):
         gx.sum().backward()
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+@pytest.mark.parametrize("cell", ["lstm", "peephole"])
+def test_backward_chunks_match_reference(cell: str, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LSTM backward forms its local factors (and peephole grads) chunk by chunk: with chunks of 1 and of 3
+    (T=7: a partial chunk first), values and grads still equal the per-step reference path."""
+    monkeypatch.setattr(rf, "CHUNK", chunk)
+    fused, ref = _pair(cell, 2)
+    x = torch.randn(B, T, IN, dtype=torch.float64)
+    state = _random_state(fused)
+    y, fin, grads = _run(fused, x, state)
+    y_r, fin_r, grads_r = _run(ref, x, state)
+    torch.testing.assert_close(y, y_r, **TOL64)
+    for a, b in zip(_flat(fin) + grads, _flat(fin_r) + grads_r, strict=True):
+        torch.testing.assert_close(a, b, **TOL64)
 
 
 @pytest.mark.parametrize("cell", CELLS)

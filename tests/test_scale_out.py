@@ -24,7 +24,8 @@ from optuna.trial import TrialState
 
 from benchmarks import tracking
 from benchmarks.params import load_params
-from benchmarks.tune import run_study, storage_url
+from benchmarks.study_storage import storage_url
+from benchmarks.tune import run_study
 from tests.conftest import env_for_subprocess, run_options, write_params
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -141,3 +141,23 @@ def test_a_metric_the_model_does_not_log_stops_at_the_sanity_check(project: Path
         [e.experiment_id for e in MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}").search_experiments()])
     assert runs and {r.info.status for r in runs} == {"FAILED"}  # the parent and the one trial: none left RUNNING
     assert [t.state for t in _study(project).trials] == [optuna.trial.TrialState.FAIL]
+
+
+def test_a_changed_definition_is_refused_and_more_trials_continue(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.tune as tune
+    from benchmarks.errors import ArchbenchError
+
+    values = iter([3.0, 2.0, 1.0, 0.5, 0.25, 0.125])
+    monkeypatch.setattr(tune, "run_seed", lambda exp, seed, opts: {"metrics": {"val/loss_best": next(values)}, "run_id": ""})
+    params = load_params()
+    params["studies"]["lstm_depth"]["n_trials"] = 2
+    run_study(params, "lstm_depth", run_options(project))
+    assert _study(project).study_name == "lstm_depth"  # no hash in the name: the dashboard shows the study's name
+    # More trials continue the same study; a different search space would mix incomparable trials.
+    params["studies"]["lstm_depth"]["n_trials"] = 3
+    assert run_study(params, "lstm_depth", run_options(project))["n_complete"] == 3
+    params["studies"]["lstm_depth"]["search_space"]["num_layers"]["high"] = 2
+    with pytest.raises(ArchbenchError, match=r"was defined differently .* rename the study in params.yaml, or delete the old one "
+                                             r"with `optuna delete-study --study-name lstm_depth --storage sqlite:///"):
+        run_study(params, "lstm_depth", run_options(project))
+    assert len(_study(project).trials) == 3

@@ -119,3 +119,17 @@ def classifier_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trainer.save_checkpoint(path)
     torch.set_num_threads(before)
     return path
+
+
+def mlflow_client(project_dir: Path) -> Any:
+    """The MLflow client of a test project's embedded store."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{project_dir / 'mlflow.db'}")
+
+
+def mlflow_runs(project_dir: Path, experiment: str = "archbench") -> list[Any]:
+    """Every run of the suite's MLflow experiment in a test project (none before the first run)."""
+    client = mlflow_client(project_dir)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []

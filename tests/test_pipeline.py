@@ -11,19 +11,7 @@ import pytest
 from benchmarks.errors import ArchbenchError
 from benchmarks.params import experiment_from_params, load_params
 from benchmarks.train import run_experiment, run_seed, seed_state_dir
-from tests.conftest import run_options
-
-
-def _client(project: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-
-
-def _runs(project: Path) -> list:
-    client = _client(project)
-    exp = client.get_experiment_by_name("archbench")
-    return client.search_runs([exp.experiment_id]) if exp else []
+from tests.conftest import mlflow_client, mlflow_runs, run_options
 
 
 def test_same_seed_same_metrics(project: Path) -> None:
@@ -40,9 +28,9 @@ def test_same_seed_same_metrics(project: Path) -> None:
 def test_mlflow_run_holds_params_metrics_samples_and_checkpoints(project: Path) -> None:
     exp = experiment_from_params(load_params(), "hello_elman")
     summary = run_experiment(exp, run_options(project))
-    runs = _runs(project)
+    runs = mlflow_runs(project)
     assert len(runs) == len(exp.seeds) == 2
-    client = _client(project)
+    client = mlflow_client(project)
     for run in runs:
         assert run.info.status == "FINISHED"
         params = run.data.params
@@ -116,7 +104,7 @@ def test_a_diverging_run_fails_and_publishes_nothing(project: Path) -> None:
     exploding = replace(exp, model_args=exp.model_args | {"lr": 1.0e6})
     with pytest.raises(DivergedError, match="diverged"):
         run_seed(exploding, 0, run_options(project))
-    (run,) = _runs(project)
+    (run,) = mlflow_runs(project)
     assert run.info.status == "FAILED"
     assert not (project / "results" / "words_lstm").exists()
     # Nothing resumable is left behind: the next run starts from scratch.
@@ -145,7 +133,7 @@ def test_a_poisoned_resume_never_publishes(project: Path, monkeypatch: pytest.Mo
         monkeypatch.setenv("ARCHBENCH_DATA_DIR", str(SHARED_DATA))
     again = run_seed(exp, 0, run_options(project))
     assert again["metrics"] == clean["metrics"]
-    assert {r.info.status for r in _runs(project)} == {"FINISHED", "FAILED"}
+    assert {r.info.status for r in mlflow_runs(project)} == {"FINISHED", "FAILED"}
 
 
 class Boom(RuntimeError):
@@ -162,7 +150,7 @@ def test_a_run_that_raises_ends_failed(project: Path) -> None:
     exp = experiment_from_params(load_params(), "hello_elman")
     with pytest.raises(Boom):
         run_seed(exp, 0, run_options(project, extra_callbacks=[Explode()]))
-    (run,) = _runs(project)
+    (run,) = mlflow_runs(project)
     assert run.info.status == "FAILED"
     # A failure is not a kill: nothing is left for a later run to resume.
     assert not (seed_state_dir(exp, 0, run_options(project)) / "ckpt" / "last.ckpt").exists()
@@ -179,7 +167,7 @@ def test_a_killed_run_under_changed_code_starts_over_and_says_why(project: Path,
     again = run_seed(exp, 0, run_options(project))
     said = capsys.readouterr().out
     assert "starting over" in said and "the code changed" in said
-    runs = {r.info.run_id: r.info.status for r in _runs(project)}
+    runs = {r.info.run_id: r.info.status for r in mlflow_runs(project)}
     # The killed run is closed, the new one finished: nothing is left RUNNING.
     assert sorted(runs.values()) == ["FINISHED", "KILLED"] and runs[again["run_id"]] == "FINISHED"
     assert again["epochs"] == exp.trainer["max_epochs"]
@@ -203,12 +191,12 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project:
     exp = experiment_from_params(load_params(), "hello_lstm")
     with pytest.raises(SystemExit):
         run_seed(exp, 0, run_options(project, extra_callbacks=[_kill_after_first_epoch()]))
-    (killed,) = _runs(project)
+    (killed,) = mlflow_runs(project)
     assert killed.info.status == "KILLED"
     state = seed_state_dir(exp, 0, run_options(project))
     assert (state / "ckpt" / "last.ckpt").is_file()
     resumed = run_seed(exp, 0, run_options(project))
-    runs = _runs(project)
+    runs = mlflow_runs(project)
     assert len(runs) == 1 and runs[0].info.run_id == resumed["run_id"] and runs[0].info.status == "FINISHED"
     assert resumed["timing"]["epochs"] == exp.trainer["max_epochs"]
     fresh = run_seed(exp, 0, run_options(project, resume=False))
@@ -221,13 +209,13 @@ def test_a_run_resumes_under_a_new_commit_and_records_what_changed(project: Path
     exp = experiment_from_params(load_params(), "hello_lstm")
     with pytest.raises(SystemExit):
         run_seed(exp, 0, run_options(project, extra_callbacks=[_kill_after_first_epoch()]))
-    (killed,) = _runs(project)
+    (killed,) = mlflow_runs(project)
     first = killed.data.params
     # The code moved on before the resume: a new commit, and a model argument whose value differs.
     monkeypatch.setattr(benchmarks.provenance, "git_commit", lambda project_dir: "0" * 40)
     lr = float(first["lr"]) / 2
     resumed = run_seed(exp, 0, run_options(project, model_overrides={"lr": lr}))
-    (run,) = _runs(project)  # still one run: the same one, finished
+    (run,) = mlflow_runs(project)  # still one run: the same one, finished
     assert run.info.run_id == killed.info.run_id == resumed["run_id"] and run.info.status == "FINISHED"
     assert run.data.params["git_commit"] == first["git_commit"] and run.data.params["lr"] == first["lr"]
     tags = run.data.tags
@@ -268,7 +256,7 @@ def test_a_finished_run_goes_on_from_its_checkpoint_under_a_longer_budget(projec
     ckpt = seed_state_dir(shorter, 0, run_options(project)) / "ckpt" / "last.ckpt"
     continued = run_seed(longer, 0, run_options(project, continue_from=ckpt))
     assert first["timing"]["epochs"] == 2 and continued["timing"]["epochs"] == 3
-    run = _client(project).get_run(continued["run_id"])
+    run = mlflow_client(project).get_run(continued["run_id"])
     assert continued["run_id"] != first["run_id"] and run.data.tags["continued_from"] == str(ckpt)
     # Going on from epoch 2 lands where three epochs in one go land.
     straight = run_seed(longer, 0, run_options(project, resume=False))
@@ -289,7 +277,7 @@ def test_an_experiment_that_continues_another_starts_from_its_best_checkpoint(pr
     continued = run_seed(second, 0, run_options(project))
     ckpt = project / "results" / "hello_lstm" / "seeds" / "seed_0" / "best.ckpt"
     assert continued["timing"]["epochs"] == 3
-    assert _client(project).get_run(continued["run_id"]).data.tags["continued_from"] == str(ckpt)
+    assert mlflow_client(project).get_run(continued["run_id"]).data.tags["continued_from"] == str(ckpt)
     assert second.config_hash() != replace(second, continues=None).config_hash()
     assert "continues" not in hello.as_dict()  # experiments without it keep their hash
 

@@ -11,23 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import env_for_subprocess, tiny_params, write_params
+from tests.conftest import env_for_subprocess, mlflow_runs, tiny_params, write_params
 
 
 def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-
-
-def _client(project: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-
-
-def _runs(project: Path) -> list:
-    client = _client(project)
-    exp = client.get_experiment_by_name("archbench")
-    return client.search_runs([exp.experiment_id]) if exp else []
 
 
 @pytest.mark.slow
@@ -51,7 +39,7 @@ def test_ddp_on_two_cpu_processes_writes_what_one_process_writes(project: Path) 
     metrics = json.loads((project / "results" / "hello_lstm" / "metrics.json").read_text())
     single_metrics = json.loads((project / "results_single" / "hello_lstm" / "metrics.json").read_text())
     assert set(metrics) == set(single_metrics) and metrics["n_seeds"] == 2
-    runs = _runs(project)
+    runs = mlflow_runs(project)
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}  # 2 seeds x (single, ddp)
 
 
@@ -72,13 +60,13 @@ def test_a_run_killed_with_sigkill_resumes_in_the_same_mlflow_run(project: Path)
     proc.wait()
     assert list(state.glob("*/ckpt/last.ckpt")), "the run finished no epoch before the deadline"
     assert not (project / "results" / "hello_lstm" / "metrics.json").exists()
-    (killed,) = _runs(project)
+    (killed,) = mlflow_runs(project)
     assert killed.info.status == "RUNNING"  # what SIGKILL leaves; the rerun must pick it up
     rerun = subprocess.run(["archbench", "train", "hello_lstm", "--no-progress"], cwd=project, env=env,
                            capture_output=True, text=True, check=False)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "Restoring states from the checkpoint" in rerun.stderr + rerun.stdout
-    (run,) = _runs(project)
+    (run,) = mlflow_runs(project)
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     resumed = json.loads((project / "results" / "hello_lstm" / "metrics.json").read_text())
     straight = subprocess.run(["archbench", "train", "hello_lstm", "--no-progress", "--restart"], cwd=project, env=env,

@@ -275,7 +275,7 @@ def test_bf16_autocast_forward_backward(cell: str) -> None:
 @pytest.mark.parametrize("fused", [True, False])
 def test_deterministic_algorithms_mode(fused: bool) -> None:
     """Nothing in either path raises under torch.use_deterministic_algorithms(True); two runs agree bit for bit."""
-    before = torch.are_deterministic_algorithms_enabled()
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         for cell in CELLS:
@@ -290,4 +290,4 @@ def test_deterministic_algorithms_mode(fused: bool) -> None:
             for a, b in zip(*results, strict=True):
                 assert torch.equal(a, b), cell
     finally:
-        torch.use_deterministic_algorithms(before)
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import lightning.pytorch as pl  # only for seed_everything, so both sides seed alike
 from benchmarks.build import build_datamodule, build_model
 from benchmarks.params import experiment_from_params, load_params, settings
-from lightning_modules.char_lm import IGNORE, chunk_losses
+from lightning_modules.recurrent.char_lm import IGNORE, chunk_losses
 
 params = load_params(sys.argv[1]); exp = experiment_from_params(params, sys.argv[2]); seed = int(sys.argv[3])
 torch.set_num_threads(settings(params)["threads"])

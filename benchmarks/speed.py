@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_modules.recurrent import StackedRNN
+from lightning_modules.recurrent.cells import StackedRNN
 
 # Baseline for each of our cells; the peephole LSTM has no torch counterpart, so plain LSTM is the bar.
 BASELINES: dict[str, str] = {"elman": "rnn", "lstm": "lstm", "peephole": "lstm"}
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in args.threads or [before]:
             # Thread count changes the ratio: torch's per-step gate ops are big enough for ATen to split
-            # across threads, ours are kept below that size (see lightning_modules/recurrent_kernels.py).
+            # across threads, ours are kept below that size (see lightning_modules/recurrent/kernels.py).
             torch.set_num_threads(n)
             part = run_speed(args.time_steps, args.batch, args.input, args.hidden, args.depths, args.repeats,
                              compile=args.compile, cells=args.cells, ref=not args.no_ref)

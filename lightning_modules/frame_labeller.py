@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.recurrent import StackedRNN
+from lightning_modules.recurrent.cells import StackedRNN
 
 
 class FrameEncoder(nn.Module):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.char_lm import CharLM, chunk_losses
+from lightning_modules.recurrent.char_lm import CharLM, chunk_losses
 from tests.conftest import run_options
 
 

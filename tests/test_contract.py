@@ -329,7 +329,7 @@ def test_every_rank_logs_the_same_numbers_under_ddp(name: str, classifier_ckpt: 
     assert tested >= ({"test/bleu", "test/loss"} if name == "seq2seq" else {"test/fid", "test/fid_floor", "test/is"})
     assert {k: ranks[0][k] for k in tested} == {k: ranks[1][k] for k in tested}
     if name == "seq2seq":  # the oracle: one process scoring the whole test split with the trained weights
-        from lightning_modules.decoding import PAD, corpus_bleu
+        from lightning_modules.recurrent.decoding import PAD, corpus_bleu
 
         model.eval()
         nll, tokens, hyps, refs = 0.0, 0, [], []

@@ -229,7 +229,7 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_it_is_not_the_best(projec
     import lightning.pytorch as pl
     import torch
 
-    from lightning_modules.char_lm import CharLM
+    from lightning_modules.recurrent.char_lm import CharLM
 
     # "max" on a falling val/loss: epoch 0 stays the best, every later epoch is worse by the monitor.
     monkeypatch.setattr(CharLM, "monitor_mode", "max", raising=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.recurrent import (
+from lightning_modules.recurrent.cells import (
     CELLS,
     ElmanCell,
     ElmanNet,

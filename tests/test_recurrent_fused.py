@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import lightning_modules.recurrent_fused as rf
-import lightning_modules.recurrent_kernels as rk
-from lightning_modules.recurrent import StackedRNN, detach_state
-from lightning_modules.recurrent_fused import ElmanSequence, LSTMSequence
+import lightning_modules.recurrent.fused as rf
+import lightning_modules.recurrent.kernels as rk
+from lightning_modules.recurrent.cells import StackedRNN, detach_state
+from lightning_modules.recurrent.fused import ElmanSequence, LSTMSequence
 from tests.conftest import copy_from_torch
 
 TOL64 = dict(atol=1e-8, rtol=1e-8)

@@ -13,7 +13,7 @@ from torch import nn
 
 from datamodules.conllu import UPOS, UDPOSDataModule, parse_conllu
 from datamodules.sources import ENV_VAR
-from lightning_modules.tagger import Tagger, reverse_padded
+from lightning_modules.recurrent.tagger import Tagger, reverse_padded
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 needs_ewt = pytest.mark.skipif(not (SHARED / "ud_ewt").is_dir(), reason="shared UD-EWT copy absent")

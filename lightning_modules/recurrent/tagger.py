@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.recurrent import StackedRNN
+from lightning_modules.recurrent.cells import StackedRNN
 
 IGNORE = -100  # padded tags, cross_entropy's ignore_index
 PAD_ID = 0  # the datamodule's <pad> word id

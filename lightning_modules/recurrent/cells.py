@@ -9,7 +9,7 @@ layer. The loop then iterates over ``xw.unbind(1)`` (indexing ``xw[:, t]`` makes
 autograd write a full-size gradient tensor every step) and does a single fused
 ``addmm`` for all gates per step. That per-step autograd loop is StackedRNN's
 readable reference (``fused=False``); the default runs the same equations as
-whole-sequence Functions with hand-written BPTT (recurrent_fused.py), which also
+whole-sequence Functions with hand-written BPTT (recurrent/fused.py), which also
 handle ``torch.autocast`` (bf16 matmuls, float32 state). ``archbench speed``
 times both against torch.nn.LSTM / nn.RNN.
 """
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.recurrent_fused import run_fused
+from lightning_modules.recurrent.fused import run_fused
 
 # Elman state is a single tensor s; LSTM state is the pair (y, s).
 State = Union[Tensor, tuple[Tensor, Tensor]]
@@ -219,7 +219,7 @@ class StackedRNN(nn.Module):
         self.num_layers = num_layers
         self.dropout = float(dropout)
         self.learn_s0 = learn_s0
-        # fused: whole-sequence Functions with hand-written BPTT (recurrent_fused.py); False keeps the
+        # fused: whole-sequence Functions with hand-written BPTT (recurrent/fused.py); False keeps the
         # per-step autograd path below, the readable reference the fused path is tested against.
         self.fused = fused
         cls = CELLS[cell]

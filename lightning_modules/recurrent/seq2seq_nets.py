@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.decoding import PAD
-from lightning_modules.recurrent import StackedRNN
+from lightning_modules.recurrent.decoding import PAD
+from lightning_modules.recurrent.cells import StackedRNN
 
 ATTENTIONS = ("none", "luong")
 

@@ -1,4 +1,4 @@
-"""Building blocks of the fused recurrent Functions (lightning_modules/recurrent_fused.py): matmuls in
+"""Building blocks of the fused recurrent Functions (lightning_modules/recurrent/fused.py): matmuls in
 the right dtype and layout, and the rules that keep each time step's elementwise ops single-threaded.
 
 Matmul backend: ATen's default CPU BLAS (MKL). We timed oneDNN on the same shapes through every

@@ -9,11 +9,11 @@ derivatives formed for chunks of steps at once) and forms ``dW_hh = sum_t dgates
 after the loop as ONE matmul over all [time*batch] rows. The input projection ``U x_t + b`` is
 one matmul over the whole sequence (its output buffer is then reused in place for the gates),
 and ``dU``, ``db`` come from one matmul too. Matmul backend, layouts and mixed precision:
-lightning_modules/recurrent_kernels.py.
+lightning_modules/recurrent/kernels.py.
 
 Everything is time-major ([time, batch, ...]) so each step's slice is contiguous; the
 top layer's output is handed back as a [batch, time, hidden] view (as nn.LSTM(batch_first=True)).
-Equations are exactly those of lightning_modules/recurrent.py (gate order i, f, g, o;
+Equations are exactly those of lightning_modules/recurrent/cells.py (gate order i, f, g, o;
 peepholes: i and f see s_{t-1}, o sees s_t). Double backward is not supported.
 
 Under ``torch.autocast`` ``run_fused`` picks the matmul dtype and runs the Functions with
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from lightning_modules.recurrent_kernels import (
+from lightning_modules.recurrent.kernels import (
     addmm_acc_,
     gate_groups,
     grad_from_above_and_next,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_modules.recurrent import StackedRNN, detach_state
+from lightning_modules.recurrent.cells import StackedRNN, detach_state
 
 IGNORE = -100  # padded targets; the datamodules use cross_entropy's ignore_index
 

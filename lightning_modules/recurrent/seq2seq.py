@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_modules.decoding import (PAD, SPECIALS, beam_search, bleu_signature, corpus_bleu, detokenize,
+from lightning_modules.recurrent.decoding import (PAD, SPECIALS, beam_search, bleu_signature, corpus_bleu, detokenize,
                                         greedy_decode, ids_to_tokens)
 # Re-exported: the networks live in seq2seq_nets.py, the tests and older imports reach them from here.
-from lightning_modules.seq2seq_nets import ATTENTIONS, Seq2SeqNet, run_masked  # noqa: F401
+from lightning_modules.recurrent.seq2seq_nets import ATTENTIONS, Seq2SeqNet, run_masked  # noqa: F401
 
 DEFAULT_CORPUS = "multi30k test_2016_flickr"
 

@@ -183,7 +183,12 @@ def run_density_study(datasets: list[str], dims: list[int], n_train: int | None,
         "results": results,
         "crossover": {name: entry["crossover"] for name, entry in results.items()},
     }
+    # Fit times vary with the machine's load: they go to provenance.json, which DVC leaves out of the output's
+    # hash, so density.json (and dvc.lock) depend on the data, settings and code alone.
+    timings = {name: {str(d): {m: r[m].pop("fit_seconds") for m in METHODS} for d, r in entry["dims"].items()}
+               for name, entry in results.items()}
     (out_dir / "density.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "provenance.json").write_text(json.dumps({"fit_seconds": timings}, indent=1))
     plot(results, out_dir / "kde_vs_dim.png")
     return report
 

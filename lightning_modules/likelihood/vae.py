@@ -17,19 +17,15 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.likelihood.bounds import (LogWeightFn, bernoulli_log_prob, check_ks, importance_weighted_nll,
-                                          normal_kl, normal_log_prob, randn)
+from lightning_modules.likelihood.bounds import LogWeightFn, bernoulli_log_prob, normal_kl, normal_log_prob, randn
+from lightning_modules.likelihood.evaluation import LatentVariableModel, check_int, check_nll_settings, grid_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# val/test draws come from a CPU generator reset to this each epoch: epochs compare on the same noise, and
-# every device on the same numbers (likelihood.randn draws on the CPU and moves them).
-EVAL_SEED = 0
 VARIANTS = ("seed", "standard")
 
 
@@ -49,31 +45,9 @@ def check_image_shape(image_shape: Sequence[int]) -> int:
     return math.prod(image_shape)
 
 
-def check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def check_binary(x: Tensor, model: str) -> None:
     if bool(((x != 0) & (x != 1)).any()):
         raise ValueError(f"{model} has a Bernoulli decoder: set the datamodule's binarize: true")
-
-
-def _grid_figure(images: Tensor, nrow: int) -> Figure:
-    """Images [N, 1, H, W] in [0, 1] tiled into rows of ``nrow``, one grey Axes (no pyplot state)."""
-    from matplotlib.figure import Figure  # lazy: matplotlib costs a noticeable import
-
-    n, _, h, w = images.shape
-    rows = math.ceil(n / nrow)
-    canvas = torch.ones(rows * (h + 1) + 1, nrow * (w + 1) + 1)  # 1-pixel white gutters
-    for i, img in enumerate(images.detach().float().cpu().clamp(0, 1)):
-        r, c = divmod(i, nrow)
-        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = img[0]
-    fig = Figure(figsize=(nrow * 0.6 + 0.2, rows * 0.6 + 0.2))
-    ax = fig.add_subplot()
-    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.axis("off")
-    return fig
 
 
 class GaussianEncoder(nn.Module):
@@ -95,9 +69,8 @@ class GaussianEncoder(nn.Module):
         return h, torch.zeros_like(h)
 
 
-class VAE(pl.LightningModule):
-    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
-    monitor_mode = "min"
+class VAE(LatentVariableModel):
+    """q(z|x) = N(g(x), diag σ²(x)) or the seed's N(g(x), I); p(z) = N(0, I); the decoder f(z) per ``variant``."""
 
     def __init__(
         self,
@@ -117,22 +90,15 @@ class VAE(pl.LightningModule):
         dims = check_image_shape(image_shape)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
-        for name, value in (("latent_dim", latent_dim), ("hidden_dim", hidden_dim), ("nll_chunk", nll_chunk)):
+        for name, value in (("latent_dim", latent_dim), ("hidden_dim", hidden_dim)):
             check_int(name, value, 1)
         check_int("traversal_dims", traversal_dims, 0)
         check_int("sample_count", sample_count, 0)
-        if nll_images is not None:
-            check_int("nll_images", nll_images, 1)
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        nll_k = check_ks("nll_k", nll_k)
+        nll_k = check_nll_settings(nll_k, nll_images, nll_chunk, lr)
         self.save_hyperparameters()
         self.dims = dims
         self.encoder = GaussianEncoder(dims, hidden_dim, latent_dim, learn_var=variant == "standard")
         self.decoder = mlp([latent_dim, hidden_dim, hidden_dim, dims])  # f(z): Gaussian means or Bernoulli logits
-        self._eval_gen: torch.Generator | None = None
-        self._val_images: Tensor | None = None  # a few fixed val images for the reconstruction figure
-        self._nll_seen = 0
 
     # ---- the model ------------------------------------------------------------------------------
     def log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
@@ -180,6 +146,13 @@ class VAE(pl.LightningModule):
         mean = out.clamp(0, 1) if self.hparams.variant == "seed" else torch.sigmoid(out)
         return mean.view(-1, *self.hparams.image_shape)
 
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decoder means [n, C, H, W] at z ~ N(0, I)."""
+        return self.decode_mean(randn((n, self.hparams.latent_dim), generator, self.device))
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decode_mean(self.encoder(x.flatten(1))[0])  # z = the encoder mean
+
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _ = batch  # [batch, C, H, W]
@@ -197,46 +170,13 @@ class VAE(pl.LightningModule):
         return loss
 
     def _eval_step(self, x: Tensor, stage: str) -> None:
-        n = len(x)
+        if stage == "test" and self.hparams.variant == "standard":
+            check_binary(x, "variant 'standard'")
         recon, kl = self.elbo_terms(x, self._eval_gen)
-        neg_elbo = recon + kl  # [batch]
-        self.log(f"{stage}/loss", neg_elbo.mean(), on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
-        self.log(f"{stage}/elbo", -neg_elbo.mean(), on_epoch=True, batch_size=n, sync_dist=True)
-        self.log(f"{stage}/recon", recon.mean(), on_epoch=True, batch_size=n, sync_dist=True)
-        self.log(f"{stage}/kl", kl.mean(), on_epoch=True, batch_size=n, sync_dist=True)
+        neg_elbo = self._log_neg_elbo(stage, recon, {"kl": kl})  # [batch]
         if self.hparams.variant == "seed":
             self.log(f"{stage}/seed_loss", neg_elbo.mean() - 0.5 * self.dims * math.log(2 * math.pi),
-                     on_epoch=True, batch_size=n, sync_dist=True)
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, _ = batch
-        if batch_idx == 0:
-            self._val_images = x[:8].detach()
-        self._eval_step(x, "val")
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
-        self._nll_seen = 0
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, _ = batch
-        if self.hparams.variant == "standard":
-            check_binary(x, "variant 'standard'")
-        self._eval_step(x, "test")
-        limit = self.hparams.nll_images
-        x = x if limit is None else x[: max(0, limit - self._nll_seen)]  # the first nll_images test images
-        if len(x):
-            nlls = importance_weighted_nll(self.log_weight_fn(x), self.hparams.nll_k, self.hparams.nll_chunk,
-                                           self._eval_gen)
-            for k, nll in nlls.items():
-                self.log(f"test/nll_k{k}", nll.mean(), on_epoch=True, batch_size=len(x), sync_dist=True)
-            self._nll_seen += len(x)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+                     on_epoch=True, batch_size=len(x), sync_dist=True)
 
     def metric_settings(self) -> dict[str, Any]:
         seed = self.hparams.variant == "seed"
@@ -244,32 +184,16 @@ class VAE(pl.LightningModule):
             "loss_unit": "nats per image",
             "loss": "-ELBO, KL in closed form, one z per image" + (" (seed_loss = loss - ½ D log 2π)" if seed else ""),
             "decoder": "N(f(z), I) density on [0, 1] pixels (continuous)" if seed else "Bernoulli on binarized pixels",
-            "nll": "importance-weighted bound, Burda et al. 2016, nested draws; q(z|x) proposal",
-            "nll_k": list(self.hparams.nll_k),
-            "nll_images": self._nll_seen or self.hparams.nll_images,
-            "eval_seed": EVAL_SEED,
-        }
+        } | self.nll_settings("q(z|x)")
 
     # ---- figures --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def make_samples(self) -> dict[str, Figure]:
-        was_training = self.training
-        self.eval()
-        gen = torch.Generator().manual_seed(EVAL_SEED)  # the same z every epoch
+    def extra_figures(self) -> dict[str, Figure]:
+        """The latent traversal: row d moves z_d over prior quantiles, the other dims at the prior mean."""
         latent = self.hparams.latent_dim
-        figures: dict[str, Figure] = {}
-        if self.hparams.sample_count:
-            z = randn((self.hparams.sample_count, latent), gen, self.device)
-            figures["samples.png"] = _grid_figure(self.decode_mean(z), nrow=8)  # decoder means, not noisy draws
-        if self._val_images is not None:
-            x = self._val_images
-            recon = self.decode_mean(self.encoder(x.flatten(1))[0])  # z = the encoder mean
-            figures["reconstructions.png"] = _grid_figure(torch.cat([x, recon]), nrow=len(x))  # inputs above recons
         rows = min(self.hparams.traversal_dims, latent)
-        if rows:
-            values = torch.linspace(-2.5, 2.5, 9, device=self.device)  # prior quantiles ~0.6% .. 99.4%
-            z = torch.zeros(rows, len(values), latent, device=self.device)
-            z[torch.arange(rows), :, torch.arange(rows)] = values  # row d moves dim d, the rest at the prior mean
-            figures["traversal.png"] = _grid_figure(self.decode_mean(z.view(-1, latent)), nrow=len(values))
-        self.train(was_training)
-        return figures
+        if not rows:
+            return {}
+        values = torch.linspace(-2.5, 2.5, 9, device=self.device)  # prior quantiles ~0.6% .. 99.4%
+        z = torch.zeros(rows, len(values), latent, device=self.device)
+        z[torch.arange(rows), :, torch.arange(rows)] = values
+        return {"traversal.png": grid_figure(self.decode_mean(z.view(-1, latent)), nrow=len(values))}

@@ -101,7 +101,7 @@ def publish(params: dict[str, Any], name: str, results_dir: Path, ledger_dir: Pa
     from benchmarks.results import write_json
 
     exp = experiment_from_params(params, name)
-    record = build_record(exp, results_dir, code_hash())
+    record = build_record(exp, results_dir, code_hash(exp))
     ledger = ledger_dir or ledger_dir_for(results_dir)
     write_json(ledger / f"{name}.json", record)
     write_json(ledger / "metrics" / f"{name}.json", record["summary"] | {"n_seeds": len(record["seeds"])})

@@ -27,16 +27,68 @@ TRAINING_PATH = ("benchmarks/build.py", "benchmarks/callbacks.py", "benchmarks/g
 PIPELINE_FILES = ("dvc.lock",)
 
 
+def code_hash(exp: Any = None) -> str:
+    """sha256 (12 hex digits) over the sources a trained number depends on, in a fixed order.
+
+    For an experiment: its model's and its datamodule's files with every project module they import (so an
+    edit to the GAN does not stale a finished LSTM seed), plus the training path. Without one: all of them.
+    """
+    if exp is None:
+        return _hash_files(tuple(p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))))
+    from datamodules import DATAMODULES
+    from lightning_modules import MODELS
+
+    roots = [MODELS[exp.model].__module__, DATAMODULES[exp.data].__module__]
+    return _hash_files(tuple(sorted(_closure(roots))))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
 @functools.cache
-def code_hash() -> str:
-    """sha256 (12 hex digits) over the sources a trained number depends on, in a fixed order."""
-    root = Path(__file__).resolve().parents[1]
+def _hash_files(paths: tuple[Path, ...]) -> str:
     digest = hashlib.sha256()
-    paths = [p for package in PACKAGES for p in sorted((root / package).rglob("*.py"))]
-    for path in paths + [root / name for name in TRAINING_PATH]:
-        digest.update(str(path.relative_to(root)).encode())
+    for path in list(paths) + [ROOT / name for name in TRAINING_PATH]:
+        digest.update(str(path.relative_to(ROOT)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _closure(modules: list[str]) -> set[Path]:
+    """The files of these modules and of every module of the packages they import, transitively (read, not run)."""
+    import ast
+
+    seen: set[Path] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in PACKAGES:  # the registries: they import every model, but no model's numbers depend on them
+            continue
+        path = _module_file(name)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                if name.split(".")[0] in PACKAGES:
+                    todo.append(name)
+                    # `from pkg import mod` names a module too
+                    if isinstance(node, ast.ImportFrom):
+                        todo.extend(f"{name}.{a.name}" for a in node.names)
+                    parent = name.rsplit(".", 1)[0]
+                    if "." in name:
+                        todo.append(parent)  # a package's __init__ runs on import
+    return seen
 
 
 def _git(project_dir: str | os.PathLike, *args: str) -> str:

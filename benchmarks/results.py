@@ -136,7 +136,7 @@ def merge_seeds(exp: Experiment, results_dir: Path, code: str | None = None) -> 
     from benchmarks.provenance import code_hash
 
     out = results_dir / exp.name
-    kept, stale = current_seeds(exp, out, code or code_hash())
+    kept, stale = current_seeds(exp, out, code or code_hash(exp))
     if not kept:
         why = f" ({'; '.join(stale)})" if stale else ""
         raise ArchbenchError(f"{exp.name}: no finished seed to merge{why}; run `archbench train {exp.name}` first")

@@ -190,7 +190,7 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     dm = opts.datamodule if opts.datamodule is not None else build_datamodule(exp, opts.data_dir)
     model = build_model(exp, dm, opts.model_overrides)
     data_hash = dm.content_hash()
-    fp = Fingerprint(exp.config_hash(), data_hash, code_hash())
+    fp = Fingerprint(exp.config_hash(), data_hash, code_hash(exp))
     state = seed_state_dir(exp, seed, opts)
     run_id_file = state / "run_id"
     previous_run = run_id_file.read_text().strip() if rank0 and run_id_file.is_file() else None

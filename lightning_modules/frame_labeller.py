@@ -10,12 +10,11 @@ over the reversed video, so labels use future frames too (offline labelling).
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_modules.classification import ClassificationModule
 from lightning_modules.recurrent.cells import StackedRNN
 
 
@@ -76,11 +75,8 @@ class FrameLabellerNet(nn.Module):
         return self.head(self.drop(h))  # logits [batch, T, num_classes]
 
 
-class FrameLabeller(pl.LightningModule):
+class FrameLabeller(ClassificationModule):
     """Per-frame cross-entropy; reports per-frame accuracy over all frames of all videos."""
-
-    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
-    monitor_mode = "min"
 
     def __init__(
         self,
@@ -117,32 +113,15 @@ class FrameLabeller(pl.LightningModule):
         self.save_hyperparameters()
         self.net = FrameLabellerNet(list(frame_shape), num_classes, cell, recurrent, bidirectional, channels,
                                     feature_dim, hidden_size, num_layers, dropout, forget_bias)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.init_accuracy(num_classes)
 
     def forward(self, frames: Tensor) -> Tensor:
         return self.net(frames)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        frames, labels = batch  # [batch, T, C, H, W], [batch, T]
-        loss = F.cross_entropy(self(frames).flatten(0, 1), labels.flatten())
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=labels.numel())
-        return loss
-
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
+    def logits_and_targets(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Every frame is one example: [batch * T, num_classes] and [batch * T] from [batch, T, C, H, W], [batch, T]."""
         frames, labels = batch
-        logits = self(frames).flatten(0, 1)  # [batch * T, num_classes]
-        n = labels.numel()  # weights by frames: the epoch value is the per-frame mean
-        self.log(f"{stage}/loss", F.cross_entropy(logits, labels.flatten()), on_epoch=True,
-                 prog_bar=stage == "val", batch_size=n, sync_dist=True)
-        accuracy(logits, labels.flatten())
-        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_acc)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_acc)
+        return self(frames).flatten(0, 1), labels.flatten()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

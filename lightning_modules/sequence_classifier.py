@@ -10,12 +10,11 @@ Bengio et al. (1994): how much of the error signal survives the trip back over `
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_modules.classification import ClassificationModule
 from lightning_modules.recurrent.cells import StackedRNN
 
 
@@ -56,11 +55,8 @@ def input_grad_norms(net: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tens
     return grad[:, 0].norm(dim=-1).detach(), grad[:, -1].norm(dim=-1).detach()
 
 
-class SequenceClassifier(pl.LightningModule):
+class SequenceClassifier(ClassificationModule):
     """One label per sequence from the last step; cross-entropy, Adam; accuracy and input-gradient norms."""
-
-    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
-    monitor_mode = "min"
 
     def __init__(
         self,
@@ -87,31 +83,13 @@ class SequenceClassifier(pl.LightningModule):
             raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
         self.save_hyperparameters()
         self.net = RecurrentClassifierNet(input_size, num_classes, cell, hidden_size, num_layers, dropout, forget_bias)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.init_accuracy(num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch  # [batch, T, input], [batch]
-        loss = F.cross_entropy(self(x), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        return loss
-
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
-        x, y = batch
-        logits = self(x)  # [batch, num_classes]
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=stage == "val", batch_size=len(y),
-                 sync_dist=True)
-        accuracy(logits, y)
-        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=len(y), sync_dist=True)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_acc)
-
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_acc)
+        super().test_step(batch, batch_idx)  # batches [batch, T, input], [batch]
         if batch_idx < self.hparams.grad_batches:
             x, y = batch
             first, last = input_grad_norms(self.net, x, y)  # [batch] each

@@ -4,7 +4,6 @@ sampling, and a tiny run on digits."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,12 +17,7 @@ from lightning_modules.likelihood.diffusion import DDPM
 from lightning_modules.likelihood.bounds import discretized_gaussian_log_prob
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _tiny(**kwargs: object) -> DDPM:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import lightning.pytorch as pl
 import pytest
@@ -16,13 +15,8 @@ from lightning_modules.sequence_classifier import SequenceClassifier, input_grad
 TRAINER = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny per-step matmuls: intra-op threads only add synchronisation on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny per-step matmuls: intra-op threads only add synchronisation on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_sequences_follow_the_rules_and_are_deterministic() -> None:

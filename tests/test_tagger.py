@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -39,14 +38,9 @@ def _no_env_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # A time loop of tiny matmuls gains nothing from intra-op threads, and on a busy 2-core machine
-    # their synchronisation made these runs ~8x slower (measured: 5 s vs 43 s for the tiny run).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# A time loop of tiny matmuls gains nothing from intra-op threads, and on a busy 2-core machine
+# their synchronisation made these runs ~8x slower (measured: 5 s vs 43 s for the tiny run).
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_parse_skips_comments_multiword_ranges_and_empty_nodes() -> None:

@@ -7,7 +7,6 @@ importance-weighted bound against an exact marginal and its ordering in k, and t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import lightning.pytorch as pl
 import pytest
@@ -21,13 +20,8 @@ from lightning_modules.likelihood.bounds import (bernoulli_log_prob, importance_
 from lightning_modules.likelihood.vae import VAE
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny MLPs on the 2 shared cores: a second intra-op thread only waits (see test_fid.py).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny MLPs on the 2 shared cores: a second intra-op thread only waits (see test_fid.py).
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _trainer(epochs: int, **kwargs: object) -> pl.Trainer:

@@ -25,7 +25,7 @@ from datamodules.sources import sha256_file
 from lightning_modules.metrics.classifier import DomainClassifier
 from lightning_modules.metrics.fid import DomainFID, MonitorsFID, floor_images, load_feature_extractor
 from lightning_modules.adversarial.dcgan_nets import check_image_shape
-from lightning_modules.adversarial.losses import discriminator_objective, generator_loss
+from lightning_modules.adversarial.losses import adam_pair, check_adam_settings, discriminator_objective, generator_loss
 from lightning_modules.figures import columns_grid
 from lightning_modules.adversarial.pix2pix import PatchDiscriminator
 
@@ -136,13 +136,7 @@ class CycleGAN(MonitorsFID, pl.LightningModule):
                 raise ValueError(f"{name} must be a class label in 0..{num_classes - 1}, got {value!r}")
         if domain_a == domain_b:
             raise ValueError(f"domain_a and domain_b must differ, both are {domain_a}")
-        for name, value in (("lam_cycle", lam_cycle), ("lam_identity", lam_identity)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        check_adam_settings(lr, betas, lam_cycle=lam_cycle, lam_identity=lam_identity)
         self.save_hyperparameters()
         self.automatic_optimization = False
         c = image_shape[0]
@@ -190,11 +184,9 @@ class CycleGAN(MonitorsFID, pl.LightningModule):
         self.log("train/d_loss", d_loss.detach(), on_step=False, on_epoch=True, batch_size=n)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        betas = tuple(self.hparams.betas)
         gens = [*self.g_ab.parameters(), *self.g_ba.parameters()]
         discs = [*self.d_a.parameters(), *self.d_b.parameters()]
-        return [torch.optim.Adam(gens, lr=self.hparams.lr, betas=betas),
-                torch.optim.Adam(discs, lr=self.hparams.lr, betas=betas)]
+        return adam_pair(gens, discs, self.hparams.lr, self.hparams.betas)
 
     # ---- evaluation ----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -23,8 +23,9 @@ import torch
 from torch import Tensor
 
 # generator_loss and the rest are re-exported: pix2pix, CycleGAN and the tests import them from here too.
-from lightning_modules.adversarial.losses import (G_LOSSES, discriminator_objective, generator_loss,  # noqa: F401
-                                                  linear_decay_factor, r1_penalty)
+from lightning_modules.adversarial.losses import (G_LOSSES, adam_pair, check_adam_settings,  # noqa: F401
+                                                  discriminator_objective, generator_loss, linear_decay_factor,
+                                                  r1_penalty)
 from lightning_modules.adversarial.dcgan_nets import D_NORMS, Discriminator, Generator, check_image_shape
 from lightning_modules.metrics.fid import (DomainFID, FeatureExtractor, MonitorsFID, floor_image_sets, inception_score,
                                    load_feature_extractor)
@@ -80,14 +81,11 @@ class GAN(MonitorsFID, pl.LightningModule):
                                  *((("lr_decay_from", lr_decay_from, 0),) if lr_decay_from is not None else ())):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
+        check_adam_settings(lr, betas)
         if lr_d is not None and (isinstance(lr_d, bool) or not lr_d > 0):
             raise ValueError(f"lr_d must be positive, or null for D to use lr, got {lr_d!r}")
         if d_norm not in D_NORMS:
             raise ValueError(f"d_norm must be one of {D_NORMS}, got {d_norm!r}")
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         if isinstance(r1_gamma, bool) or not isinstance(r1_gamma, (int, float)) or not 0 <= r1_gamma < math.inf:
             raise ValueError(f"r1_gamma must be a number >= 0 (0 turns the penalty off), got {r1_gamma!r}")
         if isinstance(ema_decay, bool) or not 0 <= ema_decay < 1:
@@ -195,11 +193,10 @@ class GAN(MonitorsFID, pl.LightningModule):
             sampler.train(was_training)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        betas = tuple(self.hparams.betas)
         # lr_d != lr is the two time-scale update rule (Heusel et al. 2017, https://arxiv.org/abs/1706.08500):
         # a faster D tracks the current G more closely, so G follows a better-estimated gradient.
-        return [torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
-                torch.optim.Adam(self.discriminator.parameters(), lr=self._lr_d(), betas=betas)]
+        return adam_pair(self.generator.parameters(), self.discriminator.parameters(), self.hparams.lr,
+                         self.hparams.betas, self._lr_d())
 
     def _lr_d(self) -> float:
         return self.hparams.lr if self.hparams.lr_d is None else self.hparams.lr_d

@@ -1,4 +1,4 @@
-"""The adversarial objectives GAN, pix2pix and CycleGAN share: the seed's value function and its G losses.
+"""What GAN, pix2pix and CycleGAN share: the seed's value function, its G losses and the two Adam optimizers.
 
 The seed's ``R = mean_x[-½ log D(x) - ½ log(1 - D(G(z)))]`` (Goodfellow et al. 2014,
 https://arxiv.org/abs/1406.2661) is what D minimises; G either maximises R ("minimax") or minimises the
@@ -6,6 +6,8 @@ usual non-saturating -½ log D(G(z)). All work on D's logits: log D = logsigmoid
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,25 @@ def r1_penalty(discriminator: nn.Module, real: Tensor) -> tuple[Tensor, Tensor]:
     logits = discriminator(real)  # [batch]
     (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)  # [batch, C, H, W]
     return logits, grad.pow(2).flatten(1).sum(1).mean()
+
+
+def check_adam_settings(lr: float, betas: Sequence[float], **loss_weights: float) -> None:
+    """One-line ValueErrors for the loss weights (each >= 0; 0 drops its term), lr (> 0) and Adam's two betas."""
+    for name, value in loss_weights.items():
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0 (0 drops its term), got {value}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+
+
+def adam_pair(generator_params: Iterable[nn.Parameter], discriminator_params: Iterable[nn.Parameter], lr: float,
+              betas: Sequence[float], lr_d: float | None = None) -> list[torch.optim.Optimizer]:
+    """[G's Adam, D's Adam], the order the manual-optimization steps unpack; D uses ``lr_d`` when given."""
+    betas = tuple(betas)
+    return [torch.optim.Adam(generator_params, lr=lr, betas=betas),
+            torch.optim.Adam(discriminator_params, lr=lr if lr_d is None else lr_d, betas=betas)]
 
 
 def linear_decay_factor(epoch: int, decay_from: int, max_epochs: int) -> float:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
 from lightning_modules.metrics.fid import DomainFID, MonitorsFID, floor_images, load_feature_extractor
-from lightning_modules.adversarial.losses import discriminator_objective, generator_loss
+from lightning_modules.adversarial.losses import adam_pair, check_adam_settings, discriminator_objective, generator_loss
 from lightning_modules.figures import columns_grid
 
 
@@ -139,12 +139,7 @@ class Pix2Pix(MonitorsFID, pl.LightningModule):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if not lam >= 0:
-            raise ValueError(f"lam must be >= 0 (0 = L1 only), got {lam}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        check_adam_settings(lr, betas, lam=lam)  # lam = 0: L1 only
         self.save_hyperparameters()
         self.automatic_optimization = False
         c = image_shape[0]
@@ -189,9 +184,8 @@ class Pix2Pix(MonitorsFID, pl.LightningModule):
         self.log("train/l1", l1.detach(), on_step=False, on_epoch=True, batch_size=n)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        betas = tuple(self.hparams.betas)
-        return [torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
-                torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas)]
+        return adam_pair(self.generator.parameters(), self.discriminator.parameters(), self.hparams.lr,
+                         self.hparams.betas)
 
     # ---- evaluation ----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -17,29 +17,25 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.likelihood.diffusion_unet import UNet
 from lightning_modules.likelihood.bounds import bits_per_dim, discretized_gaussian_log_prob, normal_kl, randint, randn
-from lightning_modules.likelihood.vae import _grid_figure, check_image_shape, check_int
+from lightning_modules.likelihood.evaluation import EVAL_SEED, SeededEvaluation, check_int, grid_figure
+from lightning_modules.likelihood.vae import check_image_shape
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# val/test noise and timesteps come from a CPU generator reset to this each epoch, drawn on the CPU and moved
-# (likelihood.randn), so the eval numbers are the same on every device.
-EVAL_SEED = 0
 SAMPLE_BATCH = 256  # images generated at once for the FID
 REVERSE_VARIANCES = ("beta", "beta_tilde")
 
 
 # --- the system -----------------------------------------------------------------------------------
-class DDPM(pl.LightningModule):
-    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
-    monitor_mode = "min"
+class DDPM(SeededEvaluation):
+    """A U-Net ε_θ over the fixed linear-β noising chain; val/loss is L_simple on seeded t and noise."""
 
     def __init__(
         self,
@@ -106,7 +102,6 @@ class DDPM(pl.LightningModule):
         # to the images' dtype only after they are formed. Rebuilt from hparams, so not checkpointed.
         for name, value in (("betas", betas), ("alpha_bar", alpha_bar), ("rev_var", rev_var)):
             self.register_buffer(name, value, persistent=False)
-        self._eval_gen: torch.Generator | None = None
         self._bpd_seen = 0
         self._fid: Any = None
         self._fid_settings: dict[str, Any] = {}
@@ -225,16 +220,13 @@ class DDPM(pl.LightningModule):
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
-
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _ = batch
         self.log("val/loss", self.eps_loss(x, self._eval_gen), on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
+        super().on_test_epoch_start()
         self._bpd_seen = 0
         self._fid = None
         if self.hparams.fid_checkpoint:
@@ -276,9 +268,6 @@ class DDPM(pl.LightningModule):
         self._fid_settings = {f"fid_{k}": v for k, v in self._fid.settings().items()} | {"fid_sample_steps": steps}
         self._fid = None
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
     def metric_settings(self) -> dict[str, Any]:
         stride, T = self.bpd_stride(), self.hparams.timesteps
         settings: dict[str, Any] = {
@@ -305,4 +294,4 @@ class DDPM(pl.LightningModule):
         gen = torch.Generator().manual_seed(EVAL_SEED)  # the same x_T every epoch
         images = self.sample(self.hparams.sample_count, self.hparams.sample_steps, gen)
         self.train(was_training)
-        return {"samples.png": _grid_figure(images, nrow=min(8, self.hparams.sample_count))}
+        return {"samples.png": grid_figure(images, nrow=min(8, self.hparams.sample_count))}

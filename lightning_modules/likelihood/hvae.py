@@ -18,18 +18,14 @@ stages from collapsing to the prior before the decoder uses them. ``train/loss``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.likelihood.bounds import (LogWeightFn, bernoulli_log_prob, check_ks, importance_weighted_nll, normal_kl,
-                                          normal_log_prob, randn)
-from lightning_modules.likelihood.vae import EVAL_SEED, _grid_figure, check_binary, check_image_shape, check_int, mlp
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from lightning_modules.likelihood.bounds import LogWeightFn, bernoulli_log_prob, normal_kl, normal_log_prob, randn
+from lightning_modules.likelihood.evaluation import LatentVariableModel, check_int, check_nll_settings
+from lightning_modules.likelihood.vae import check_binary, check_image_shape, mlp
 
 
 class GaussianLayer(nn.Module):
@@ -45,13 +41,12 @@ class GaussianLayer(nn.Module):
 
 
 def _sample(mean: Tensor, log_var: Tensor, generator: torch.Generator | None) -> Tensor:
-    eps = randn(mean.shape, generator, mean.device, mean.dtype)  # a CPU generator's draws, moved: see vae.EVAL_SEED
+    eps = randn(mean.shape, generator, mean.device, mean.dtype)  # a CPU generator's draws, moved: see evaluation.py
     return mean + torch.exp(0.5 * log_var) * eps  # reparameterised
 
 
-class HierarchicalVAE(pl.LightningModule):
-    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
-    monitor_mode = "min"
+class HierarchicalVAE(LatentVariableModel):
+    """L diagonal-Gaussian stages between a Bernoulli decoder and an N(0, I) top prior (see the module text)."""
 
     def __init__(
         self,
@@ -73,13 +68,9 @@ class HierarchicalVAE(pl.LightningModule):
             raise ValueError(f"latent_dims must list at least 2 positive integers (one per stage), got {latent_dims!r}")
         check_int("hidden_dim", hidden_dim, 1)
         check_int("kl_warmup_epochs", kl_warmup_epochs, 0)
-        check_int("nll_chunk", nll_chunk, 1)
         check_int("sample_count", sample_count, 0)
-        if nll_images is not None:
-            check_int("nll_images", nll_images, 1)
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        nll_k, latent_dims = check_ks("nll_k", nll_k), list(latent_dims)  # lists: hparams stay JSON-like
+        nll_k = check_nll_settings(nll_k, nll_images, nll_chunk, lr)
+        latent_dims = list(latent_dims)  # lists: hparams stay JSON-like
         self.save_hyperparameters()
         self.dims = dims
         sizes = [dims, *latent_dims]
@@ -87,9 +78,6 @@ class HierarchicalVAE(pl.LightningModule):
         self.encoders = nn.ModuleList(GaussianLayer(a, hidden_dim, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.priors = nn.ModuleList(GaussianLayer(b, hidden_dim, a) for a, b in zip(latent_dims[:-1], latent_dims[1:]))
         self.decoder = mlp([latent_dims[0], hidden_dim, hidden_dim, dims])  # p(x|z_1) logits
-        self._eval_gen: torch.Generator | None = None
-        self._val_images: Tensor | None = None
-        self._nll_seen = 0
 
     # ---- the model ------------------------------------------------------------------------------
     def _infer(self, x: Tensor, generator: torch.Generator | None
@@ -126,7 +114,7 @@ class HierarchicalVAE(pl.LightningModule):
         return recon, kls
 
     def log_weight_fn(self, x: Tensor) -> LogWeightFn:
-        """log p(x, z_1..L) - log q(z_1..L | x) for n draws of the whole chain: likelihood.py's interface."""
+        """log p(x, z_1..L) - log q(z_1..L | x) for n draws of the whole chain: bounds.py's interface."""
         x = x.flatten(1)  # [batch, D]
 
         def draw(n: int, generator: torch.Generator | None) -> Tensor:
@@ -144,6 +132,10 @@ class HierarchicalVAE(pl.LightningModule):
         for prior in reversed(self.priors):
             z = _sample(*prior(z), generator)
         return torch.sigmoid(self.decoder(z)).view(n, *self.hparams.image_shape)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        z1 = self.encoders[0](x.flatten(1))[0]  # the mean of q(z_1|x)
+        return torch.sigmoid(self.decoder(z1)).view_as(x)
 
     # ---- training -------------------------------------------------------------------------------
     def kl_weight(self, batch_idx: int) -> float:
@@ -166,42 +158,9 @@ class HierarchicalVAE(pl.LightningModule):
 
     def _eval_step(self, x: Tensor, stage: str) -> None:
         check_binary(x, "HierarchicalVAE")
-        n = len(x)
         recon, kls = self.elbo_terms(x, self._eval_gen)
-        neg_elbo = recon + torch.stack(kls).sum(0)  # [batch]
-        self.log(f"{stage}/loss", neg_elbo.mean(), on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
-        self.log(f"{stage}/elbo", -neg_elbo.mean(), on_epoch=True, batch_size=n, sync_dist=True)
-        self.log(f"{stage}/recon", recon.mean(), on_epoch=True, batch_size=n, sync_dist=True)
-        for i, kl in enumerate(kls, start=1):  # nats per stage: a stage near 0 has collapsed to its prior
-            self.log(f"{stage}/kl_{i}", kl.mean(), on_epoch=True, batch_size=n, sync_dist=True)
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, _ = batch
-        if batch_idx == 0:
-            self._val_images = x[:8].detach()
-        self._eval_step(x, "val")
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_gen = torch.Generator().manual_seed(EVAL_SEED)
-        self._nll_seen = 0
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, _ = batch
-        self._eval_step(x, "test")
-        limit = self.hparams.nll_images
-        x = x if limit is None else x[: max(0, limit - self._nll_seen)]
-        if len(x):
-            nlls = importance_weighted_nll(self.log_weight_fn(x), self.hparams.nll_k, self.hparams.nll_chunk,
-                                           self._eval_gen)
-            for k, nll in nlls.items():
-                self.log(f"test/nll_k{k}", nll.mean(), on_epoch=True, batch_size=len(x), sync_dist=True)
-            self._nll_seen += len(x)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        # nats per stage: a stage near 0 has collapsed to its prior
+        self._log_neg_elbo(stage, recon, {f"kl_{i}": kl for i, kl in enumerate(kls, start=1)})
 
     def metric_settings(self) -> dict[str, Any]:
         return {
@@ -210,25 +169,4 @@ class HierarchicalVAE(pl.LightningModule):
             "decoder": "Bernoulli on binarized pixels",
             "latent_dims": list(self.hparams.latent_dims),
             "kl_warmup_epochs": self.hparams.kl_warmup_epochs,
-            "nll": "importance-weighted bound, Burda et al. 2016, nested draws; q(z_1..L|x) proposal",
-            "nll_k": list(self.hparams.nll_k),
-            "nll_images": self._nll_seen or self.hparams.nll_images,
-            "eval_seed": EVAL_SEED,
-        }
-
-    # ---- figures --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def make_samples(self) -> dict[str, Figure]:
-        was_training = self.training
-        self.eval()
-        gen = torch.Generator().manual_seed(EVAL_SEED)
-        figures: dict[str, Figure] = {}
-        if self.hparams.sample_count:
-            figures["samples.png"] = _grid_figure(self.sample(self.hparams.sample_count, gen), nrow=8)
-        if self._val_images is not None:
-            x = self._val_images
-            z1 = self.encoders[0](x.flatten(1))[0]  # the mean of q(z_1|x)
-            recon = torch.sigmoid(self.decoder(z1)).view_as(x)
-            figures["reconstructions.png"] = _grid_figure(torch.cat([x, recon]), nrow=len(x))
-        self.train(was_training)
-        return figures
+        } | self.nll_settings("q(z_1..L|x)")

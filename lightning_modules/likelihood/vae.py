@@ -8,7 +8,7 @@ the usual one.
   Bernoulli decoder on logits, for binarized images (the datamodule's ``binarize=True``).
 
 Every number is per image in nats. ``val/loss`` is -ELBO with the KL in closed form and one z per image;
-``test/nll_k{k}`` is the importance-weighted bound of likelihood.py.
+``test/nll_k{k}`` is the importance-weighted bound of bounds.py.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class VAE(LatentVariableModel):
         return -self.log_likelihood(x, self.decoder(z)), normal_kl(mean, log_var).sum(-1)
 
     def log_weight_fn(self, x: Tensor) -> LogWeightFn:
-        """log p(x, z_i) - log q(z_i|x) for n draws z_i ~ q(z|x): the interface likelihood.py estimates with."""
+        """log p(x, z_i) - log q(z_i|x) for n draws z_i ~ q(z|x): the interface bounds.py estimates with."""
         x = x.flatten(1)  # [batch, D]
         mean, log_var = self.encoder(x)  # [batch, latent], encoded once for every chunk of draws
 

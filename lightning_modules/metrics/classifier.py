@@ -7,11 +7,11 @@ evaluations). ``features`` is its penultimate layer; fid.py loads a trained chec
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_modules.classification import ClassificationModule
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -47,11 +47,8 @@ class ConvFeatures(nn.Module):
         return F.relu(self.project(h))  # [batch, feature_dim]
 
 
-class DomainClassifier(pl.LightningModule):
+class DomainClassifier(ClassificationModule):
     """Image -> class logits; cross-entropy, AdamW; reports top-1 accuracy on val and test."""
-
-    monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
-    monitor_mode = "min"
 
     def __init__(
         self,
@@ -77,9 +74,7 @@ class DomainClassifier(pl.LightningModule):
         self.net = ConvFeatures(image_shape[0], channels, feature_dim)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(feature_dim, num_classes)
-        # "micro" = plain top-1 accuracy; torchmetrics' default "macro" would average per-class recalls.
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.init_accuracy(num_classes)
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate activations [batch, feature_dim] of images [batch, C, H, W]: what FID compares."""
@@ -87,26 +82,6 @@ class DomainClassifier(pl.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.drop(self.net(x)))  # logits [batch, num_classes]
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch  # [batch, C, H, W], [batch]
-        loss = F.cross_entropy(self(x), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        return loss
-
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
-        x, y = batch
-        logits = self(x)  # [batch, num_classes]
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=stage == "val", batch_size=len(y),
-                 sync_dist=True)
-        accuracy(logits, y)
-        self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=stage == "val", batch_size=len(y), sync_dist=True)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_acc)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_acc)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)

@@ -11,7 +11,7 @@ import torch
 
 from datamodules.frames import FrameVideoDataModule
 from datamodules.sources import ENV_VAR, DataNotFoundError
-from lightning_modules.frame_labeller import FrameLabeller
+from lightning_modules.recurrent.frame_labeller import FrameLabeller
 
 TRAINER = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 

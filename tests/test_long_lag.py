@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.long_lag import LongLagDataModule
-from lightning_modules.sequence_classifier import SequenceClassifier, input_grad_norms
+from lightning_modules.recurrent.sequence_classifier import SequenceClassifier, input_grad_norms
 
 TRAINER = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 

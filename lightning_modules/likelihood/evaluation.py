@@ -162,7 +162,8 @@ class LatentVariableModel(SeededEvaluation):
             figures["samples.png"] = grid_figure(self.sample(self.hparams.sample_count, gen), nrow=8)
         if self._val_images is not None:
             x = self._val_images
-            figures["reconstructions.png"] = grid_figure(torch.cat([x, self.reconstruct(x)]), nrow=len(x))  # inputs above
+            recon = self.reconstruct(x)
+            figures["reconstructions.png"] = grid_figure(torch.cat([x, recon]), nrow=len(x))  # inputs above recons
         figures |= self.extra_figures()
         self.train(was_training)
         return figures

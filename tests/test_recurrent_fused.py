@@ -80,18 +80,23 @@ def test_fused_matches_reference_path(cell: str, num_layers: int, learn_s0: bool
         torch.testing.assert_close(g, g_r, **TOL64, msg=name)
 
 
+def _assert_same_as_reference(fused: object, ref: object, x: torch.Tensor) -> None:
+    """Outputs, final states and every gradient (inputs, weights, an explicit initial state) equal the
+    per-step reference path's."""
+    state = _random_state(fused)
+    y, fin, grads = _run(fused, x, state)
+    y_r, fin_r, grads_r = _run(ref, x, state)
+    torch.testing.assert_close(y, y_r, **TOL64)
+    for a, b in zip(_flat(fin) + grads, _flat(fin_r) + grads_r, strict=True):
+        torch.testing.assert_close(a, b, **TOL64)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_fused_given_state_and_edge_lengths(cell: str) -> None:
     """Explicit initial states requiring grad; T=1 (no later steps for the big dW matmul) and bias=False."""
     for steps, bias in ((1, True), (T, False)):
         fused, ref = _pair(cell, 2, bias=bias)
-        x = torch.randn(B, steps, IN, dtype=torch.float64)
-        state = _random_state(fused)
-        y, fin, grads = _run(fused, x, state)
-        y_r, fin_r, grads_r = _run(ref, x, state)
-        torch.testing.assert_close(y, y_r, **TOL64)
-        for a, b in zip(_flat(fin) + grads, _flat(fin_r) + grads_r, strict=True):
-            torch.testing.assert_close(a, b, **TOL64)
+        _assert_same_as_reference(fused, ref, torch.randn(B, steps, IN, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("num_layers", [1, 3])
@@ -210,13 +215,7 @@ def test_backward_chunks_match_reference(cell: str, chunk: int, monkeypatch: pyt
     (T=7: a partial chunk first), values and grads still equal the per-step reference path."""
     monkeypatch.setattr(rf, "CHUNK", chunk)
     fused, ref = _pair(cell, 2)
-    x = torch.randn(B, T, IN, dtype=torch.float64)
-    state = _random_state(fused)
-    y, fin, grads = _run(fused, x, state)
-    y_r, fin_r, grads_r = _run(ref, x, state)
-    torch.testing.assert_close(y, y_r, **TOL64)
-    for a, b in zip(_flat(fin) + grads, _flat(fin_r) + grads_r, strict=True):
-        torch.testing.assert_close(a, b, **TOL64)
+    _assert_same_as_reference(fused, ref, torch.randn(B, T, IN, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -72,7 +72,7 @@ def write_fixture(root: Path) -> Path:
                 con.execute("INSERT INTO runs VALUES (?, 3)", (run_id,))
             result = {"experiment": name, "seed": seed, "metrics": metrics, "stopped_by": spec["stopped_by"][seed],
                       "epochs": 2, "steps": 20, "budget": {"max_epochs": 2, "max_steps": -1, "max_time": "00:00:10:00"},
-                      "config_hash": exp.config_hash(), "code_hash": code_hash(), "data_hash": settings["data_hash"],
+                      "config_hash": exp.config_hash(), "code_hash": code_hash(exp), "data_hash": settings["data_hash"],
                       "settings": settings}
             seed_dir = out / "seeds" / f"seed_{seed}"
             _dump(seed_dir / "result.json", result)

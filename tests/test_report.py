@@ -114,7 +114,9 @@ def write_fixture(root: Path) -> Path:
         "n_repeats": 0, "experiment": "words_lstm"})
     _png(results / "tune" / "lstm_depth" / "history.png", 120)
     dims = {str(d): {m: {"test_mean_log_lik_per_dim": v - 0.1 * d} for m, v in (("gaussian", -1.0), ("gmm", -0.8),
-                                                                               ("kde", -0.5 - 0.3 * d))} for d in (2, 4)}
+                                                                               ("kde", -0.5 - 0.3 * d))}
+            # the study also records a number per d that is not a method
+            | {"pca_explained_variance_fraction": 0.9} for d in (2, 4)}
     _dump(results / "density" / "density.json", {"results": {"toy_ring": {"n_train": 300, "n_test": 200,
                                                                           "crossover": 4, "dims": dims}}})
     _png(results / "density" / "kde_vs_dim.png", 30)

@@ -86,7 +86,7 @@ def claim_chart(claim: dict[str, Any]) -> dict[str, Any]:
 
 def density_chart(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     dims = sorted(entry.get("dims", {}), key=lambda d: int(d))
-    methods = sorted({m for d in dims for m in entry["dims"][d]})
+    methods = sorted({m for d in dims for m, v in entry["dims"][d].items() if isinstance(v, dict)})  # not pca_*
     traces = [{"type": "scatter", "mode": "lines+markers", "name": m, "x": [int(d) for d in dims],
                "y": [entry["dims"][d].get(m, {}).get("test_mean_log_lik_per_dim") for d in dims],
                "line": {"color": colour(i)}} for i, m in enumerate(methods)]

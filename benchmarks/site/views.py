@@ -71,7 +71,7 @@ def density_page(density: list[dict[str, Any]], images: dict[str, str]) -> str:
         parts.append(f'<section class="density"><h2>{esc(study["profile"])} profile</h2>')
         for name, entry in study["results"].items():
             dims = sorted(entry.get("dims", {}), key=lambda d: int(d))
-            methods = sorted({m for d in dims for m in entry["dims"][d]})
+            methods = sorted({m for d in dims for m, v in entry["dims"][d].items() if isinstance(v, dict)})
             rows = [[esc(d), *[esc(f"{entry['dims'][d][m]['test_mean_log_lik_per_dim']:+.3f}")
                                if m in entry["dims"][d] else "–" for m in methods]] for d in dims]
             cid = f"density-{study['folder']}-{name}"

@@ -15,7 +15,7 @@ import yaml
 from benchmarks.claims import cell_experiments, claim_config
 from tests.conftest import ROOT, env_for_subprocess, tiny_params, write_params
 
-COPIED = ("benchmarks", "lightning_modules", "datamodules", "dvc.yaml", ".dvcignore", ".gitignore")
+COPIED = ("benchmarks", "lightning_modules", "datamodules", "estimators", "dvc.yaml", ".dvcignore", ".gitignore")
 
 
 def _sh(cwd: Path, *cmd: str) -> str:

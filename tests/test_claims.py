@@ -64,6 +64,7 @@ def test_unknown_claim_names_the_known_ones() -> None:
         claim_config(tiny_params(), "nope")
 
 
+@pytest.mark.slow
 def test_tiny_claim_runs_through_the_cli_into_the_report(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["claim", "long_lag", "--no-progress"]) == 0
     out = project / "results" / "claims" / "long_lag"

@@ -139,6 +139,7 @@ def test_non_finite_values_fail_their_trial_and_the_study_goes_on(project: Path,
     assert json.loads((project / "results" / "tune" / "lstm_depth" / "best_params.json").read_text()) == best
 
 
+@pytest.mark.slow
 def test_a_trial_failed_as_stale_while_alive_is_lost_not_the_worker(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import benchmarks.tune as tune
 

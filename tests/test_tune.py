@@ -69,6 +69,7 @@ def test_study_prunes_continues_and_nests_runs(project: Path, monkeypatch: pytes
     assert {"KILLED", "FINISHED"} <= {r.info.status for r in children}  # pruned trials end KILLED
 
 
+@pytest.mark.slow
 def test_a_repeated_choice_reuses_the_finished_trial(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = load_params()
     conf = params["studies"]["lstm_depth"]

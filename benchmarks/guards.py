@@ -72,7 +72,7 @@ class DivergenceGuard(pl.Callback):
 
 def stopped_by(trainer: pl.Trainer, guard: DivergenceGuard) -> str:
     """Which limit ended a finished fit: the budget, the safety limit, early stopping or divergence."""
-    from lightning.pytorch.callbacks import EarlyStopping, Timer
+    from lightning.pytorch.callbacks import Timer
 
     if guard.reason is not None:
         return "diverged"
@@ -81,9 +81,7 @@ def stopped_by(trainer: pl.Trainer, guard: DivergenceGuard) -> str:
     if trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs:
         return "max_epochs"
     for cb in trainer.callbacks:
-        if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
-            return "early_stopping"
         if isinstance(cb, Timer) and cb.time_remaining("train") is not None and cb.time_remaining("train") <= 0:
             return "max_time"
-    # Lightning's Timer is the only other thing that ends a fit early without an error.
-    return "max_time"
+    # Neither budget nor the safety limit: a callback ended the fit (EarlyStopping or another that stops it).
+    return "early_stopping"

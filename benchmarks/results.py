@@ -111,13 +111,11 @@ def current_seeds(exp: Experiment, exp_dir: Path, code: str) -> tuple[dict[int, 
 
 def mean_std_ci(values: list[float]) -> dict[str, float]:
     """Mean, sample std and the half-width of the 95% Student-t interval (0 and nan for a single seed)."""
-    from scipy import stats
+    from benchmarks.claim_stats import mean_ci
 
-    n = len(values)
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if n > 1 else 0.0
-    ci = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
-    return {"mean": mean, "std": std, "ci95": ci, "n": n}
+    stats = mean_ci(values, confidence=0.95)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": stats["mean"], "std": std, "ci95": stats["ci"], "n": stats["n"]}
 
 
 def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

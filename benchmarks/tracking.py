@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import importlib.metadata
 import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,17 +112,6 @@ def end_run(run_id: str | None, status: str, uri: str) -> bool:
         return False
     client.set_terminated(run_id, status)
     return True
-
-
-def git_commit(project_dir: str | os.PathLike = ".") -> str:
-    """HEAD's commit, with '-dirty' when tracked files differ, so a number can be traced to its code."""
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=project_dir, capture_output=True, text=True, check=False)
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return f"{commit}-dirty" if dirty and commit != "unknown" else commit
 
 
 def package_versions() -> dict[str, str]:

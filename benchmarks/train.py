@@ -117,15 +117,10 @@ def _describe_experiment(client: Any, exp_id: str) -> None:
 def _close_stale_run(run_id: str | None, opts: RunOptions) -> None:
     """A killed run that will not be resumed (killed before its first checkpoint, or its state no longer
     matches) is closed as KILLED, never left RUNNING."""
-    if not run_id:
-        return
-    from mlflow.tracking import MlflowClient
+    from benchmarks.tracking import end_run, tracking_uri
 
-    from benchmarks.tracking import set_status, tracking_uri
-
-    client = MlflowClient(tracking_uri=tracking_uri(opts.project_dir))
-    if client.get_run(run_id).info.status == "RUNNING":
-        set_status(run_id, "KILLED", tracking_uri(opts.project_dir))
+    if run_id:
+        end_run(run_id, "KILLED", tracking_uri(opts.project_dir))
 
 
 def _continued_checkpoint(exp: Experiment, seed: int, opts: RunOptions) -> Path:
@@ -179,7 +174,7 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     from benchmarks.callbacks import CurveWriter, SampleLogger
     from benchmarks.guards import DivergenceGuard, stopped_by
     from benchmarks.provenance import code_hash, git_commit, lock_state, machine
-    from benchmarks.tracking import ensure_tracking_store, package_versions, set_status, tracking_uri
+    from benchmarks.tracking import ensure_tracking_store, flatten, package_versions, set_status, tracking_uri
 
     args = validate_run(exp, opts)
     if opts.threads:
@@ -219,7 +214,7 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
         # Trainable parameters, so models of "comparable size" can be checked rather than assumed.
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         # The model's own arguments reach MLflow through Lightning (save_hyperparameters); these are the rest.
-        extra = {f"exp.{k}": v for k, v in _flat(exp.as_dict()).items() if not k.startswith("model_args.")}
+        extra = {f"exp.{k}": v for k, v in flatten(exp.as_dict()).items() if not k.startswith("model_args.")}
         logger.log_hyperparams(extra | {"seed": seed, "data_hash": data_hash, "git_commit": commit, "code_hash": fp.code_hash,
                                         "config_hash": exp.config_hash(), "parameters": n_params} | package_versions())
         # A model may choose what "best" means (a GAN keeps the best validation FID); the default is val/loss.
@@ -287,17 +282,6 @@ def _direction(key: str) -> str:
 
     found = direction(key)
     return "max" if found == "max" else "min"
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; MLflow params are flat one-line strings."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = " ".join(str(value).split()) if isinstance(value, str) else value
-    return flat
 
 
 def _run_seed_alone(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:

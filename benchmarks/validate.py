@@ -81,6 +81,14 @@ def check_trainer(exp: Experiment, args: dict[str, Any]) -> None:
     import lightning.pytorch as pl
     import torch
 
+    strategy = args.get("strategy")
+    if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        from lightning_modules import MODELS
+
+        if getattr(MODELS.get(exp.model), "alternates_networks", False):
+            raise ArchbenchError(f"experiment '{exp.name}': model {exp.model} updates its networks in turn, so each "
+                                 f"step leaves one without gradients, which plain DDP refuses; use trainer.strategy: "
+                                 f"{strategy}_find_unused_parameters_true")
     accelerator = str(args.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ArchbenchError(f"experiment '{exp.name}': trainer.accelerator is '{accelerator}' but this machine has "

@@ -27,7 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from datamodules.checks import check_bool, check_int, check_optional_int
 from datamodules.loaders import Collate, SplitLoaders, resolve_workers, seeded_loader
@@ -86,31 +86,42 @@ class PairDataset(Dataset[Pair]):
         return self.pairs[i]
 
 
-class BucketBatchSampler(Sampler[list[int]]):
+class BucketBatchSampler(BatchSampler):
     """Batches of similar source length, reproducible per (seed, epoch).
 
     The epoch's order comes from ``sampler`` (an EpochShuffleSampler; Lightning calls its ``set_epoch``
     through ``batch_sampler.sampler``). It is cut into chunks of ``chunk`` items, each chunk is sorted
     by length and cut into batches, and the batch order is shuffled again so lengths don't cycle.
+
+    A ``BatchSampler`` with its ``(sampler, batch_size, drop_last)`` signature, so that under DDP
+    Lightning rebuilds it around a distributed sampler: each rank buckets its own share of the epoch's
+    order, and every rank gets the same number of batches (the distributed sampler pads the shares).
     """
 
-    def __init__(self, sampler: EpochShuffleSampler, lengths: Sequence[int], batch_size: int, chunk: int) -> None:
-        self.sampler = sampler
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool = False, *,
+                 lengths: Sequence[int], chunk: int) -> None:
+        super().__init__(sampler, batch_size, drop_last)
         self.lengths = list(lengths)
-        self.batch_size = batch_size
         self.chunk = chunk
 
     def __len__(self) -> int:
-        n = len(self.lengths)
-        return sum(-(-min(self.chunk, n - i) // self.batch_size) for i in range(0, n, self.chunk))
+        n = len(self.sampler)  # type: ignore[arg-type]  # this rank's share under DDP
+        sizes = [min(self.chunk, n - i) for i in range(0, n, self.chunk)]
+        if self.drop_last:
+            return sum(size // self.batch_size for size in sizes)
+        return sum(-(-size // self.batch_size) for size in sizes)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = list(self.sampler)
         batches: list[list[int]] = []
         for i in range(0, len(order), self.chunk):
             part = sorted(order[i : i + self.chunk], key=self.lengths.__getitem__)  # stable: ties keep shuffle order
-            batches += [part[j : j + self.batch_size] for j in range(0, len(part), self.batch_size)]
-        gen = torch.Generator().manual_seed(epoch_seed(self.sampler.seed, self.sampler.epoch, offset=1))
+            cut = [part[j : j + self.batch_size] for j in range(0, len(part), self.batch_size)]
+            batches += [b for b in cut if len(b) == self.batch_size] if self.drop_last else cut
+        # EpochShuffleSampler and Lightning's DistributedSamplerWrapper both carry (seed, epoch); the
+        # distributed one has the same seed on every rank, so the ranks shuffle their batches alike.
+        seed, epoch = getattr(self.sampler, "seed"), getattr(self.sampler, "epoch")
+        gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, offset=1))
         yield from (batches[k] for k in torch.randperm(len(batches), generator=gen).tolist())
 
 
@@ -237,8 +248,8 @@ class Multi30kDataModule(SplitLoaders, pl.LightningDataModule):
         lengths = [len(s) for s, _ in dataset.pairs]
 
         def buckets(seed: int) -> BucketBatchSampler:
-            return BucketBatchSampler(EpochShuffleSampler(len(dataset), seed), lengths, self.batch_size,
-                                      chunk=self.batch_size * BUCKET_BATCHES)
+            return BucketBatchSampler(EpochShuffleSampler(len(dataset), seed), self.batch_size,
+                                      lengths=lengths, chunk=self.batch_size * BUCKET_BATCHES)
 
         return seeded_loader(dataset, self.batch_size, train=True, num_workers=self.num_workers,
                              collate_fn=pair_collate, batch_sampler=buckets)

@@ -19,7 +19,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader
 
 from benchmarks import metric_keys
 from benchmarks.build import accepted_args, build_model, check_experiment
@@ -29,7 +28,7 @@ from datamodules.contracts import SuiteDataModule
 from datamodules.frames import FrameVideoDataModule
 from datamodules.image_pairs import PairedEdgesDataModule, UnpairedDomainsDataModule
 from datamodules.images import DigitsDataModule
-from datamodules.translation import Multi30kDataModule, pair_collate
+from datamodules.translation import Multi30kDataModule
 from datamodules.conllu import UDPOSDataModule
 from lightning_modules import MODELS
 from lightning_modules.contracts import MakesSamples, SuiteModel
@@ -96,10 +95,6 @@ class TinyMulti30k(Multi30kDataModule):
 
     def content_hash(self) -> str:
         return hashlib.sha256(json.dumps(PAIRS).encode()).hexdigest()
-
-    def train_dataloader(self) -> DataLoader:
-        # A plain loader: the real one's length-bucketed batch sampler takes no distributed sampler (DDP test).
-        return DataLoader(self.split("train"), batch_size=self.batch_size, collate_fn=pair_collate)
 
 
 def _tagged_sentences() -> list[tuple[list[str], list[str]]]:

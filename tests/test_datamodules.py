@@ -53,11 +53,30 @@ def test_an_unseeded_64_bit_seed_does_not_overflow() -> None:
         assert loaders.loader_seed() == (2**64 - 1) % (2**63 - 1)
         loader = seeded_loader(_numbers(10), 4, train=True, num_workers=0)
         assert sorted(torch.cat([b for (b,) in loader]).tolist()) == list(range(10))
-        buckets = BucketBatchSampler(EpochShuffleSampler(10, loaders.loader_seed()), list(range(10)), 4, chunk=8)
+        buckets = BucketBatchSampler(EpochShuffleSampler(10, loaders.loader_seed()), 4, lengths=list(range(10)), chunk=8)
         buckets.sampler.set_epoch(7)
         assert sorted(i for batch in buckets for i in batch) == list(range(10))
     finally:
         seed_everything(0, verbose=False)
+
+
+def test_bucket_batches_split_an_epoch_between_ddp_ranks() -> None:
+    # What Lightning does under DDP: the batch sampler is rebuilt around a DistributedSampler per rank.
+    from torch.utils.data.distributed import DistributedSampler
+
+    lengths = [(7 * i) % 11 for i in range(23)]
+    data = _numbers(23)
+    ranks = [BucketBatchSampler(DistributedSampler(data, num_replicas=2, rank=r, seed=3), 4, lengths=lengths,
+                                chunk=8) for r in (0, 1)]
+    for epoch in (0, 1):
+        for sampler in ranks:
+            sampler.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        shares = [list(s) for s in ranks]
+        assert [len(b) for b in shares[0]] and len(shares[0]) == len(shares[1]) == len(ranks[0])
+        seen = [i for share in shares for batch in share for i in batch]
+        assert set(seen) == set(range(23)) and len(seen) == 24  # one index twice: the sampler pads 23 to 2 x 12
+    dropped = BucketBatchSampler(EpochShuffleSampler(10, 0), 4, drop_last=True, lengths=list(range(10)), chunk=8)
+    assert len(list(dropped)) == len(dropped) == 2 and all(len(b) == 4 for b in dropped)
 
 
 def test_worker_processes_keep_the_order() -> None:

@@ -48,6 +48,7 @@ class GAN(MonitorsFID, pl.LightningModule):
     """
 
     fallback_monitor = "val/d_loss"
+    alternates_networks = True  # each step leaves one side without gradients: plain DDP refuses (validate.py)
 
     def __init__(
         self,

@@ -117,6 +117,7 @@ class Pix2Pix(MonitorsFID, pl.LightningModule):
     """
 
     fallback_monitor = "val/l1"
+    alternates_networks = True  # each step leaves one side without gradients: plain DDP refuses (validate.py)
 
     def __init__(
         self,

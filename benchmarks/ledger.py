@@ -8,6 +8,8 @@
   same bytes; the file is written atomically.
 - ``ledger/metrics/<exp>.json``: numbers only (mean, std, ci95, n per metric), declared as DVC metrics,
   so ``dvc metrics diff REV`` compares the published benchmark between two revisions.
+- ``ledger/samples/<exp>/seed_N/``: the sample images of the first seed (a few tens of KB each), so a
+  fresh clone's report shows what the model makes; text samples of every seed go in the record itself.
 
 Nothing diverged or stale is published: every seed on disk must have been made by the current config
 and code (the same rule as ``archbench collect``).
@@ -66,7 +68,42 @@ def build_record(exp: Any, results_dir: Path, code: str) -> dict[str, Any]:
         "seeds": seeds, "missing_seeds": [s for s in exp.seeds if s not in kept],
         "truncated": any(r.get("stopped_by") == "max_time" for r in kept.values()),
         "summary": numbers(record_values(seeds)), "curves": curves,
+        "samples": sample_index(exp.name, exp_dir, sorted(kept)),
     }
+
+
+def sample_index(name: str, exp_dir: Path, seeds: list[int]) -> dict[str, list[dict[str, str]]]:
+    """Per seed: its text samples inline, and for the first seed its images as paths under ledger/."""
+    from benchmarks.results import seed_results_dir
+    from benchmarks.site.collect import read_samples
+
+    index: dict[str, list[dict[str, str]]] = {}
+    for seed in seeds:
+        items = [{"name": item["name"], "text": item["text"]} if "text" in item
+                 else {"name": item["name"], "file": f"samples/{name}/seed_{seed}/{item['name']}"}
+                 for item in read_samples(seed_results_dir(exp_dir, seed)) if "text" in item or seed == seeds[0]]
+        if items:
+            index[str(seed)] = items
+    return index
+
+
+def copy_sample_files(record: dict[str, Any], exp_dir: Path, ledger: Path) -> None:
+    """Replace ledger/samples/<exp>/ with the images the record names (atomically per file)."""
+    import shutil
+
+    from benchmarks.results import seed_results_dir
+
+    folder = ledger / "samples" / record["experiment"]
+    if folder.exists():
+        shutil.rmtree(folder)
+    for seed, items in record.get("samples", {}).items():
+        for item in items:
+            if "file" in item:
+                dst = ledger / item["file"]
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.with_name(f".{dst.name}.tmp")
+                shutil.copyfile(seed_results_dir(exp_dir, int(seed)) / "samples" / item["name"], tmp)
+                tmp.replace(dst)
 
 
 def thin(curve: dict[str, list[float | None]]) -> dict[str, list[float | None]]:
@@ -103,6 +140,7 @@ def publish(params: dict[str, Any], name: str, results_dir: Path, ledger_dir: Pa
     exp = experiment_from_params(params, name)
     record = build_record(exp, results_dir, code_hash(exp))
     ledger = ledger_dir or ledger_dir_for(results_dir)
+    copy_sample_files(record, results_dir / name, ledger)
     write_json(ledger / f"{name}.json", record)
     write_json(ledger / "metrics" / f"{name}.json", record["summary"] | {"n_seeds": len(record["seeds"])})
     return ledger / f"{name}.json"
@@ -112,7 +150,13 @@ def load_ledger(ledger_dir: Path) -> dict[str, dict[str, Any]]:
     """experiment -> record of every ledger/<exp>.json in the working tree."""
     from benchmarks.site.collect import read_json
 
-    return {p.stem: read_json(p) for p in sorted(ledger_dir.glob("*.json")) if p.is_file()}
+    records = {p.stem: read_json(p) for p in sorted(ledger_dir.glob("*.json")) if p.is_file()}
+    for record in records.values():  # sample images as paths on this disk, for the report
+        for items in record.get("samples", {}).values():
+            for item in items:
+                if "file" in item and (ledger_dir / item["file"]).is_file():
+                    item["src"] = ledger_dir / item["file"]
+    return records
 
 
 def load_ledger_at(rev: str, ledger_dir: Path) -> dict[str, dict[str, Any]]:

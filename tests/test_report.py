@@ -271,6 +271,32 @@ def test_publish_writes_a_deterministic_ledger_and_refuses_bad_seeds(project: Pa
     assert not (project / "ledger" / "hello_elman.json").exists()
 
 
+def test_published_samples_show_in_a_report_from_the_ledger_alone(project: Path) -> None:
+    write_fixture(project)
+    assert main(["publish", "hello_lstm", "digits_classifier"]) == 0
+    text = json.loads((project / "ledger" / "hello_lstm.json").read_text())["samples"]
+    assert text == {s: [{"name": "samples.txt", "text": f"hello hell <hello_lstm seed {s}>\n"}] for s in ("0", "1")}
+    images = json.loads((project / "ledger" / "digits_classifier.json").read_text())["samples"]
+    assert images == {"0": [{"name": "samples.png", "file": "samples/digits_classifier/seed_0/samples.png"}]}
+    published = project / "ledger" / "samples" / "digits_classifier" / "seed_0" / "samples.png"
+    source = project / "results" / "digits_classifier" / "seeds" / "seed_0" / "samples" / "samples.png"
+    image = source.read_bytes()
+    assert published.read_bytes() == image
+    (project / "ledger" / "samples" / "digits_classifier" / "seed_9").mkdir()  # left from an earlier publish
+    assert main(["publish", "digits_classifier"]) == 0
+    assert sorted(p.name for p in (project / "ledger" / "samples" / "digits_classifier").iterdir()) == ["seed_0"]
+
+    import shutil
+
+    shutil.rmtree(project / "results")  # a fresh clone: the ledger alone
+    assert main(["report"]) == 0
+    page = (project / "results" / "report" / "exp-hello_lstm.html").read_text()
+    assert "hello hell &lt;hello_lstm seed 1&gt;" in page
+    page = (project / "results" / "report" / "exp-digits_classifier.html").read_text()
+    src = re.search(r'<img src="([^"]+)" alt="samples.png"', page).group(1)
+    assert (project / "results" / "report" / src).read_bytes() == image
+
+
 def _git(cwd: Path, *args: str) -> str:
     out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=env_for_subprocess(), check=False)
     assert out.returncode == 0, out.stderr

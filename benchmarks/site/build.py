@@ -72,10 +72,11 @@ def build_site(model: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_assets(out)
     images = Images(out)
-    for entry in model["entries"].values():
-        for seed, items in entry["samples"].items():
-            for item in items:
-                images.add(item.get("src"), entry["name"], f"seed_{seed}", item["name"])
+    for kind, group in (("", model["entries"]), ("published", model["published"])):
+        for entry in group.values():
+            for seed, items in entry["samples"].items():
+                for item in items:
+                    images.add(item.get("src"), *filter(None, (kind, entry["name"], f"seed_{seed}", item["name"])))
     for claim in model["claims"]:
         images.add(claim.get("png"), "claims", f"{claim.get('claim')}.png")
     for study in model["studies"]:

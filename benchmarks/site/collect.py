@@ -148,7 +148,9 @@ def entry_from_ledger(record: dict[str, Any], server: str | None) -> dict[str, A
             "seeds": seeds, "summary": summarise(seeds), "budget": record.get("budget", {}),
             "parameters": settings.get("parameters"), "settings": settings,
             "missing_seeds": record.get("missing_seeds", []), "truncated": record.get("truncated", False),
-            "config": record.get("config"), "curves": record.get("curves", {}), "samples": {}}
+            "config": record.get("config"), "curves": record.get("curves", {}),
+            "samples": {seed: [item for item in items if "text" in item or item.get("src") is not None]
+                        for seed, items in record.get("samples", {}).items()}}
 
 
 def load_experiments(results_dir: Path, server: str | None) -> dict[str, dict[str, Any]]:

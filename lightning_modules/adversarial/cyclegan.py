@@ -105,7 +105,7 @@ class CycleGAN(MonitorsFID, pl.LightningModule):
     """
 
     fallback_monitor = "val/cycle_l1"
-    alternates_networks = True  # each step leaves one side without gradients: plain DDP refuses (validate.py)
+    alternates_networks = True  # both generators, then both discriminators: each step leaves a pair idle (DDP)
 
     def __init__(
         self,

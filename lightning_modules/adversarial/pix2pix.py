@@ -117,7 +117,7 @@ class Pix2Pix(MonitorsFID, pl.LightningModule):
     """
 
     fallback_monitor = "val/l1"
-    alternates_networks = True  # each step leaves one side without gradients: plain DDP refuses (validate.py)
+    alternates_networks = True  # the D step leaves G without gradients and the G step D (validate.py, DDP)
 
     def __init__(
         self,

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.claim_stats import CONFIDENCE, judge, mean_ci, summarise, welch_interval
-from benchmarks.errors import ArchbenchError
+from benchmarks.errors import ArchbenchError, DivergedError
 from benchmarks.params import Experiment, deep_merge
 
 __all__ = ["CONFIDENCE", "cell_experiments", "claim_config", "claims_section", "judge", "mean_ci", "run_claim",
@@ -179,7 +179,35 @@ def run_claim(params: dict[str, Any], name: str, opts: Any, worker: bool = False
     if not _work(name, list(cells.values()), out / "runs", dataclasses.replace(opts, results_dir=out / "runs"),
                  opts.results_dir / "claims" / ".leases" / name, worker, stale_after_s):
         return None
+    failed = [(exp.name, seed, why) for exp in cells.values() for seed, why in diverged_seeds(exp, out / "runs").items()]
+    if failed:
+        cell, _, why = failed[0]
+        raise DivergedError(f"claim '{name}': {len(failed)} cell-seed(s) diverged, first: {why}; "
+                            f"no verdict is written from failed runs; change the recipe (e.g. a lower lr) and rerun, or "
+                            f"delete {out / 'runs' / cell / DIVERGED_DIR} to retry as is")
     return write_table(name, conf, cells, out)
+
+
+# A diverged cell-seed leaves a note here (per config hash), so that no worker retrains it and the claim says why.
+DIVERGED_DIR = "diverged"
+
+
+def diverged_seeds(exp: Experiment, runs_dir: Path) -> dict[int, str]:
+    """seed -> reason, for the seeds of this very config that diverged."""
+    found = {}
+    for path in sorted((runs_dir / exp.name / DIVERGED_DIR).glob("seed_*.json")):
+        note = json.loads(path.read_text())
+        if note.get("config_hash") == exp.config_hash() and note.get("seed") in exp.seeds:
+            found[int(note["seed"])] = str(note.get("reason", "diverged"))
+    return found
+
+
+def _note_divergence(exp: Experiment, seed: int, runs_dir: Path, reason: str) -> None:
+    path = runs_dir / exp.name / DIVERGED_DIR / f"seed_{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"seed": seed, "config_hash": exp.config_hash(), "reason": reason}) + "\n")
+    tmp.replace(path)
 
 
 def _conf_hash(conf: dict[str, Any]) -> str:
@@ -211,7 +239,8 @@ def _work(name: str, cells: list[Experiment], runs_dir: Path, opts: Any, leases:
     heartbeat_s = min(20.0, stale_after_s / 6)
     waited = False
     while True:
-        left = [(exp, seed) for exp in cells for seed in exp.seeds if seed not in finished_seeds(exp, runs_dir)]
+        left = [(exp, seed) for exp in cells for seed in exp.seeds
+                if seed not in finished_seeds(exp, runs_dir) and seed not in diverged_seeds(exp, runs_dir)]
         if not left:
             return True
         took = False
@@ -220,9 +249,14 @@ def _work(name: str, cells: list[Experiment], runs_dir: Path, opts: Any, leases:
             if lease is None:
                 continue  # a live worker trains it
             with lease:
-                if seed not in finished_seeds(exp, runs_dir):  # it may have finished between our look and the lease
-                    run_seed(exp, seed, opts)
-                    print(f"claim {name}: trained {exp.name} seed {seed}", flush=True)
+                # It may have finished (or diverged) between our look and the lease.
+                if seed not in finished_seeds(exp, runs_dir) and seed not in diverged_seeds(exp, runs_dir):
+                    try:
+                        run_seed(exp, seed, opts)
+                        print(f"claim {name}: trained {exp.name} seed {seed}", flush=True)
+                    except DivergedError as exc:  # a result of the recipe, not of this worker: nobody retries it
+                        _note_divergence(exp, seed, runs_dir, str(exc).split(";")[0])
+                        print(f"claim {name}: {exp.name} seed {seed} diverged; noted, not retried", flush=True)
             took = True
             break
         if took:

@@ -140,6 +140,36 @@ def test_workers_take_each_cell_seed_once_and_skip_live_leases(project: Path, mo
     assert json.loads((runs.parent / "claim.json").read_text())["table"] == result["table"]
 
 
+def test_a_diverged_cell_seed_is_noted_once_and_the_claim_writes_no_verdict(project: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.errors import DivergedError
+
+    calls, params, opts = _fake_training(monkeypatch), tiny_params(), run_options(project)
+    fake = benchmarks.train.run_seed
+
+    def run_seed(exp: Experiment, seed: int, opts: Any) -> dict[str, Any]:
+        if exp.name == "claim_long_lag_elman_lag6" and seed == 1:
+            calls.append((exp.name, seed))
+            raise DivergedError(f"experiment '{exp.name}' seed 1 diverged: train/loss is nan at step 4; nothing was "
+                                f"published; lower the learning rate")
+        return fake(exp, seed, opts)
+
+    monkeypatch.setattr(benchmarks.train, "run_seed", run_seed)
+    for attempt in range(2):  # a second worker (or a rerun) does not train the diverged cell-seed again
+        with pytest.raises(DivergedError) as info:
+            run_claim(params, "long_lag", opts, worker=attempt == 1)
+        assert "1 cell-seed(s) diverged, first: experiment 'claim_long_lag_elman_lag6' seed 1 diverged: train/loss " \
+               "is nan at step 4" in str(info.value) and "\n" not in str(info.value)
+        assert calls.count(("claim_long_lag_elman_lag6", 1)) == 1 and len(calls) == 12
+    out = project / "results" / "claims" / "long_lag"
+    assert not (out / "claim.json").exists() and not list(out.parent.glob(".leases/*/*.lease*"))
+    # Another recipe (here a wider net) is another config: its cell-seeds are trained, the old note is not read.
+    params["claims"]["long_lag"]["model_args"]["hidden_size"] = 9
+    with pytest.raises(DivergedError):
+        run_claim(params, "long_lag", opts)
+    assert calls.count(("claim_long_lag_elman_lag6", 1)) == 2 and len(calls) == 24
+
+
 def _two_arm_project(project: Path, results: str) -> Path:
     """The tiny long-lag claim cut to 2 arms x 2 lags x 2 seeds, with its own results and state folders."""
     params = tiny_params()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _print_summary(name: str, summary: dict[str, Any]) -> None:
     for key, stats in summary.get("summary", {}).items():
-        print(f"{name} {key}: {stats['mean']:.4f} ± {stats['std']:.4f} (n={stats['n']})")
+        ci = stats.get("ci95")
+        spread = f" ± {ci:.4f} (95% CI, n={stats['n']})" if ci is not None and math.isfinite(ci) else \
+            f" (n={stats['n']}, no CI)"
+        print(f"{name} {key}: {stats['mean']:.4f}{spread}")
     missing = summary.get("missing_seeds")
     if missing:
         print(f"{name}: seeds {missing} not finished yet; run them (`archbench train {name} --seed N`), then "

@@ -37,3 +37,13 @@ def test_list_shows_models_datasets_experiments(project: Path, capsys: pytest.Ca
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "char_lm" in out and "words" in out and "hello_lstm" in out and "shakespeare_lstm" in out and "lstm_depth" in out
+
+
+def test_the_summary_line_gives_the_95_ci_and_none_for_one_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.cli import _print_summary
+    from benchmarks.results import mean_std_ci
+
+    _print_summary("x", {"summary": {"test/acc": mean_std_ci([0.5, 0.6, 0.7]), "test/loss": mean_std_ci([1.25])}})
+    out = capsys.readouterr().out.splitlines()
+    # t(0.975, 2) * 0.1 / sqrt(3) = 0.2484: the CI half-width, not the standard deviation 0.1
+    assert out == ["x test/acc: 0.6000 ± 0.2484 (95% CI, n=3)", "x test/loss: 1.2500 (n=1, no CI)"]

@@ -120,14 +120,15 @@ def record_values(seeds: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
 
 
 def numbers(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    """Per metric: mean, std, ci95 (left out for one seed: JSON has no NaN) and n."""
+    """Per metric: mean, std, ci95 and n; one seed has no spread, so std and ci95 are left out for it."""
     from benchmarks.results import mean_std_ci
 
     out = {}
     for key, vals in values.items():
         finite = [v for v in vals if math.isfinite(v)]
         if finite:
-            out[key] = {k: v for k, v in mean_std_ci(finite).items() if not (isinstance(v, float) and math.isnan(v))}
+            stats = mean_std_ci(finite)
+            out[key] = stats if len(finite) > 1 else {"mean": stats["mean"], "n": stats["n"]}
     return out
 
 

@@ -255,6 +255,9 @@ def test_publish_writes_a_deterministic_ledger_and_refuses_bad_seeds(project: Pa
     half = stats.t.ppf(0.975, 1) * stats.tstd(values) / math.sqrt(2)
     assert numbers["test/loss"]["ci95"] == pytest.approx(half) and numbers["n_seeds"] == 2
     assert all(isinstance(v, (int, float)) for m in numbers.values() if isinstance(m, dict) for v in m.values())
+    from benchmarks.ledger import numbers as ledger_numbers
+
+    assert ledger_numbers({"test/loss": [0.52]}) == {"test/loss": {"mean": 0.52, "n": 1}}  # no spread from one seed
 
     seed1 = project / "results" / "hello_elman" / "seeds" / "seed_1" / "result.json"
     result = json.loads(seed1.read_text())

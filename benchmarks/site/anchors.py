@@ -13,7 +13,8 @@ SEQ2SEQ = "bentrevett/pytorch-seq2seq"
 SEQ2SEQ_PROTOCOL = ("Multi30k task 1 test_2016_flickr, de->en, sacrebleu-style corpus BLEU, greedy decoding, "
                     "spaCy tokenisation")
 NANOGPT = "karpathy/nanoGPT README"
-NANOGPT_PROTOCOL = "char-level, validation loss in nats/char on nanoGPT's 90/10 split (best checkpoint)"
+NANOGPT_PROTOCOL = ("char-level, validation loss in nats/char on nanoGPT's 90/10 split (best checkpoint); that "
+                    "validation text is our val split (90-95%) followed by our test split (95-100%)")
 
 ANCHORS: tuple[dict[str, Any], ...] = (
     {"data": "multi30k", "metric": "test/bleu", "value": 13.76, "model": "2-layer LSTM encoder-decoder",

@@ -218,6 +218,7 @@ def test_density_unknown_key(project: Path, capsys: pytest.CaptureFixture[str]) 
     assert "unknown key 'dimension'" in _one_line_error(capsys, ["density"])
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_names_restart(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A killed run's last.ckpt, then truncated (a full disk): the rerun says how to start over."""
     import lightning.pytorch as pl

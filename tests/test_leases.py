@@ -98,6 +98,7 @@ def test_a_sigkilled_holder_on_this_host_is_replaced_at_once(tmp_path: Path, spa
     assert not (tmp_path / f"k{SUFFIX}").exists()
 
 
+@pytest.mark.slow
 def test_a_frozen_holder_loses_its_lease_after_stale_after_only(tmp_path: Path, spawn: Callable[..., Any]) -> None:
     ready = CTX.Event()
     parent, child = CTX.Pipe()

@@ -71,6 +71,7 @@ def test_mlflow_run_holds_params_metrics_samples_and_checkpoints(project: Path) 
     assert text.strip() and set(text) <= set("\nehlo")
 
 
+@pytest.mark.slow
 def test_seeds_run_as_separate_jobs_merge_to_the_same_summary(project: Path) -> None:
     """Seeds 0 and 1 as two jobs, then `collect`, give the metrics of one job running both."""
     from benchmarks.cli import main

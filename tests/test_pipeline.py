@@ -249,6 +249,7 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_it_is_not_the_best(projec
     assert torch.load(ckpt / "last.ckpt", weights_only=False)["epoch"] == 1  # a resume loses no finished epoch
 
 
+@pytest.mark.slow
 def test_a_finished_run_goes_on_from_its_checkpoint_under_a_longer_budget(project: Path) -> None:
     hello = experiment_from_params(load_params(), "hello_lstm")
     longer = replace(hello, trainer=hello.trainer | {"max_epochs": 3})
@@ -267,6 +268,7 @@ def test_a_finished_run_goes_on_from_its_checkpoint_under_a_longer_budget(projec
         run_seed(longer, 0, run_options(project, resume=False, continue_from=project / "missing.ckpt"))
 
 
+@pytest.mark.slow
 def test_an_experiment_that_continues_another_starts_from_its_best_checkpoint(project: Path) -> None:
     hello = experiment_from_params(load_params(), "hello_lstm")
     first = replace(hello, seeds=(0,), trainer=hello.trainer | {"max_epochs": 2})

@@ -306,6 +306,7 @@ def _git(cwd: Path, *args: str) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 def test_dvc_metrics_diff_and_compare_between_ledger_revisions(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
 

@@ -144,6 +144,7 @@ def test_a_metric_the_model_does_not_log_stops_at_the_sanity_check(project: Path
     assert [t.state for t in _study(project).trials] == [optuna.trial.TrialState.FAIL]
 
 
+@pytest.mark.slow
 def test_a_changed_definition_is_refused_and_more_trials_continue(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import benchmarks.tune as tune
     from benchmarks.errors import ArchbenchError

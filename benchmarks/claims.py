@@ -202,6 +202,11 @@ def diverged_seeds(exp: Experiment, runs_dir: Path) -> dict[int, str]:
     return found
 
 
+def _settled(exp: Experiment, runs_dir: Path) -> set[int]:
+    """Seeds of this cell that need no more work: finished, or diverged (a diverged one is never retried)."""
+    return set(finished_seeds(exp, runs_dir)) | set(diverged_seeds(exp, runs_dir))
+
+
 def _note_divergence(exp: Experiment, seed: int, runs_dir: Path, reason: str) -> None:
     path = runs_dir / exp.name / DIVERGED_DIR / f"seed_{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,8 +244,8 @@ def _work(name: str, cells: list[Experiment], runs_dir: Path, opts: Any, leases:
     heartbeat_s = min(20.0, stale_after_s / 6)
     waited = False
     while True:
-        left = [(exp, seed) for exp in cells for seed in exp.seeds
-                if seed not in finished_seeds(exp, runs_dir) and seed not in diverged_seeds(exp, runs_dir)]
+        left = [(exp, seed) for exp in cells for settled in [_settled(exp, runs_dir)]  # one read per cell
+                for seed in exp.seeds if seed not in settled]
         if not left:
             return True
         took = False
@@ -250,7 +255,7 @@ def _work(name: str, cells: list[Experiment], runs_dir: Path, opts: Any, leases:
                 continue  # a live worker trains it
             with lease:
                 # It may have finished (or diverged) between our look and the lease.
-                if seed not in finished_seeds(exp, runs_dir) and seed not in diverged_seeds(exp, runs_dir):
+                if seed not in _settled(exp, runs_dir):
                     try:
                         run_seed(exp, seed, opts)
                         print(f"claim {name}: trained {exp.name} seed {seed}", flush=True)

@@ -220,13 +220,13 @@ def test_backward_chunks_match_reference(cell: str, chunk: int, monkeypatch: pyt
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_multithread_forms_match_reference(cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """At more than one thread the loops take tanh as 2 sigmoid(2x) - 1 and one op per gate slot
-    (a grain of 1 forces the per-slot split at this tiny size): same values and grads as the reference."""
+    """At more than one thread the loops take one op per gate slot (a grain of 1 forces the per-slot
+    split at this tiny size): same values and grads as the reference."""
     monkeypatch.setattr(rk, "GRAIN", 1)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert not rk.use_torch_tanh() and len(rk.gate_groups(0, 3, B, H)) == 3
+        assert len(rk.gate_groups(0, 3, B, H)) == 3
         fused, ref = _pair(cell, 2)
         x = torch.randn(B, T, IN, dtype=torch.float64)
         state = _random_state(fused)

@@ -40,7 +40,6 @@ from lightning_modules.recurrent.kernels import (
     project_input_grads,
     recurrent_weight_grad,
     two_sigmoid_minus_one,
-    use_torch_tanh,
 )
 
 __all__ = ["ElmanSequence", "LSTMSequence", "run_fused"]
@@ -55,8 +54,7 @@ class ElmanSequence(torch.autograd.Function):
         # x [T, batch, input], w_ih [hidden, input], bias [hidden] or None, w_hh [hidden, hidden],
         # s0 [batch, hidden]; md: the matmul dtype (None: the weights')
         md = md or w_hh.dtype
-        tanh_ok = use_torch_tanh()
-        scale = w_hh.new_full((1,), 1.0 if tanh_ok else 2.0)  # 2: tanh as 2 sigmoid(2 z) - 1
+        scale = w_hh.new_full((1,), 2.0)  # tanh(z) as 2 sigmoid(2 z) - 1 (kernels.py says why)
         pre, flat = project_input(x, w_ih, bias, scale, md)  # [T, batch, hidden]: scale (U x_t + b)
         ss = w_hh.new_empty(x.shape[0] + 1, *s0.shape)  # [T+1, batch, hidden]: s_0 .. s_T
         ss[0] = s0
@@ -65,7 +63,7 @@ class ElmanSequence(torch.autograd.Function):
         s = ss[0]
         for z, s_next in zip(pre.unbind(0), ss[1:].unbind(0)):
             z = addmm_acc_(z, s, wt)  # U x_t + b + W s_{t-1}
-            s = torch.tanh(z, out=s_next) if tanh_ok else two_sigmoid_minus_one(z, neg_one, out=s_next)
+            s = two_sigmoid_minus_one(z, neg_one, out=s_next)
         ctx.save_for_backward(flat, w_ih, w_hh, ss)
         ctx.x_dtype, ctx.x_shape, ctx.device_type = x.dtype, x.shape, x.device.type
         return ss[1:], ss[-1].clone()
@@ -104,10 +102,8 @@ class LSTMSequence(torch.autograd.Function):
         steps, batch, _ = x.shape
         h = w_hh.shape[1]
         md = md or w_hh.dtype
-        tanh_ok = use_torch_tanh()
         scale = w_hh.new_ones(4 * h)
-        if not tanh_ok:
-            scale[2 * h:3 * h] = 2.0  # the g slot is computed as 2 sigmoid(2 g_pre) - 1
+        scale[2 * h:3 * h] = 2.0  # the g slot is computed as 2 sigmoid(2 g_pre) - 1 (= tanh(g_pre))
         # [T, batch, 4*hidden]: starts as the (scaled) U x_t + b, each step adds y_{t-1} W^T in
         # place, then it holds i, f, g, o after their nonlinearity (what backward needs).
         acts, flat = project_input(x, w_ih, bias, scale, md)
@@ -120,29 +116,29 @@ class LSTMSequence(torch.autograd.Function):
         # Per-step views made once (cheaper than slicing in the loop).
         a_t, ss_t, cs_t, ys_t = acts.unbind(0), ss.unbind(0), cs.unbind(0), ys.unbind(0)
         i_t, f_t, g_t, o_t = (v.unbind(0) for v in acts.unflatten(2, (4, h)).unbind(2))
-        groups = gate_groups(0, 2, batch, h)  # i and f: [batch, 2 or 1, hidden] views
-        if_t = [[a4[:, q] for q in groups] for a4 in acts.unflatten(2, (4, h)).unbind(0)]
-        p_if = None if peephole is None else [peephole[q] for q in groups]
+        acts4_t = acts.unflatten(2, (4, h)).unbind(0)  # [batch, 4, hidden] per step
+        # One sigmoid for the gates that are ready together: i, f, g (g's 2 sigmoid - 1 is fixed up
+        # after), and o too without peepholes (with them o waits for s_t).
+        groups = gate_groups(0, 3 if peephole is not None else 4, batch, h)
+        sig_t = [[a4[:, q] for q in groups] for a4 in acts4_t]
+        p_groups = gate_groups(0, 2, batch, h)  # i and f: [batch, 2 or 1, hidden] views
+        if_t = [[a4[:, q] for q in p_groups] for a4 in acts4_t] if peephole is not None else None
+        p_if = None if peephole is None else [peephole[q] for q in p_groups]
         s_prev_t = ss.unsqueeze(2).unbind(0)  # [batch, 1, hidden] views of s_{t-1}
         for t in range(steps):
             addmm_acc_(a_t[t], ys_t[t], wt)  # [batch, 4*hidden] pre-activations: U x_t + b + W y_{t-1}
             i, f, g, o, s_prev, s, c = i_t[t], f_t[t], g_t[t], o_t[t], ss_t[t], ss_t[t + 1], cs_t[t]
-            for k, z in enumerate(if_t[t]):
-                if p_if is not None:
+            if if_t is not None:
+                for k, z in enumerate(if_t[t]):
                     z.addcmul_(s_prev_t[t], p_if[k])  # i, f see s_{t-1}
+            for z in sig_t[t]:
                 z.sigmoid_()
-            if tanh_ok:
-                g.tanh_()  # g = tanh(g_pre)
-            else:
-                two_sigmoid_minus_one(g, neg_one, out=g)
+            torch.add(neg_one, g, alpha=2.0, out=g)  # g = 2 sigmoid(2 g_pre) - 1 = tanh(g_pre)
             torch.mul(s_prev, f, out=s).addcmul_(i, g)  # s_t = s_{t-1} * f + g * i
             if peephole is not None:
                 o.addcmul_(s, peephole[2])  # o sees the new s_t
-            o.sigmoid_()
-            if tanh_ok:
-                torch.tanh(s, out=c)  # c = tanh(s_t)
-            else:
-                two_sigmoid_minus_one(torch.add(s, s, out=c), neg_one, out=c)
+                o.sigmoid_()
+            two_sigmoid_minus_one(torch.add(s, s, out=c), neg_one, out=c)  # c = tanh(s_t)
             torch.mul(c, o, out=ys_t[t + 1])  # y_t = tanh(s_t) * o
         ctx.save_for_backward(flat, w_ih, w_hh, peephole, acts, ss, cs, ys)
         ctx.x_dtype, ctx.x_shape, ctx.device_type = x.dtype, x.shape, x.device.type

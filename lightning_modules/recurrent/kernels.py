@@ -26,14 +26,16 @@ import torch
 from torch import Tensor
 
 __all__ = ["GRAIN", "addmm_acc_", "gate_groups", "grad_from_above_and_next", "matmul_dtype", "mm_as", "project_input",
-           "project_input_grads", "recurrent_weight_grad", "two_sigmoid_minus_one", "use_torch_tanh"]
+           "project_input_grads", "recurrent_weight_grad", "two_sigmoid_minus_one"]
 
-# tanh in the loops: torch.tanh goes through MKL's vector math, which ATen splits across threads
-# from 2048 elements on, so at two or more threads even a [64, 256] tanh is a parallel region; on a
-# shared 2-core machine each call then waits for a descheduled thread (measured 15 ms vs 0.1 ms per
-# call). So torch.tanh is used only on one thread (where it is the fastest form); otherwise
-# tanh(x) = 2 sigmoid(2x) - 1, with the factor 2 folded into the weights once per sequence (scaling
-# by 2 is exact in floating point). The two forms differ only in rounding (~1e-7 in float32).
+# tanh in the loops is always 2 sigmoid(2x) - 1, with the factor 2 folded into the weights once per
+# sequence (scaling by 2 is exact in floating point); the two forms differ only in rounding (~2e-7 in
+# float32). One form at every thread count keeps a run's numbers independent of ``settings.threads``.
+# Why not torch.tanh: its speed depends on the CPU and the thread count. On an AMD EPYC (AVX2, one
+# thread) a [64, 256] tanh took 66-70 us against 32 us for sigmoid-and-add, the sigmoid 24 us; and
+# torch.tanh goes through MKL's vector math, which ATen splits across threads from 2048 elements on,
+# so at two or more threads even a [64, 256] tanh is a parallel region; on a shared 2-core machine each
+# call then waits for a descheduled thread (measured 15 ms vs 0.1 ms per call).
 # Scalars are passed as tensors/alphas: a Python scalar operand costs a tensor conversion per call.
 #
 # Likewise for grouping gates: other elementwise ops run on several threads from 32768 elements
@@ -42,11 +44,6 @@ __all__ = ["GRAIN", "addmm_acc_", "gate_groups", "grad_from_above_and_next", "ma
 # only where it stays single-threaded (``gate_groups``), leaving the matmul the one parallel
 # region of a step. The backward's once-per-chunk ops are large, and may be parallel.
 GRAIN = 32768
-
-
-def use_torch_tanh() -> bool:
-    """Whether the loops may call torch.tanh (see above): only when torch runs on one thread."""
-    return torch.get_num_threads() == 1
 
 
 def gate_groups(first: int, n: int, batch: int, hidden: int) -> list[slice]:

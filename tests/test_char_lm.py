@@ -81,6 +81,7 @@ def test_bad_values_name_the_argument(kwargs: dict, word: str) -> None:
         CharLM(vocab="\nab", **kwargs)
 
 
+@pytest.mark.slow
 def test_hello_lstm_learns_eel(project: Path) -> None:
     """The seed's example: after "e","e" the next letter is "l" (heel, eel), with probability > 0.9."""
     import yaml

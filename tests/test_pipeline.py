@@ -25,6 +25,7 @@ def test_same_seed_same_metrics(project: Path) -> None:
     assert other["metrics"] != first["metrics"]
 
 
+@pytest.mark.slow
 def test_mlflow_run_holds_params_metrics_samples_and_checkpoints(project: Path) -> None:
     exp = experiment_from_params(load_params(), "hello_elman")
     summary = run_experiment(exp, run_options(project))
@@ -89,6 +90,7 @@ def test_seeds_run_as_separate_jobs_merge_to_the_same_summary(project: Path) -> 
     assert together["missing_seeds"] == []
 
 
+@pytest.mark.slow
 def test_a_stale_seed_is_not_merged(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     exp = experiment_from_params(load_params(), "hello_lstm")
     run_experiment(exp, run_options(project), seeds=[0])
@@ -112,6 +114,7 @@ def test_a_diverging_run_fails_and_publishes_nothing(project: Path) -> None:
     assert not (seed_state_dir(exploding, 0, run_options(project)) / "ckpt").exists()
 
 
+@pytest.mark.slow
 def test_a_poisoned_resume_never_publishes(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run on garbage data fails; the next run on the real data starts over and gets the real numbers."""
     exp = experiment_from_params(load_params(), "words_lstm")
@@ -188,6 +191,7 @@ def _kill_after_first_epoch() -> object:
     return KillAfterFirstEpoch()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project: Path) -> None:
     exp = experiment_from_params(load_params(), "hello_lstm")
     with pytest.raises(SystemExit):
@@ -204,6 +208,7 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project:
     assert fresh["metrics"]["test/loss"] == pytest.approx(resumed["metrics"]["test/loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_run_resumes_under_a_new_commit_and_records_what_changed(project: Path, monkeypatch) -> None:
     import benchmarks.provenance
 

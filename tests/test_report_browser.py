@@ -153,6 +153,7 @@ def _shots_dir(tmp_path: Path) -> Path:
     return where
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(project: Path, browser: Browser, tmp_path: Path) -> None:
     write_fixture(project)
     _ledger_entry(project)

@@ -112,6 +112,7 @@ def test_stores_resolve_to_the_project_root_from_a_dvc_workspace(tmp_path: Path,
     assert tracking.project_root(tmp_path / "sub") == tmp_path / "sub"
 
 
+@pytest.mark.slow
 def test_non_finite_values_fail_their_trial_and_the_study_goes_on(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import benchmarks.tune as tune
     from benchmarks.errors import DivergedError

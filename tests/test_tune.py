@@ -18,6 +18,7 @@ def _study(project: Path) -> optuna.Study:
     return optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{project / 'optuna.db'}")
 
 
+@pytest.mark.slow
 def test_study_prunes_continues_and_nests_runs(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = load_params()
     # Learning rates down to 1e-6 learn nothing in three batches: those trials fall behind the median and are pruned.

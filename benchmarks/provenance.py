@@ -117,5 +117,19 @@ def machine(threads: int) -> dict[str, Any]:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    # The CPU's model and the vector ISA torch dispatches to: MKL and ATen pick kernels by it (AVX2 or
+    # AVX-512), so two CPUs round differently and a seed's numbers agree across them only statistically.
+    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
             "threads": threads, "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None

@@ -337,3 +337,18 @@ def test_dvc_metrics_diff_and_compare_between_ledger_revisions(project: Path, ca
     line = rf"hello_lstm test/loss\s+0\.61 ± {half[0]:.2g} \(n=2\)\s+0\.55 ± {half[1]:.2g} \(n=2\)\s+yes"
     assert re.search(line, printed), printed
     assert main(["report", "--compare", "no-such-rev"]) == 2
+
+
+def test_the_seeds_table_names_the_cpu_model_and_its_vector_isa() -> None:
+    """Kernels (and so rounding) differ between AVX2 and AVX-512 CPUs: a seed's record says which ran it."""
+    import torch
+
+    from benchmarks.provenance import machine
+    from benchmarks.site.pages import cpu_label
+
+    m = machine(1)
+    assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    if Path("/proc/cpuinfo").is_file():
+        assert m["cpu_model"] and m["cpu_model"] in Path("/proc/cpuinfo").read_text()
+    assert cpu_label(m) == ", ".join(x for x in (m["cpu_model"] or m["cpu"], m["cpu_capability"]) if x)
+    assert cpu_label({"cpu": "x86_64"}) == "x86_64"  # a record written before the model was kept

@@ -71,6 +71,12 @@ def run_links(entry: dict[str, Any]) -> str:
     return " ".join(out)
 
 
+def cpu_label(machine: dict[str, Any]) -> str:
+    """The CPU as the seeds table names it: its model and vector ISA where recorded (older records: the arch)."""
+    parts = [machine.get("cpu_model") or machine.get("cpu") or "?", machine.get("cpu_capability")]
+    return ", ".join(p for p in parts if p)
+
+
 def run_link_cell(seed: dict[str, Any]) -> str:
     """The run id, a link to the MLflow UI when there is one."""
     code = f'<code>{esc(seed.get("run_id"))}</code>'
@@ -187,7 +193,7 @@ def experiment_page(entry: dict[str, Any], ledger: dict[str, dict[str, Any]], im
         m = s.get("machine") or {}
         seed_rows.append([str(s["seed"]), *cells, esc(s.get("stopped_by")), esc(s.get("epochs")), esc(s.get("steps")),
                           esc(s.get("fit_s")), f'<code>{esc(str(s.get("commit"))[:12])}</code>',
-                          esc(f"{m.get('host', '?')} ({m.get('cpu', '?')}, {s.get('threads')} threads, "
+                          esc(f"{m.get('host', '?')} ({cpu_label(m)}, {s.get('threads')} threads, "
                               f"{m.get('gpu') or s.get('device') or 'cpu'})"), run_link_cell(s)])
     seeds_table = table(["seed", *[esc(k) for k in keys], "stopped by", "epochs", "steps", "fit (s)", "commit", "machine",
                          "MLflow run"], seed_rows, "seeds")

@@ -116,6 +116,7 @@ def _fake_training(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     return calls
 
 
+@pytest.mark.slow
 def test_workers_take_each_cell_seed_once_and_skip_live_leases(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls, params, opts = _fake_training(monkeypatch), tiny_params(), run_options(project)
     runs, leases = project / "results" / "claims" / "long_lag" / "runs", project / "results" / "claims" / ".leases"

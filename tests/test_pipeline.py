@@ -144,6 +144,7 @@ class Boom(RuntimeError):
     pass
 
 
+@pytest.mark.slow
 def test_a_run_that_raises_ends_failed(project: Path) -> None:
     import lightning.pytorch as pl
 
@@ -160,6 +161,7 @@ def test_a_run_that_raises_ends_failed(project: Path) -> None:
     assert not (seed_state_dir(exp, 0, run_options(project)) / "ckpt" / "last.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_run_under_changed_code_starts_over_and_says_why(project: Path, monkeypatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     import benchmarks.provenance
@@ -231,6 +233,7 @@ def test_a_run_resumes_under_a_new_commit_and_records_what_changed(project: Path
                                                                              "changed_on_resume.lr"})
 
 
+@pytest.mark.slow
 def test_last_checkpoint_is_the_latest_epoch_even_when_it_is_not_the_best(project: Path, monkeypatch) -> None:
     import lightning.pytorch as pl
     import torch

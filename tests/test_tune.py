@@ -130,6 +130,7 @@ def test_bad_study_is_one_line_before_anything_is_created(project: Path, key: st
     assert not (project / ".archbench").exists() and not (project / "results").exists()
 
 
+@pytest.mark.slow
 def test_a_metric_the_model_does_not_log_stops_at_the_sanity_check(project: Path) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -32,7 +32,6 @@ from torch.autograd.function import once_differentiable
 
 from lightning_modules.recurrent.kernels import (
     addmm_acc_,
-    gate_groups,
     grad_from_above_and_next,
     matmul_dtype,
     mm_as,
@@ -119,20 +118,16 @@ class LSTMSequence(torch.autograd.Function):
         acts4_t = acts.unflatten(2, (4, h)).unbind(0)  # [batch, 4, hidden] per step
         # One sigmoid for the gates that are ready together: i, f, g (g's 2 sigmoid - 1 is fixed up
         # after), and o too without peepholes (with them o waits for s_t).
-        groups = gate_groups(0, 3 if peephole is not None else 4, batch, h)
-        sig_t = [[a4[:, q] for q in groups] for a4 in acts4_t]
-        p_groups = gate_groups(0, 2, batch, h)  # i and f: [batch, 2 or 1, hidden] views
-        if_t = [[a4[:, q] for q in p_groups] for a4 in acts4_t] if peephole is not None else None
-        p_if = None if peephole is None else [peephole[q] for q in p_groups]
+        sig_t = [a4[:, :3 if peephole is not None else 4] for a4 in acts4_t]
+        # With peepholes i and f see s_{t-1}: their [batch, 2, hidden] views and [2, hidden] weights.
+        if_t, p_if = ([a4[:, :2] for a4 in acts4_t], peephole[:2]) if peephole is not None else ([], None)
         s_prev_t = ss.unsqueeze(2).unbind(0)  # [batch, 1, hidden] views of s_{t-1}
         for t in range(steps):
             addmm_acc_(a_t[t], ys_t[t], wt)  # [batch, 4*hidden] pre-activations: U x_t + b + W y_{t-1}
             i, f, g, o, s_prev, s, c = i_t[t], f_t[t], g_t[t], o_t[t], ss_t[t], ss_t[t + 1], cs_t[t]
-            if if_t is not None:
-                for k, z in enumerate(if_t[t]):
-                    z.addcmul_(s_prev_t[t], p_if[k])  # i, f see s_{t-1}
-            for z in sig_t[t]:
-                z.sigmoid_()
+            if p_if is not None:
+                if_t[t].addcmul_(s_prev_t[t], p_if)  # i, f see s_{t-1}
+            sig_t[t].sigmoid_()
             torch.add(neg_one, g, alpha=2.0, out=g)  # g = 2 sigmoid(2 g_pre) - 1 = tanh(g_pre)
             torch.mul(s_prev, f, out=s).addcmul_(i, g)  # s_t = s_{t-1} * f + g * i
             if peephole is not None:
@@ -202,8 +197,7 @@ def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
     k = ss.new_empty(min(CHUNK, steps), batch, h)  # [chunk, batch, hidden]: K of the current chunk
     carry = torch.empty_like(k) if peephole is not None else None  # F of the current chunk (peepholes)
     dp_t, dp_o_t = d_pre.unbind(0), d_pre[..., 3 * h:].unbind(0)
-    groups = gate_groups(0, 3, batch, h)  # i, f, g: [batch, 3 or 1, hidden] views
-    dp_ifg_t = [[v[:, q] for q in groups] for v in d_pre.unflatten(2, (4, h)).unbind(0)]
+    dp_ifg_t = [v[:, :3] for v in d_pre.unflatten(2, (4, h)).unbind(0)]  # [batch, 3, hidden]: i, f, g
     ds_b = ds.unsqueeze(1)  # [batch, 1, hidden] view; ds is updated in place throughout
     d_ys_t = [None] * steps if d_ys is None else d_ys.unbind(0)
     # Peephole grads are summed chunk by chunk while the chunk's d_pre is still in cache.
@@ -225,8 +219,7 @@ def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
             if d_ys_t[t] is not None:
                 dy = dy + d_ys_t[t]
         ds.addcmul_(dy, k_t[t - t0])  # ds_t = ds_{t+1} F_{t+1} + dy_t K_t
-        for z in dp_ifg_t[t]:
-            z.mul_(ds_b)  # i, f, g slots: ds_t L
+        dp_ifg_t[t].mul_(ds_b)  # i, f, g slots: ds_t L
         dp_o_t[t].mul_(dy)
         ds.mul_(f_t[t - t0])  # ds_{t+1} F_{t+1} for the step before
     d_pre_md = d_pre.to(flat.dtype)

@@ -1,5 +1,5 @@
 """Building blocks of the fused recurrent Functions (lightning_modules/recurrent/fused.py): matmuls in
-the right dtype and layout, and the rules that keep each time step's elementwise ops single-threaded.
+the right dtype and layout, and why the loops' elementwise ops take the form they do.
 
 Matmul backend: ATen's default CPU BLAS (MKL). We timed oneDNN on the same shapes through every
 route torch offers for exact float32: ``F.linear`` on ``Tensor.to_mkldnn()`` tensors (the public
@@ -25,32 +25,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["GRAIN", "addmm_acc_", "gate_groups", "grad_from_above_and_next", "matmul_dtype", "mm_as", "project_input",
+__all__ = ["addmm_acc_", "grad_from_above_and_next", "matmul_dtype", "mm_as", "project_input",
            "project_input_grads", "recurrent_weight_grad", "two_sigmoid_minus_one"]
 
 # tanh in the loops is always 2 sigmoid(2x) - 1, with the factor 2 folded into the weights once per
-# sequence (scaling by 2 is exact in floating point); the two forms differ only in rounding (~2e-7 in
-# float32). One form at every thread count keeps a run's numbers independent of ``settings.threads``.
-# Why not torch.tanh: its speed depends on the CPU and the thread count. On an AMD EPYC (AVX2, one
-# thread) a [64, 256] tanh took 66-70 us against 32 us for sigmoid-and-add, the sigmoid 24 us; and
-# torch.tanh goes through MKL's vector math, which ATen splits across threads from 2048 elements on,
-# so at two or more threads even a [64, 256] tanh is a parallel region; on a shared 2-core machine each
-# call then waits for a descheduled thread (measured 15 ms vs 0.1 ms per call).
+# sequence (scaling by 2 is exact in floating point); it differs from torch.tanh only in rounding (~2e-7
+# in float32). Why not torch.tanh: it goes through MKL's vector math, whose speed depends on the CPU
+# and the thread count. On an AMD EPYC (AVX2, one thread) a [64, 256] tanh took 57-70 us against 32 us
+# for sigmoid-and-add, the sigmoid 18-24 us; and ATen splits that vector math across threads from 2048
+# elements on, so at two threads even a [64, 256] tanh is a parallel region.
 # Scalars are passed as tensors/alphas: a Python scalar operand costs a tensor conversion per call.
 #
-# Likewise for grouping gates: other elementwise ops run on several threads from 32768 elements
-# on (ATen's grain size). At these sizes the rendezvous costs more than it saves and, under load
-# from other processes, milliseconds per call; so a per-step op covers several gate slices at once
-# only where it stays single-threaded (``gate_groups``), leaving the matmul the one parallel
-# region of a step. The backward's once-per-chunk ops are large, and may be parallel.
-GRAIN = 32768
-
-
-def gate_groups(first: int, n: int, batch: int, hidden: int) -> list[slice]:
-    """Gate slots first..first+n-1 as one slice if one elementwise op on them stays single-threaded, else one each."""
-    if torch.get_num_threads() == 1 or batch * n * hidden < GRAIN:
-        return [slice(first, first + n)]
-    return [slice(k, k + 1) for k in range(first, first + n)]
+# Gates that are ready together take one elementwise op over their [batch, n, hidden] view. ATen runs
+# such an op on several threads from 32768 elements on, as torch's own LSTM spreads its gate math; at
+# two threads (T=100, batch 64, hidden 256, AMD EPYC) that made the LSTM's forward+backward 5-20% faster
+# than one op per gate kept single-threaded, the peephole LSTM's no slower, idle or with a busy process
+# beside it.
 
 
 def matmul_dtype(x: Tensor, weight: Tensor) -> torch.dtype:

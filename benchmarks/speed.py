@@ -6,7 +6,9 @@ default; ``ref``: per-step autograd), median over repeats after a warm-up, every
 one process and interleaved per repeat so the ratios are comparable: on a shared machine
 absolute timings drift by ~30% between runs, ratios measured side by side much less.
 One detailed table per thread count, then a summary of the fused path's ratios
-(ours / torch; below 1.0 is faster than torch). ``--json PATH`` writes every row and timing.
+(ours / torch; below 1.0 is faster than torch), then a verdict per cell from the repeats themselves: a
+two-sided sign test on which of the two was faster in each interleaved repeat (with the default 7 repeats
+only 7 of 7 either way rejects a tie at p < 0.05). ``--json PATH`` writes every row and timing.
 ``python -m benchmarks.speed --help``.
 """
 
@@ -99,6 +101,8 @@ def run_speed(time_steps: int = 100, batch: int = 64, input_size: int = 64, hidd
             for p in paths:
                 for kind in ("fwd", "fwd_bwd"):
                     row[f"{p}_{kind}_ratio"] = row[f"{p}_{kind}_ms"] / row[f"torch_{kind}_ms"]
+                    row.update(_sign_test(row["times_ms"][f"{p}_{kind}"], row["times_ms"][f"torch_{kind}"],
+                                          f"{p}_{kind}"))
             if compile:
                 compiled = torch.compile(ours)
                 t0 = time.perf_counter()
@@ -110,6 +114,24 @@ def run_speed(time_steps: int = 100, batch: int = 64, input_size: int = 64, hidd
                            compiled_fwd_bwd_ms=c_fb, compiled_fwd_bwd_ratio=c_fb / row["torch_fwd_bwd_ms"])
             rows.append(row)
     return rows
+
+
+def _sign_test(ours: Sequence[float], theirs: Sequence[float], prefix: str) -> dict:
+    """Repeats where ours was faster than torch in the same (interleaved) repeat, and the two-sided sign
+    test's p for "neither is faster": a ratio near 1.0 on a noisy machine reads as a tie, not as a verdict."""
+    from scipy.stats import binomtest
+
+    wins = sum(a < b for a, b in zip(ours, theirs))
+    n = sum(a != b for a, b in zip(ours, theirs))
+    return {f"{prefix}_faster": wins, f"{prefix}_pairs": n,
+            f"{prefix}_sign_p": binomtest(wins, n).pvalue if n else 1.0}
+
+
+def verdict(row: dict, kind: str = "fwd_bwd", alpha: float = 0.05) -> str:
+    """The fused path against torch: "faster" / "slower" where the sign test rejects a tie at ``alpha``, else "tie"."""
+    if row[f"fused_{kind}_sign_p"] >= alpha:
+        return "tie"
+    return "faster" if 2 * row[f"fused_{kind}_faster"] > row[f"fused_{kind}_pairs"] else "slower"
 
 
 def _render(cols: list[tuple[str, str]], cells: list[list[str]]) -> str:
@@ -153,6 +175,22 @@ def format_summary(rows: list[dict]) -> str:
     return _render(cols, table)
 
 
+def format_verdicts(rows: list[dict]) -> str:
+    """Forward+backward, repeat by repeat: in how many repeats ours beat torch, the sign test's p and its verdict."""
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    keys = list(dict.fromkeys((r["threads"], r["depth"]) for r in rows))
+    by = {(r["threads"], r["depth"], r["cell"]): r for r in rows}
+    table = []
+    for n, d in keys:
+        line = [str(n), str(d)]
+        for c in cells:
+            r = by.get((n, d, c))
+            line.append("-" if r is None else f"{r['fused_fwd_bwd_faster']}/{r['fused_fwd_bwd_pairs']} "
+                        f"p={r['fused_fwd_bwd_sign_p']:.2f} {verdict(r)}")
+        table.append(line)
+    return _render([("threads", ""), ("depth", "")] + [(c, "") for c in cells], table)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="archbench speed", description=__doc__.splitlines()[0])
     parser.add_argument("--time-steps", type=int, default=100)
@@ -176,8 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     try:
         for n in args.threads or [before]:
-            # Thread count changes the ratio: torch's per-step gate ops are big enough for ATen to split
-            # across threads, ours are kept below that size (see lightning_modules/recurrent/kernels.py).
             torch.set_num_threads(n)
             part = run_speed(args.time_steps, args.batch, args.input, args.hidden, args.depths, args.repeats,
                              compile=args.compile, cells=args.cells, ref=not args.no_ref)
@@ -190,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     print("fused path / torch (median of interleaved repeats; < 1.00 is faster than torch)")
     print(format_summary(rows))
+    print("\nforward+backward, repeat by repeat: repeats where the fused path beat torch, two-sided sign test p,"
+          " verdict at p < 0.05 (tie: the repeats do not tell them apart)")
+    print(format_verdicts(rows))
     print(f"load average before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {os.cpu_count()} CPUs")
     if args.json is not None:
         record = {"torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),

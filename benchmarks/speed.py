@@ -156,39 +156,36 @@ def format_table(rows: list[dict]) -> str:
     return _render([(h, f) for _, h, f in cols], [[format(r[k], f) for k, _, f in cols] for r in rows])
 
 
-def format_summary(rows: list[dict]) -> str:
-    """The fused path's ratios, one line per (threads, depth), a column per cell vs its torch baseline."""
+def _per_cell_lines(rows: list[dict], width: int, fmt: Callable[[dict], list[str]]) -> tuple[list[str], list[list[str]]]:
+    """The cells in order, and one line per (threads, depth): threads, depth, then ``fmt(row)`` per cell
+    (``width`` dashes where a cell was not timed)."""
     cells = list(dict.fromkeys(r["cell"] for r in rows))
-    keys = list(dict.fromkeys((r["threads"], r["depth"]) for r in rows))
     by = {(r["threads"], r["depth"], r["cell"]): r for r in rows}
-    cols = [("threads", ""), ("depth", "")]
-    for c in cells:
-        base = by[next(k for k in by if k[2] == c)]["baseline"].removeprefix("nn.")
-        cols += [(f"{c}/{base} fwd", ""), (f"{c}/{base} f+b", "")]
-    table = []
-    for n, d in keys:
+    lines = []
+    for n, d in dict.fromkeys((r["threads"], r["depth"]) for r in rows):
         line = [str(n), str(d)]
         for c in cells:
             r = by.get((n, d, c))
-            line += ["-", "-"] if r is None else [f"{r['fused_fwd_ratio']:.2f}", f"{r['fused_fwd_bwd_ratio']:.2f}"]
-        table.append(line)
-    return _render(cols, table)
+            line += ["-"] * width if r is None else fmt(r)
+        lines.append(line)
+    return cells, lines
+
+
+def format_summary(rows: list[dict]) -> str:
+    """The fused path's ratios, one line per (threads, depth), a column per cell vs its torch baseline."""
+    cells, lines = _per_cell_lines(rows, 2, lambda r: [f"{r['fused_fwd_ratio']:.2f}", f"{r['fused_fwd_bwd_ratio']:.2f}"])
+    base = {r["cell"]: r["baseline"].removeprefix("nn.") for r in rows}
+    cols = [("threads", ""), ("depth", "")]
+    for c in cells:
+        cols += [(f"{c}/{base[c]} fwd", ""), (f"{c}/{base[c]} f+b", "")]
+    return _render(cols, lines)
 
 
 def format_verdicts(rows: list[dict]) -> str:
     """Forward+backward, repeat by repeat: in how many repeats ours beat torch, the sign test's p and its verdict."""
-    cells = list(dict.fromkeys(r["cell"] for r in rows))
-    keys = list(dict.fromkeys((r["threads"], r["depth"]) for r in rows))
-    by = {(r["threads"], r["depth"], r["cell"]): r for r in rows}
-    table = []
-    for n, d in keys:
-        line = [str(n), str(d)]
-        for c in cells:
-            r = by.get((n, d, c))
-            line.append("-" if r is None else f"{r['fused_fwd_bwd_faster']}/{r['fused_fwd_bwd_pairs']} "
-                        f"p={r['fused_fwd_bwd_sign_p']:.2f} {verdict(r)}")
-        table.append(line)
-    return _render([("threads", ""), ("depth", "")] + [(c, "") for c in cells], table)
+    cells, lines = _per_cell_lines(rows, 1, lambda r: [f"{r['fused_fwd_bwd_faster']}/{r['fused_fwd_bwd_pairs']} "
+                                                       f"p={r['fused_fwd_bwd_sign_p']:.2f} {verdict(r)}"])
+    return _render([("threads", ""), ("depth", "")] + [(c, "") for c in cells], lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,9 +119,10 @@ class LSTMSequence(torch.autograd.Function):
         # One sigmoid for the gates that are ready together: i, f, g (g's 2 sigmoid - 1 is fixed up
         # after), and o too without peepholes (with them o waits for s_t).
         sig_t = [a4[:, :3 if peephole is not None else 4] for a4 in acts4_t]
-        # With peepholes i and f see s_{t-1}: their [batch, 2, hidden] views and [2, hidden] weights.
-        if_t, p_if = ([a4[:, :2] for a4 in acts4_t], peephole[:2]) if peephole is not None else ([], None)
-        s_prev_t = ss.unsqueeze(2).unbind(0)  # [batch, 1, hidden] views of s_{t-1}
+        # With peepholes i and f see s_{t-1}: their [batch, 2, hidden] views, s_{t-1} as [batch, 1, hidden]
+        # views and the [2, hidden] weights.
+        if_t, s_prev_t, p_if = (([a4[:, :2] for a4 in acts4_t], ss.unsqueeze(2).unbind(0), peephole[:2])
+                                if peephole is not None else ([], (), None))
         for t in range(steps):
             addmm_acc_(a_t[t], ys_t[t], wt)  # [batch, 4*hidden] pre-activations: U x_t + b + W y_{t-1}
             i, f, g, o, s_prev, s, c = i_t[t], f_t[t], g_t[t], o_t[t], ss_t[t], ss_t[t + 1], cs_t[t]

@@ -104,7 +104,22 @@ def more_needed(study: Any, target: int, poll_s: float) -> bool:
         fail_stale(study)
         finished, running = counts(study)
         if finished >= target and not running:
+            _fail_waiting(study)
             return False
         if finished + len(running) < target:
             return True
         time.sleep(poll_s)
+
+
+def _fail_waiting(study: Any) -> None:
+    """Fail the retries still WAITING in a complete study: a dead worker's trial can be failed as stale (and a
+    retry enqueued, while it looked needed) after the live workers already filled the study; left WAITING it
+    would be picked up by whoever continues the study, and no trial may stay unfinished."""
+    import optuna
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it first

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lightning_modules.recurrent import native
 from lightning_modules.recurrent.cells import StackedRNN
 
 # Baseline for each of our cells; the peephole LSTM has no torch counterpart, so plain LSTM is the bar.
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     before, load_before = torch.get_num_threads(), os.getloadavg()
     rows: list[dict] = []
+    print(f"LSTM step elementwise math: {native.describe()}")
     try:
         for n in args.threads or [before]:
             torch.set_num_threads(n)
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {os.cpu_count()} CPUs")
     if args.json is not None:
         record = {"torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+                  "lstm_step": native.describe(),
                   "load_avg_before": load_before[0], "load_avg_after": load_after[0], "rows": rows}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1) + "\n")

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from lightning_modules.recurrent import native
 from lightning_modules.recurrent.kernels import (
     addmm_acc_,
     grad_from_above_and_next,
@@ -107,35 +108,15 @@ class LSTMSequence(torch.autograd.Function):
         # place, then it holds i, f, g, o after their nonlinearity (what backward needs).
         acts, flat = project_input(x, w_ih, bias, scale, md)
         wt = torch.mul(w_hh, scale.unsqueeze(1)).t().contiguous().to(md)  # [hidden, 4*hidden] row-major
-        neg_one = w_hh.new_full((1,), -1.0)
         ss = w_hh.new_empty(steps + 1, batch, h)  # [T+1, batch, hidden]: s_0 .. s_T
         cs = w_hh.new_empty(steps, batch, h)  # [T, batch, hidden]: tanh(s_t), needed by backward
         ys = w_hh.new_empty(steps + 1, batch, h)  # [T+1, batch, hidden]: y_0 .. y_T (y_0 for dW_hh)
         ss[0], ys[0] = s0, y0
-        # Per-step views made once (cheaper than slicing in the loop).
-        a_t, ss_t, cs_t, ys_t = acts.unbind(0), ss.unbind(0), cs.unbind(0), ys.unbind(0)
-        i_t, f_t, g_t, o_t = (v.unbind(0) for v in acts.unflatten(2, (4, h)).unbind(2))
-        acts4_t = acts.unflatten(2, (4, h)).unbind(0)  # [batch, 4, hidden] per step
-        # One sigmoid for the gates that are ready together: i, f, g (g's 2 sigmoid - 1 is fixed up
-        # after), and o too without peepholes (with them o waits for s_t).
-        sig_t = [a4[:, :3 if peephole is not None else 4] for a4 in acts4_t]
-        # With peepholes i and f see s_{t-1}: their [batch, 2, hidden] views, s_{t-1} as [batch, 1, hidden]
-        # views and the [2, hidden] weights.
-        if_t, s_prev_t, p_if = (([a4[:, :2] for a4 in acts4_t], ss.unsqueeze(2).unbind(0), peephole[:2])
-                                if peephole is not None else ([], (), None))
-        for t in range(steps):
-            addmm_acc_(a_t[t], ys_t[t], wt)  # [batch, 4*hidden] pre-activations: U x_t + b + W y_{t-1}
-            i, f, g, o, s_prev, s, c = i_t[t], f_t[t], g_t[t], o_t[t], ss_t[t], ss_t[t + 1], cs_t[t]
-            if p_if is not None:
-                if_t[t].addcmul_(s_prev_t[t], p_if)  # i, f see s_{t-1}
-            sig_t[t].sigmoid_()
-            torch.add(neg_one, g, alpha=2.0, out=g)  # g = 2 sigmoid(2 g_pre) - 1 = tanh(g_pre)
-            torch.mul(s_prev, f, out=s).addcmul_(i, g)  # s_t = s_{t-1} * f + g * i
-            if peephole is not None:
-                o.addcmul_(s, peephole[2])  # o sees the new s_t
-                o.sigmoid_()
-            two_sigmoid_minus_one(torch.add(s, s, out=c), neg_one, out=c)  # c = tanh(s_t)
-            torch.mul(c, o, out=ys_t[t + 1])  # y_t = tanh(s_t) * o
+        lib = native.step_kernels(acts, wt, peephole)
+        if lib is not None:  # the same step in one C pass (native.py says why)
+            native.lstm_forward(lib, acts, wt, ss, cs, ys, peephole)
+        else:
+            _lstm_forward_ops(acts, wt, ss, cs, ys, peephole)
         ctx.save_for_backward(flat, w_ih, w_hh, peephole, acts, ss, cs, ys)
         ctx.x_dtype, ctx.x_shape, ctx.device_type = x.dtype, x.shape, x.device.type
         return ys[1:], ys[-1].clone(), ss[-1].clone()
@@ -146,6 +127,36 @@ class LSTMSequence(torch.autograd.Function):
                  d_s_last: Tensor | None) -> tuple[Tensor | None, ...]:
         with torch.autocast(ctx.device_type, enabled=False):
             return _lstm_backward(ctx, d_ys, d_y_last, d_s_last)
+
+
+def _lstm_forward_ops(acts: Tensor, wt: Tensor, ss: Tensor, cs: Tensor, ys: Tensor, peephole: Tensor | None) -> None:
+    """LSTMSequence's time loop as torch ops (any device and dtype); buffers as in native.lstm_forward."""
+    h = ss.shape[-1]
+    neg_one = ss.new_full((1,), -1.0)
+    # Per-step views made once (cheaper than slicing in the loop).
+    a_t, ss_t, cs_t, ys_t = acts.unbind(0), ss.unbind(0), cs.unbind(0), ys.unbind(0)
+    i_t, f_t, g_t, o_t = (v.unbind(0) for v in acts.unflatten(2, (4, h)).unbind(2))
+    acts4_t = acts.unflatten(2, (4, h)).unbind(0)  # [batch, 4, hidden] per step
+    # One sigmoid for the gates that are ready together: i, f, g (g's 2 sigmoid - 1 is fixed up
+    # after), and o too without peepholes (with them o waits for s_t).
+    sig_t = [a4[:, :3 if peephole is not None else 4] for a4 in acts4_t]
+    # With peepholes i and f see s_{t-1}: their [batch, 2, hidden] views, s_{t-1} as [batch, 1, hidden]
+    # views and the [2, hidden] weights.
+    if_t, s_prev_t, p_if = (([a4[:, :2] for a4 in acts4_t], ss.unsqueeze(2).unbind(0), peephole[:2])
+                            if peephole is not None else ([], (), None))
+    for t in range(len(a_t)):
+        addmm_acc_(a_t[t], ys_t[t], wt)  # [batch, 4*hidden] pre-activations: U x_t + b + W y_{t-1}
+        i, f, g, o, s_prev, s, c = i_t[t], f_t[t], g_t[t], o_t[t], ss_t[t], ss_t[t + 1], cs_t[t]
+        if p_if is not None:
+            if_t[t].addcmul_(s_prev_t[t], p_if)  # i, f see s_{t-1}
+        sig_t[t].sigmoid_()
+        torch.add(neg_one, g, alpha=2.0, out=g)  # g = 2 sigmoid(2 g_pre) - 1 = tanh(g_pre)
+        torch.mul(s_prev, f, out=s).addcmul_(i, g)  # s_t = s_{t-1} * f + g * i
+        if peephole is not None:
+            o.addcmul_(s, peephole[2])  # o sees the new s_t
+            o.sigmoid_()
+        two_sigmoid_minus_one(torch.add(s, s, out=c), neg_one, out=c)  # c = tanh(s_t)
+        torch.mul(c, o, out=ys_t[t + 1])  # y_t = tanh(s_t) * o
 
 
 # Backward takes the steps in chunks of this many: the factors that do not depend on the recurrence
@@ -188,24 +199,40 @@ def _peephole_grad_(acc: Tensor, d_pre: Tensor, ss: Tensor) -> None:
 
 def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
                    d_s_last: Tensor | None) -> tuple[Tensor | None, ...]:
-    """BPTT for LSTMSequence: per step ``dy_{t-1} = d_pre_t W`` and four elementwise ops, then the weight grads."""
+    """BPTT for LSTMSequence: per step ``dy_{t-1} = d_pre_t W`` and the local derivatives, then the weight grads."""
     flat, w_ih, w_hh, peephole, acts, ss, cs, ys = ctx.saved_tensors
-    steps, batch, h4 = acts.shape
-    h = h4 // 4
+    h = acts.shape[2] // 4
     w_md = w_hh.to(flat.dtype)
     d_pre = torch.empty_like(acts)  # [T, batch, 4*hidden]: grads wrt the gate pre-activations
-    ds = torch.zeros_like(ss[0]) if d_s_last is None else d_s_last.clone()  # [batch, hidden], grad wrt s_t
+    ds = torch.zeros_like(ss[0]) if d_s_last is None else torch.empty_like(ss[0]).copy_(d_s_last)  # [batch, hidden]
+    d_peep = ss.new_zeros(3, h) if peephole is not None and ctx.needs_input_grad[6] else None
+    lib = native.step_kernels(acts, w_md, peephole)
+    if lib is not None:  # the same step in one C pass (native.py says why)
+        native.lstm_backward(lib, acts, ss, cs, d_ys, d_y_last, ds, d_pre, w_md, peephole, d_peep)
+    else:
+        _lstm_bptt_ops(acts, ss, cs, ys, d_ys, d_y_last, ds, d_pre, w_md, peephole, d_peep)
+    d_pre_md = d_pre.to(flat.dtype)
+    d_w_hh = recurrent_weight_grad(d_pre_md, ys, w_hh.dtype) if ctx.needs_input_grad[3] else None
+    d_y0 = mm_as(d_pre[0], w_md, ys.dtype) if ctx.needs_input_grad[4] else None
+    d_s0 = ds if ctx.needs_input_grad[5] else None
+    return (*project_input_grads(ctx, d_pre_md, flat, w_ih), d_w_hh, d_y0, d_s0, d_peep, None)
+
+
+def _lstm_bptt_ops(acts: Tensor, ss: Tensor, cs: Tensor, ys: Tensor, d_ys: Tensor | None, d_y_last: Tensor | None,
+                   ds: Tensor, d_pre: Tensor, w_md: Tensor, peephole: Tensor | None, d_peep: Tensor | None) -> None:
+    """The BPTT loop as torch ops (any device and dtype); arguments as in native.lstm_backward."""
+    steps, batch, h4 = acts.shape
+    h = h4 // 4
     k = ss.new_empty(min(CHUNK, steps), batch, h)  # [chunk, batch, hidden]: K of the current chunk
     carry = torch.empty_like(k) if peephole is not None else None  # F of the current chunk (peepholes)
     dp_t, dp_o_t = d_pre.unbind(0), d_pre[..., 3 * h:].unbind(0)
     dp_ifg_t = [v[:, :3] for v in d_pre.unflatten(2, (4, h)).unbind(0)]  # [batch, 3, hidden]: i, f, g
     ds_b = ds.unsqueeze(1)  # [batch, 1, hidden] view; ds is updated in place throughout
     d_ys_t = [None] * steps if d_ys is None else d_ys.unbind(0)
-    # Peephole grads are summed chunk by chunk while the chunk's d_pre is still in cache.
-    d_peep = ss.new_zeros(3, h) if peephole is not None and ctx.needs_input_grad[6] else None
     for t in range(steps - 1, -1, -1):
         t0 = t - t % CHUNK
         if t == steps - 1 or t % CHUNK == CHUNK - 1:  # entering a new chunk [t0, t]
+            # Peephole grads are summed chunk by chunk while the chunk's d_pre is still in cache.
             if d_peep is not None and t < steps - 1:  # the chunk after it is finished
                 _peephole_grad_(d_peep, d_pre[t + 1:t + 1 + CHUNK], ss[t + 1:t + 2 + CHUNK])
             n = t + 1 - t0
@@ -223,13 +250,8 @@ def _lstm_backward(ctx: Any, d_ys: Tensor | None, d_y_last: Tensor | None,
         dp_ifg_t[t].mul_(ds_b)  # i, f, g slots: ds_t L
         dp_o_t[t].mul_(dy)
         ds.mul_(f_t[t - t0])  # ds_{t+1} F_{t+1} for the step before
-    d_pre_md = d_pre.to(flat.dtype)
-    d_w_hh = recurrent_weight_grad(d_pre_md, ys, w_hh.dtype) if ctx.needs_input_grad[3] else None
-    d_y0 = mm_as(d_pre[0], w_md, ys.dtype) if ctx.needs_input_grad[4] else None
-    d_s0 = ds if ctx.needs_input_grad[5] else None
     if d_peep is not None:
         _peephole_grad_(d_peep, d_pre[:CHUNK], ss[:CHUNK + 1])  # the first chunk
-    return (*project_input_grads(ctx, d_pre_md, flat, w_ih), d_w_hh, d_y0, d_s0, d_peep, None)
 
 
 def run_fused(layers: nn.ModuleList, x: Tensor, state: list, drop: nn.Module,

@@ -25,8 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["addmm_acc_", "grad_from_above_and_next", "matmul_dtype", "mm_as", "project_input",
-           "project_input_grads", "recurrent_weight_grad", "two_sigmoid_minus_one"]
+__all__ = ["addmm_acc_", "grad_from_above_and_next", "matmul_dtype", "mm_as", "onednn_linear", "onednn_linear_ok",
+           "project_input", "project_input_grads", "recurrent_weight_grad", "two_sigmoid_minus_one"]
+
+# oneDNN's linear with a prepacked weight; torch.ops.mkldnn is its only exact-float32 route (module docstring).
+_ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 # tanh in the loops is always 2 sigmoid(2x) - 1, with the factor 2 folded into the weights once per
 # sequence (scaling by 2 is exact in floating point); it differs from torch.tanh only in rounding (~2e-7
@@ -66,16 +69,32 @@ def addmm_acc_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return acc.addmm_(a, b) if b.dtype == acc.dtype else acc.add_(mm_as(a, b, acc.dtype))
 
 
+def onednn_linear_ok(*tensors: Tensor) -> bool:
+    """True where the whole-sequence matmuls go through oneDNN: CPU float32 with torch's oneDNN ops."""
+    return (_ONEDNN and torch.backends.mkldnn.is_available()
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
+
+
+def onednn_linear(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a w^T (+ bias)`` for a [M, K] a and a [N, K] w through oneDNN, w packed for M rows (float32, CPU)."""
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, a.shape[0])
+    return torch.ops.mkldnn._linear_pointwise(a, packed, bias, "none", [], "")
+
+
 def project_input(x: Tensor, w_ih: Tensor, bias: Tensor | None, scale: Tensor,
                   md: torch.dtype) -> tuple[Tensor, Tensor]:
     """``(U x_t + b) * scale`` for all steps in one matmul.
 
     x [T, batch, input] -> (a fresh [T, batch, n_gates*hidden] in w_ih's dtype, the matmul's left
-    operand [T*batch, input(+1)] in ``md``, kept for backward). The bias rides as a column of ones
-    on x. ``scale`` ([n_gates*hidden]; powers of 2, so exact) is folded into the small U and b.
+    operand [T*batch, input(+1)] in ``md``, kept for backward). ``scale`` ([n_gates*hidden]; powers
+    of 2, so exact) is folded into the small U and b. In float32 on CPU oneDNN adds the bias;
+    elsewhere it rides as a column of ones on x (one matmul, and ``db`` falls out of ``dU``'s).
     """
     w = w_ih * scale.unsqueeze(1)  # [G, input]
     flat = x.reshape(-1, x.shape[-1])  # [T*batch, input]
+    if md == torch.float32 and onednn_linear_ok(flat, w):
+        out = onednn_linear(flat, w, None if bias is None else bias * scale)  # [T*batch, G]
+        return out.view(*x.shape[:-1], -1), flat
     if bias is not None:
         w = torch.cat([w, (bias * scale).unsqueeze(1)], 1)  # [G, input+1]
         flat = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)  # [T*batch, input+1]
@@ -87,14 +106,19 @@ def project_input(x: Tensor, w_ih: Tensor, bias: Tensor | None, scale: Tensor,
 def project_input_grads(ctx: Any, d_pre: Tensor, flat: Tensor, w_ih: Tensor) -> tuple[Tensor | None, ...]:
     """Grads of x, U, b (inputs 0, 1, 2) from d_pre [T, batch, G] and the forward's [T*batch, input(+1)] operand."""
     md = flat.dtype
+    n_in = w_ih.shape[1]
+    ones_column = flat.shape[1] == n_in + 1  # else the bias was added by oneDNN (float32 CPU)
     d = d_pre.flatten(0, 1).to(md)  # [T*batch, G]
-    d_x = mm_as(d, w_ih.to(md), ctx.x_dtype).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
+    d_x = None
+    if ctx.needs_input_grad[0]:
+        d_x = (mm_as(d, w_ih.to(md), ctx.x_dtype) if ones_column or not onednn_linear_ok(d, w_ih)
+               else onednn_linear(d, w_ih.t().contiguous())).view(ctx.x_shape)  # [T*batch, input]
     d_w_ih = d_b = None
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         d_wb = torch.mm(flat.t(), d).t().to(w_ih.dtype)  # [G, input(+1)]: x^T d is the faster layout
-        n_in = w_ih.shape[1]
         d_w_ih = d_wb[:, :n_in] if ctx.needs_input_grad[1] else None
-        d_b = d_wb[:, n_in] if ctx.needs_input_grad[2] else None  # the ones column
+        if ctx.needs_input_grad[2]:
+            d_b = d_wb[:, n_in] if ones_column else d.sum(0).to(w_ih.dtype)  # the ones column, or sum_rows d
     return d_x, d_w_ih, d_b
 
 

@@ -1,0 +1,125 @@
+/* The elementwise part of one LSTM time step, forward and backward, for float32 on x86-64 with AVX2
+ * and FMA; the matmuls stay in torch. Built and loaded by lightning_modules/recurrent/native.py, which
+ * says why this exists. The equations are those of cells.py (gate order i, f, g, o; peepholes: i and f
+ * see s_{t-1}, o sees s_t); the Python loops in fused.py compute the same thing op by op.
+ *
+ * Layouts (row-major, contiguous): pre/acts/d_pre [B, 4H], states [B, H], peep/d_peep [3, H].
+ * The g slot of the pre-activations arrives scaled by 2, as in fused.py: tanh(z) = 2 sigmoid(2z) - 1.
+ */
+#include <immintrin.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* e^x, Cephes' single-precision polynomial (max error ~2 ulp). Inputs are clamped to the float range
+ * with x as the second operand of min/max, which is the one those return for a NaN: NaN propagates. */
+INLINE __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(_mm256_set1_ps(-88.3762626647949f), _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);  /* x - fx ln 2, in two parts */
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i n = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)));  /* y 2^fx */
+}
+
+INLINE __m256 sigmoid8(__m256 x) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+INLINE __m256 two_sigmoid_minus_one8(__m256 z) {  /* tanh(z / 2) */
+    return _mm256_fmsub_ps(_mm256_set1_ps(2.0f), sigmoid8(z), _mm256_set1_ps(1.0f));
+}
+
+/* Loads and stores of 8 floats, or of the first few under a lane mask at the tail of a row
+ * (`masked` is a constant at every call, so each loop body is compiled twice, without branches). */
+INLINE __m256 ld(const float *p, __m256i m, int masked) {
+    return masked ? _mm256_maskload_ps(p, m) : _mm256_loadu_ps(p);
+}
+INLINE void st(float *p, __m256 v, __m256i m, int masked) {
+    if (masked) _mm256_maskstore_ps(p, m, v); else _mm256_storeu_ps(p, v);
+}
+
+INLINE void fwd8(const float *pre, float *act, const float *sp, float *s, float *c, float *y, const float *peep,
+                 long H, long j, __m256i m, int masked) {
+    __m256 s_prev = ld(sp + j, m, masked);
+    __m256 ip = ld(pre + j, m, masked), fp = ld(pre + H + j, m, masked), op = ld(pre + 3 * H + j, m, masked);
+    if (peep) {
+        ip = _mm256_fmadd_ps(s_prev, ld(peep + j, m, masked), ip);
+        fp = _mm256_fmadd_ps(s_prev, ld(peep + H + j, m, masked), fp);
+    }
+    __m256 i = sigmoid8(ip), f = sigmoid8(fp), g = two_sigmoid_minus_one8(ld(pre + 2 * H + j, m, masked));
+    __m256 sv = _mm256_fmadd_ps(g, i, _mm256_mul_ps(s_prev, f));  /* s_t = s_{t-1} f + g i */
+    if (peep) op = _mm256_fmadd_ps(sv, ld(peep + 2 * H + j, m, masked), op);
+    __m256 o = sigmoid8(op);
+    __m256 cv = two_sigmoid_minus_one8(_mm256_add_ps(sv, sv));  /* tanh(s_t) */
+    st(act + j, i, m, masked); st(act + H + j, f, m, masked); st(act + 2 * H + j, g, m, masked);
+    st(act + 3 * H + j, o, m, masked);
+    st(s + j, sv, m, masked); st(c + j, cv, m, masked); st(y + j, _mm256_mul_ps(cv, o), m, masked);
+}
+
+/* Forward: pre [B, 4H] pre-activations (U x_t + b + W y_{t-1}, g scaled by 2) -> act [B, 4H] (i, f, g, o
+ * after their nonlinearity; may be pre itself), s = s_t, c = tanh(s_t), y = y_t. peep may be NULL. */
+void lstm_step_forward(const float *pre, float *act, const float *s_prev, float *s, float *c, float *y,
+                       const float *peep, long B, long H) {
+    const long full = H - H % 8;
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(H % 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (long b = 0; b < B; ++b) {
+        const long r4 = b * 4 * H, r = b * H;
+        for (long j = 0; j < full; j += 8)
+            fwd8(pre + r4, act + r4, s_prev + r, s + r, c + r, y + r, peep, H, j, m, 0);
+        if (full < H) fwd8(pre + r4, act + r4, s_prev + r, s + r, c + r, y + r, peep, H, full, m, 1);
+    }
+}
+
+INLINE void bwd8(const float *act, const float *sp, const float *s, const float *c, const float *dy, float *ds,
+                 float *dp, const float *peep, float *d_peep, long H, long j, __m256i m, int masked) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 i = ld(act + j, m, masked), f = ld(act + H + j, m, masked), g = ld(act + 2 * H + j, m, masked);
+    __m256 o = ld(act + 3 * H + j, m, masked), cv = ld(c + j, m, masked), dyv = ld(dy + j, m, masked);
+    __m256 s_prev = ld(sp + j, m, masked);
+    __m256 l_o = _mm256_mul_ps(_mm256_mul_ps(cv, o), _mm256_sub_ps(one, o));  /* tanh(s_t) sigma'(o) */
+    __m256 k = _mm256_mul_ps(o, _mm256_fnmadd_ps(cv, cv, one));               /* o (1 - tanh^2 s_t) */
+    if (peep) k = _mm256_fmadd_ps(l_o, ld(peep + 2 * H + j, m, masked), k);  /* o_pre also sees s_t */
+    __m256 dsv = _mm256_fmadd_ps(dyv, k, ld(ds + j, m, masked));             /* ds_t */
+    __m256 l_i = _mm256_mul_ps(_mm256_mul_ps(i, _mm256_sub_ps(one, i)), g);
+    __m256 l_f = _mm256_mul_ps(_mm256_mul_ps(f, _mm256_sub_ps(one, f)), s_prev);
+    __m256 l_g = _mm256_mul_ps(i, _mm256_fnmadd_ps(g, g, one));
+    __m256 d_i = _mm256_mul_ps(dsv, l_i), d_f = _mm256_mul_ps(dsv, l_f), d_o = _mm256_mul_ps(dyv, l_o);
+    st(dp + j, d_i, m, masked); st(dp + H + j, d_f, m, masked);
+    st(dp + 2 * H + j, _mm256_mul_ps(dsv, l_g), m, masked); st(dp + 3 * H + j, d_o, m, masked);
+    __m256 carry = f;  /* d s_t / d s_{t-1} */
+    if (peep) {
+        carry = _mm256_fmadd_ps(l_i, ld(peep + j, m, masked), carry);
+        carry = _mm256_fmadd_ps(l_f, ld(peep + H + j, m, masked), carry);
+    }
+    st(ds + j, _mm256_mul_ps(dsv, carry), m, masked);
+    if (d_peep) {
+        __m256 sv = ld(s + j, m, masked);
+        st(d_peep + j, _mm256_fmadd_ps(d_i, s_prev, ld(d_peep + j, m, masked)), m, masked);
+        st(d_peep + H + j, _mm256_fmadd_ps(d_f, s_prev, ld(d_peep + H + j, m, masked)), m, masked);
+        st(d_peep + 2 * H + j, _mm256_fmadd_ps(d_o, sv, ld(d_peep + 2 * H + j, m, masked)), m, masked);
+    }
+}
+
+/* Backward: act [B, 4H], s_prev, s, c = tanh(s_t) [B, H]; dy [B, H] the grad reaching y_t; ds [B, H] holds
+ * ds_{t+1} F_{t+1} on entry and ds_t F_t on return; d_pre [B, 4H] gets the grads wrt the (unscaled)
+ * pre-activations; d_peep [3, H] (may be NULL) accumulates the peephole grads. */
+void lstm_step_backward(const float *act, const float *s_prev, const float *s, const float *c, const float *dy,
+                        float *ds, float *d_pre, const float *peep, float *d_peep, long B, long H) {
+    const long full = H - H % 8;
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(H % 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (long b = 0; b < B; ++b) {
+        const long r4 = b * 4 * H, r = b * H;
+        for (long j = 0; j < full; j += 8)
+            bwd8(act + r4, s_prev + r, s + r, c + r, dy + r, ds + r, d_pre + r4, peep, d_peep, H, j, m, 0);
+        if (full < H)
+            bwd8(act + r4, s_prev + r, s + r, c + r, dy + r, ds + r, d_pre + r4, peep, d_peep, H, full, m, 1);
+    }
+}

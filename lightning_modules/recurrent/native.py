@@ -1,0 +1,156 @@
+"""The LSTM step's elementwise math in C (lstm_step.c): built once per machine, called through ctypes.
+
+Why: after its matmul, an LSTM time step is ~10 elementwise torch ops (sigmoids, the state update,
+tanh(s_t), the output), each a pass over [batch, hidden] or [batch, 4*hidden] plus a dispatch; at
+T=100, batch 64, hidden 256 they took 200-250 us a step at two threads, about as long as the step's
+matmul. lstm_step.c does them in one pass per row: ~85 us forward and ~20 us backward on one thread
+(AMD EPYC, AVX2). That is what brought our LSTMs to or below nn.LSTM in ``archbench speed``.
+Why plain C and ctypes rather than a torch C++ extension: no torch headers, so it builds in about a
+second with the system's C compiler (no ninja, no minute-long compile in a fresh clone or CI).
+
+It runs where it can: x86-64 with AVX2 and FMA (torch's CPU capability AVX2 or AVX512), a C
+compiler (``$CC`` or ``cc``), and CPU float32 tensors. Anywhere else (or with ``ARCHBENCH_NATIVE=0``)
+the fused Functions run the same step as torch ops, which agree to float32 rounding (~1e-7; the
+kernel's exp is a polynomial, torch's sigmoid is Sleef's). ``describe()`` says which path runs and
+why; run provenance records it, since the two paths' numbers differ in the last bits.
+The built library is cached under ``$ARCHBENCH_NATIVE_DIR`` (default ``~/.cache/archbench``), named
+by the hash of its source and flags; concurrent builds each write a private file and rename it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lightning_modules.recurrent.kernels import grad_from_above_and_next
+
+__all__ = ["describe", "lstm_backward", "lstm_forward", "step_kernels"]
+
+SOURCE = Path(__file__).with_name("lstm_step.c")
+# -ffp-contract=off: the arithmetic is exactly as written (no mul+add fused behind our back), so the
+# same source gives the same numbers whatever the compiler's default.
+FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC")
+_P, _L = ctypes.c_void_p, ctypes.c_long
+_F32 = 4  # bytes per float32 element
+
+
+class NativeUnavailable(RuntimeError):
+    """Why the C step kernels cannot run here."""
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("ARCHBENCH_NATIVE_DIR")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "archbench"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        return base
+    except OSError:  # read-only home: a private temp dir still lets the build happen
+        tmp = Path(tempfile.gettempdir()) / f"archbench-native-{os.getuid()}"
+        tmp.mkdir(exist_ok=True)
+        return tmp
+
+
+def _load() -> ctypes.CDLL:
+    if os.environ.get("ARCHBENCH_NATIVE", "1") == "0":
+        raise NativeUnavailable("turned off by ARCHBENCH_NATIVE=0")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise NativeUnavailable(f"the kernel is written for x86-64, this CPU is {platform.machine()}")
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap not in ("AVX2", "AVX512"):
+        raise NativeUnavailable(f"it needs AVX2 and FMA, torch reports CPU capability {cap}")
+    cc_name = os.environ.get("CC") or "cc"
+    cc = shutil.which(cc_name)
+    if cc is None:
+        raise NativeUnavailable(f"no C compiler {cc_name!r} on PATH (install gcc or set CC)")
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *FLAGS)).encode()).hexdigest()[:16]
+    lib_path = _cache_dir() / f"lstm_step-{key}.so"
+    if not lib_path.exists():
+        tmp = lib_path.with_name(f"{lib_path.name}.{os.getpid()}.tmp")
+        done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            first = (done.stderr.strip().splitlines() or ["no message"])[0]
+            raise NativeUnavailable(f"building {SOURCE.name} with {cc} failed: {first}")
+        os.replace(tmp, lib_path)  # atomic: a concurrent loader sees no file or the whole one
+    lib = ctypes.CDLL(str(lib_path))
+    lib.lstm_step_forward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _L, _L]
+    lib.lstm_step_backward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _P, _L, _L]
+    lib.lstm_step_forward.restype = lib.lstm_step_backward.restype = None
+    return lib
+
+
+@functools.cache
+def _state() -> tuple[ctypes.CDLL | None, str]:
+    try:
+        return _load(), f"C step kernel (lstm_step.c, AVX2/FMA, {torch.backends.cpu.get_cpu_capability()} CPU)"
+    except (NativeUnavailable, OSError, subprocess.SubprocessError) as exc:
+        return None, f"torch ops ({exc})"
+
+
+def step_kernels(*tensors: Tensor | None) -> ctypes.CDLL | None:
+    """The loaded C kernels if they can run on these tensors (all CPU float32), else None."""
+    lib = _state()[0]
+    if lib is None or any(t is not None and (t.device.type != "cpu" or t.dtype != torch.float32) for t in tensors):
+        return None
+    return lib
+
+
+def describe() -> str:
+    """Which path the LSTM steps take on CPU float32 here, and why (for logs and run provenance)."""
+    return _state()[1]
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def lstm_forward(lib: ctypes.CDLL, acts: Tensor, wt: Tensor, ss: Tensor, cs: Tensor, ys: Tensor,
+                 peephole: Tensor | None) -> None:
+    """LSTMSequence's time loop: acts [T, batch, 4h] in: the scaled U x_t + b, out: i, f, g, o; ss/ys
+    [T+1, batch, h] with s_0/y_0 set, cs [T, batch, h]; wt [h, 4h] the scaled W^T. All contiguous."""
+    steps, batch, h4 = acts.shape
+    h = h4 // 4
+    a_t, ys_t = acts.unbind(0), ys.unbind(0)
+    peep = None if peephole is None else peephole.contiguous()
+    a0, s0, c0, y0, pp = acts.data_ptr(), ss.data_ptr(), cs.data_ptr(), ys.data_ptr(), _ptr(peep)
+    n4, n = batch * h4 * _F32, batch * h * _F32  # bytes per step
+    for t in range(steps):
+        a = a_t[t].addmm_(ys_t[t], wt)  # [batch, 4h] pre-activations: U x_t + b + W y_{t-1}
+        lib.lstm_step_forward(a.data_ptr(), a0 + t * n4, s0 + t * n, s0 + (t + 1) * n, c0 + t * n,
+                              y0 + (t + 1) * n, pp, batch, h)
+
+
+def lstm_backward(lib: ctypes.CDLL, acts: Tensor, ss: Tensor, cs: Tensor, d_ys: Tensor | None,
+                  d_y_last: Tensor | None, ds: Tensor, d_pre: Tensor, w: Tensor, peephole: Tensor | None,
+                  d_peep: Tensor | None) -> None:
+    """BPTT over LSTMSequence's saved tensors: fills d_pre [T, batch, 4h]; ds [batch, h] (contiguous,
+    owned) enters as the grad wrt s_T and leaves as the one wrt s_0; d_peep [3, h] accumulates."""
+    steps, batch, h4 = acts.shape
+    h = h4 // 4
+    peep = None if peephole is None else peephole.contiguous()
+    dp_t = d_pre.unbind(0)
+    d_ys_t = [None] * steps if d_ys is None else d_ys.unbind(0)
+    a0, s0, c0, dp0, ds0 = acts.data_ptr(), ss.data_ptr(), cs.data_ptr(), d_pre.data_ptr(), ds.data_ptr()
+    pp, dpk = _ptr(peep), _ptr(d_peep)
+    n4, n = batch * h4 * _F32, batch * h * _F32
+    for t in range(steps - 1, -1, -1):
+        if t < steps - 1:
+            dy = grad_from_above_and_next(d_ys_t[t], dp_t[t + 1], w)  # dy_t = d_out_t + d_pre_{t+1} W
+        else:
+            dy = torch.zeros_like(ds) if d_y_last is None else d_y_last
+            if d_ys_t[t] is not None:
+                dy = dy + d_ys_t[t]
+        dy = dy.contiguous()
+        lib.lstm_step_backward(a0 + t * n4, s0 + t * n, s0 + (t + 1) * n, c0 + t * n, dy.data_ptr(), ds0,
+                               dp0 + t * n4, pp, dpk, batch, h)

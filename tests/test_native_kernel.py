@@ -44,7 +44,8 @@ def _fwd_bwd(model: nn.Module, x: Tensor, state: list | None) -> list[Tensor]:
     y, fin = model(x, st)
     flat_fin = [t for s in fin for t in s]
     g = torch.Generator().manual_seed(3)
-    loss = (y * torch.randn(y.shape, generator=g)).sum() + sum((t.sin() * (k + 1)).sum() for k, t in enumerate(flat_fin))
+    loss = (y * torch.randn(y.shape, generator=g)).sum()
+    loss = loss + sum((t.sin() * (k + 1)).sum() for k, t in enumerate(flat_fin))
     leaves = [x] + ([t for s in st for t in s] if st is not None else []) + list(model.parameters())
     return [y.detach(), *(t.detach() for t in flat_fin), *torch.autograd.grad(loss, leaves)]
 
@@ -78,19 +79,31 @@ def test_kernel_matches_torch_ops_loop(cell: str, hidden: int, monkeypatch: pyte
 
 
 @needs_kernel
-def test_kernel_matches_nn_lstm_float32() -> None:
-    """The float32 kernel vs a float64 nn.LSTM with copied weights: as close as torch's own float32 LSTM gets."""
+def test_float32_path_matches_nn_lstm() -> None:
+    """Float32 CPU, the default path (C kernel, oneDNN matmuls, fused bias) vs a float64 nn.LSTM with copied
+    weights, outputs and every grad: as close as torch's own float32 LSTM gets to that oracle."""
     torch.manual_seed(1)
     ref = nn.LSTM(8, 40, num_layers=2, batch_first=True)
     ours = StackedRNN("lstm", 8, 40, num_layers=2)
     copy_from_torch(ours, ref)
     x = torch.randn(5, 50, 8)
-    y_ours = ours(x)[0]
-    y_f32 = ref(x)[0]
-    y_f64 = ref.double()(x.double())[0]
-    err_ours = float((y_ours.double() - y_f64).abs().max())
-    err_torch = float((y_f32.double() - y_f64).abs().max())
-    assert err_ours < 2e-6 and err_ours < 10 * max(err_torch, 1e-7), (err_ours, err_torch)
+    w = torch.randn(5, 50, 40)
+
+    def outs_and_grads(model: nn.Module, dtype: torch.dtype) -> list[Tensor]:
+        xx = x.to(dtype).requires_grad_(True)
+        y = model(xx)[0]
+        grads = torch.autograd.grad((y * w.to(dtype)).sum(), [xx] + [p for p in model.parameters()])
+        return [t.detach().double() for t in (y, *grads)]
+
+    got, f32 = outs_and_grads(ours, torch.float32), outs_and_grads(ref, torch.float32)
+    oracle = outs_and_grads(ref.double(), torch.float64)
+    # nn.LSTM's parameters per layer: w_ih, w_hh, b_ih, b_hh; ours: w_ih, w_hh, b (its grad is either bias's)
+    pick = [0, 1] + [k for layer in range(2) for k in (2 + 4 * layer, 3 + 4 * layer, 4 + 4 * layer)]
+    for name, a, b32, b64 in zip(["y", "x", "w_ih0", "w_hh0", "b0", "w_ih1", "w_hh1", "b1"], got,
+                                 [f32[k] for k in pick], [oracle[k] for k in pick], strict=True):
+        scale = float(b64.abs().max())
+        err, err_torch = float((a - b64).abs().max()) / scale, float((b32 - b64).abs().max()) / scale
+        assert err < 1e-5 and err < 10 * max(err_torch, 1e-7), (name, err, err_torch)
 
 
 @needs_kernel
@@ -126,8 +139,11 @@ def test_build_is_cached_and_shared_by_concurrent_processes(fresh_state: Path) -
     assert native.describe().startswith("C step kernel")  # this process loads the cached one
 
 
+NO_CC = "no C compiler '/nonexistent/cc' on PATH (install gcc or set CC)"
+
+
 @pytest.mark.parametrize("env, reason", [({"ARCHBENCH_NATIVE": "0"}, "turned off by ARCHBENCH_NATIVE=0"),
-                                         ({"CC": "/nonexistent/cc"}, "no C compiler '/nonexistent/cc' on PATH (install gcc or set CC)")])
+                                         ({"CC": "/nonexistent/cc"}, NO_CC)])
 def test_unavailable_falls_back_to_torch_ops_and_says_why(env: dict, reason: str, fresh_state: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     for k, v in env.items():

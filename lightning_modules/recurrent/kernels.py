@@ -1,17 +1,20 @@
 """Building blocks of the fused recurrent Functions (lightning_modules/recurrent/fused.py): matmuls in
 the right dtype and layout, and why the loops' elementwise ops take the form they do.
 
-Matmul backend: ATen's default CPU BLAS (MKL). We timed oneDNN on the same shapes through every
-route torch offers for exact float32: ``F.linear`` on ``Tensor.to_mkldnn()`` tensors (the public
-one) and ``torch.ops.mkldnn._linear_pointwise`` with a prepacked weight (its fused-add variant
-too). No public flag sends an exact float32 ``addmm`` to oneDNN on x86: ATen's
-``use_mkldnn_matmul`` takes float32 only in the bf16/tf32 ``fp32_precision`` modes, which change
-the numbers, and the ``TORCH_MKLDNN_*`` size thresholds are read on ARM builds only. On this
-machine oneDNN was the slower one, at one and at two threads: a step's [64,256]x[256,1024] ran at
-125-135 GFLOP/s in MKL against 84-105 in oneDNN, and the whole-sequence shapes likewise. So
-the speed comes from layouts MKL runs well: the bias as a column of ones on the input (no
-broadcast copy before the matmul; ``db`` falls out of the ``dU`` matmul), ``x W^T`` with W as
-stored, and weight gradients as ``x^T dgates``.
+Matmul backend, float32 on CPU: oneDNN for the input projection ``U x_t + b`` (its bias fused), its
+input grad ``d_pre U`` and, in native.py's loops, each step's ``W y_{t-1}`` and ``d_pre_t W`` (weights
+packed once per sequence); MKL (ATen's ``mm``) for the weight grads ``x^T d_pre``, for which oneDNN
+would need transposed copies of [T*batch, ...] operands. No public flag sends an exact float32 matmul
+to oneDNN on x86 (ATen's ``use_mkldnn_matmul`` takes float32 only in the bf16/tf32
+``fp32_precision`` modes, which change the numbers; ``Tensor.to_mkldnn()`` costs a copy of each
+operand and result), so this calls ``torch.ops.mkldnn._linear_pointwise`` with a weight from
+``torch.ops.mkldnn._reorder_linear_weight``: private ops, guarded (MKL where they are missing). The
+shapes at T=100, batch 64, hidden 256 (AMD EPYC, interleaved medians, ms, MKL / oneDNN):
+[6400, 257|256] x [.., 1024] 35.1 / 26.2 at two threads, 72.7 / 54.2 at one; [6400, 1024] x [1024, 256]
+36.9 / 28.4 and 55.9 / 50.9; a step's [64, 256] x [256, 1024] 0.342 / 0.290 and 0.548 / 0.553. An
+earlier measurement on a busier host had MKL ahead, which is why the comparison is quoted here.
+Elsewhere (float64, CUDA, autocast) everything goes through ATen, with the bias as a column of ones
+on the input (no broadcast copy; ``db`` falls out of the ``dU`` matmul).
 
 Mixed precision: under ``torch.autocast`` (Lightning's ``bf16-mixed``) the matmuls run in the
 autocast dtype (oneDNN's bf16 kernels, through ATen) and their results are added into float32
@@ -26,7 +29,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["addmm_acc_", "grad_from_above_and_next", "matmul_dtype", "mm_as", "onednn_linear", "onednn_linear_ok",
-           "project_input", "project_input_grads", "recurrent_weight_grad", "two_sigmoid_minus_one"]
+           "onednn_pack", "project_input", "project_input_grads", "recurrent_weight_grad", "two_sigmoid_minus_one"]
 
 # oneDNN's linear with a prepacked weight; torch.ops.mkldnn is its only exact-float32 route (module docstring).
 _ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
@@ -75,9 +78,13 @@ def onednn_linear_ok(*tensors: Tensor) -> bool:
             and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
 
 
-def onednn_linear(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``a w^T (+ bias)`` for a [M, K] a and a [N, K] w through oneDNN, w packed for M rows (float32, CPU)."""
-    packed = torch.ops.mkldnn._reorder_linear_weight(w, a.shape[0])
+def onednn_pack(w: Tensor, rows: int) -> Tensor:
+    """A [N, K] weight packed by oneDNN for ``onednn_linear`` on [rows, K] inputs (float32, CPU)."""
+    return torch.ops.mkldnn._reorder_linear_weight(w, rows)
+
+
+def onednn_linear(a: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a w^T (+ bias)``: a [M, K], ``packed`` from ``onednn_pack(w, M)``; a fresh [M, N] (float32, CPU)."""
     return torch.ops.mkldnn._linear_pointwise(a, packed, bias, "none", [], "")
 
 
@@ -93,7 +100,7 @@ def project_input(x: Tensor, w_ih: Tensor, bias: Tensor | None, scale: Tensor,
     w = w_ih * scale.unsqueeze(1)  # [G, input]
     flat = x.reshape(-1, x.shape[-1])  # [T*batch, input]
     if md == torch.float32 and onednn_linear_ok(flat, w):
-        out = onednn_linear(flat, w, None if bias is None else bias * scale)  # [T*batch, G]
+        out = onednn_linear(flat, onednn_pack(w, flat.shape[0]), None if bias is None else bias * scale)
         return out.view(*x.shape[:-1], -1), flat
     if bias is not None:
         w = torch.cat([w, (bias * scale).unsqueeze(1)], 1)  # [G, input+1]
@@ -112,7 +119,7 @@ def project_input_grads(ctx: Any, d_pre: Tensor, flat: Tensor, w_ih: Tensor) -> 
     d_x = None
     if ctx.needs_input_grad[0]:
         d_x = (mm_as(d, w_ih.to(md), ctx.x_dtype) if ones_column or not onednn_linear_ok(d, w_ih)
-               else onednn_linear(d, w_ih.t().contiguous())).view(ctx.x_shape)  # [T*batch, input]
+               else onednn_linear(d, onednn_pack(w_ih.t().contiguous(), d.shape[0]))).view(ctx.x_shape)
     d_w_ih = d_b = None
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         d_wb = torch.mm(flat.t(), d).t().to(w_ih.dtype)  # [G, input(+1)]: x^T d is the faster layout

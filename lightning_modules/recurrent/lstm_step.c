@@ -13,7 +13,8 @@
 /* e^x, Cephes' single-precision polynomial (max error ~2 ulp). Inputs are clamped to the float range
  * with x as the second operand of min/max, which is the one those return for a NaN: NaN propagates. */
 INLINE __m256 exp8(__m256 x) {
-    x = _mm256_max_ps(_mm256_set1_ps(-88.3762626647949f), _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x));
+    const __m256 lim = _mm256_set1_ps(88.3762626647949f);
+    x = _mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), lim), _mm256_min_ps(lim, x));
     __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);  /* x - fx ln 2, in two parts */
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
@@ -46,15 +47,26 @@ INLINE void st(float *p, __m256 v, __m256i m, int masked) {
     if (masked) _mm256_maskstore_ps(p, m, v); else _mm256_storeu_ps(p, v);
 }
 
-INLINE void fwd8(const float *pre, float *act, const float *sp, float *s, float *c, float *y, const float *peep,
-                 long H, long j, __m256i m, int masked) {
+INLINE __m256i tail_mask(long H) {  /* lanes 0 .. H % 8 - 1 set */
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(H % 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+INLINE void fwd8(const float *pre, const float *rec, float *act, const float *sp, float *s, float *c, float *y,
+                 const float *peep, long H, long j, __m256i m, int masked) {
     __m256 s_prev = ld(sp + j, m, masked);
-    __m256 ip = ld(pre + j, m, masked), fp = ld(pre + H + j, m, masked), op = ld(pre + 3 * H + j, m, masked);
+    __m256 ip = ld(pre + j, m, masked), fp = ld(pre + H + j, m, masked), gp = ld(pre + 2 * H + j, m, masked);
+    __m256 op = ld(pre + 3 * H + j, m, masked);
+    if (rec) {  /* the recurrent term W y_{t-1}, when the matmul did not add it in place */
+        ip = _mm256_add_ps(ip, ld(rec + j, m, masked));
+        fp = _mm256_add_ps(fp, ld(rec + H + j, m, masked));
+        gp = _mm256_add_ps(gp, ld(rec + 2 * H + j, m, masked));
+        op = _mm256_add_ps(op, ld(rec + 3 * H + j, m, masked));
+    }
     if (peep) {
         ip = _mm256_fmadd_ps(s_prev, ld(peep + j, m, masked), ip);
         fp = _mm256_fmadd_ps(s_prev, ld(peep + H + j, m, masked), fp);
     }
-    __m256 i = sigmoid8(ip), f = sigmoid8(fp), g = two_sigmoid_minus_one8(ld(pre + 2 * H + j, m, masked));
+    __m256 i = sigmoid8(ip), f = sigmoid8(fp), g = two_sigmoid_minus_one8(gp);
     __m256 sv = _mm256_fmadd_ps(g, i, _mm256_mul_ps(s_prev, f));  /* s_t = s_{t-1} f + g i */
     if (peep) op = _mm256_fmadd_ps(sv, ld(peep + 2 * H + j, m, masked), op);
     __m256 o = sigmoid8(op);
@@ -64,25 +76,29 @@ INLINE void fwd8(const float *pre, float *act, const float *sp, float *s, float 
     st(s + j, sv, m, masked); st(c + j, cv, m, masked); st(y + j, _mm256_mul_ps(cv, o), m, masked);
 }
 
-/* Forward: pre [B, 4H] pre-activations (U x_t + b + W y_{t-1}, g scaled by 2) -> act [B, 4H] (i, f, g, o
- * after their nonlinearity; may be pre itself), s = s_t, c = tanh(s_t), y = y_t. peep may be NULL. */
-void lstm_step_forward(const float *pre, float *act, const float *s_prev, float *s, float *c, float *y,
-                       const float *peep, long B, long H) {
+/* Forward: pre + rec [B, 4H] the pre-activations (U x_t + b, W y_{t-1}; g scaled by 2; rec may be NULL when
+ * pre holds both) -> act [B, 4H] (i, f, g, o after their nonlinearity; may be pre itself), s = s_t,
+ * c = tanh(s_t), y = y_t. peep may be NULL. */
+void lstm_step_forward(const float *pre, const float *rec, float *act, const float *s_prev, float *s, float *c,
+                       float *y, const float *peep, long B, long H) {
     const long full = H - H % 8;
-    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(H % 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i m = tail_mask(H);
     for (long b = 0; b < B; ++b) {
         const long r4 = b * 4 * H, r = b * H;
+        const float *rec_b = rec ? rec + r4 : 0;
         for (long j = 0; j < full; j += 8)
-            fwd8(pre + r4, act + r4, s_prev + r, s + r, c + r, y + r, peep, H, j, m, 0);
-        if (full < H) fwd8(pre + r4, act + r4, s_prev + r, s + r, c + r, y + r, peep, H, full, m, 1);
+            fwd8(pre + r4, rec_b, act + r4, s_prev + r, s + r, c + r, y + r, peep, H, j, m, 0);
+        if (full < H) fwd8(pre + r4, rec_b, act + r4, s_prev + r, s + r, c + r, y + r, peep, H, full, m, 1);
     }
 }
 
-INLINE void bwd8(const float *act, const float *sp, const float *s, const float *c, const float *dy, float *ds,
+INLINE void bwd8(const float *act, const float *sp, const float *s, const float *c, const float *dy,
+                 const float *dy2, float *ds,
                  float *dp, const float *peep, float *d_peep, long H, long j, __m256i m, int masked) {
     const __m256 one = _mm256_set1_ps(1.0f);
     __m256 i = ld(act + j, m, masked), f = ld(act + H + j, m, masked), g = ld(act + 2 * H + j, m, masked);
     __m256 o = ld(act + 3 * H + j, m, masked), cv = ld(c + j, m, masked), dyv = ld(dy + j, m, masked);
+    if (dy2) dyv = _mm256_add_ps(dyv, ld(dy2 + j, m, masked));
     __m256 s_prev = ld(sp + j, m, masked);
     __m256 l_o = _mm256_mul_ps(_mm256_mul_ps(cv, o), _mm256_sub_ps(one, o));  /* tanh(s_t) sigma'(o) */
     __m256 k = _mm256_mul_ps(o, _mm256_fnmadd_ps(cv, cv, one));               /* o (1 - tanh^2 s_t) */
@@ -108,18 +124,19 @@ INLINE void bwd8(const float *act, const float *sp, const float *s, const float 
     }
 }
 
-/* Backward: act [B, 4H], s_prev, s, c = tanh(s_t) [B, H]; dy [B, H] the grad reaching y_t; ds [B, H] holds
+/* Backward: act [B, 4H], s_prev, s, c = tanh(s_t) [B, H]; dy + dy2 [B, H] the grad reaching y_t (from the next
+ * step and from above; dy2 may be NULL); ds [B, H] holds
  * ds_{t+1} F_{t+1} on entry and ds_t F_t on return; d_pre [B, 4H] gets the grads wrt the (unscaled)
  * pre-activations; d_peep [3, H] (may be NULL) accumulates the peephole grads. */
 void lstm_step_backward(const float *act, const float *s_prev, const float *s, const float *c, const float *dy,
-                        float *ds, float *d_pre, const float *peep, float *d_peep, long B, long H) {
+                        const float *dy2, float *ds, float *d_pre, const float *peep, float *d_peep, long B, long H) {
     const long full = H - H % 8;
-    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(H % 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i m = tail_mask(H);
     for (long b = 0; b < B; ++b) {
         const long r4 = b * 4 * H, r = b * H;
+        const float *a = act + r4, *sp = s_prev + r, *sb = s + r, *cb = c + r, *dyb = dy + r, *dy2b = dy2 ? dy2 + r : 0;
         for (long j = 0; j < full; j += 8)
-            bwd8(act + r4, s_prev + r, s + r, c + r, dy + r, ds + r, d_pre + r4, peep, d_peep, H, j, m, 0);
-        if (full < H)
-            bwd8(act + r4, s_prev + r, s + r, c + r, dy + r, ds + r, d_pre + r4, peep, d_peep, H, full, m, 1);
+            bwd8(a, sp, sb, cb, dyb, dy2b, ds + r, d_pre + r4, peep, d_peep, H, j, m, 0);
+        if (full < H) bwd8(a, sp, sb, cb, dyb, dy2b, ds + r, d_pre + r4, peep, d_peep, H, full, m, 1);
     }
 }

@@ -4,9 +4,10 @@ Why: after its matmul, an LSTM time step is ~10 elementwise torch ops (sigmoids,
 tanh(s_t), the output), each a pass over [batch, hidden] or [batch, 4*hidden] plus a dispatch; at
 T=100, batch 64, hidden 256 they took 200-250 us a step at two threads, about as long as the step's
 matmul. lstm_step.c does them in one pass per row: ~85 us forward and ~20 us backward on one thread
-(AMD EPYC, AVX2). With it (and the oneDNN matmuls of kernels.py) ``archbench speed`` put the LSTM's
-forward+backward at 0.77-0.93x of nn.LSTM and the peephole LSTM's at 0.81-1.01x (depths 1 and 3, one
-and two threads), against 0.86-1.16x and 0.98-1.28x with the torch-ops step.
+(AMD EPYC, AVX2). With it (and kernels.py's oneDNN matmuls), in three runs of ``archbench speed``,
+the LSTM's and the peephole LSTM's forward+backward took 0.75-0.96x of nn.LSTM's at one thread and at
+depth 1 with two threads, and 0.93-1.19x at depth 3 with two threads (a tie by the sign test); with
+the torch-ops step they had taken 0.86-1.38x.
 Why plain C and ctypes rather than a torch C++ extension: no torch headers, so it builds in about a
 second with the system's C compiler (no ninja, no minute-long compile in a fresh clone or CI).
 

@@ -166,6 +166,16 @@ def test_a_failed_build_is_reported_not_raised(fresh_state: Path, monkeypatch: p
     assert [p.name for p in fresh_state.iterdir()] == ["broken.c"]  # no partial library left behind
 
 
+@needs_kernel
+def test_a_damaged_cached_library_is_rebuilt(fresh_state: Path) -> None:
+    assert native.describe().startswith("C step kernel")
+    (lib,) = fresh_state.iterdir()
+    native._state.cache_clear()
+    lib.write_bytes(b"\x7fELF truncated")  # as a full disk or a broken copy would leave it
+    assert native.describe().startswith("C step kernel"), native.describe()
+    assert [p.name for p in fresh_state.iterdir()] == [lib.name] and lib.stat().st_size > 1000
+
+
 def test_only_cpu_float32_uses_the_kernel() -> None:
     assert native.step_kernels(torch.zeros(1, dtype=torch.float64)) is None
     assert native.step_kernels(torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)) is None

@@ -78,19 +78,27 @@ def _load() -> ctypes.CDLL:
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *FLAGS)).encode()).hexdigest()[:16]
     lib_path = _cache_dir() / f"lstm_step-{key}.so"
     if not lib_path.exists():
-        tmp = lib_path.with_name(f"{lib_path.name}.{os.getpid()}.tmp")
-        done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True,
-                              timeout=300)
-        if done.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            first = (done.stderr.strip().splitlines() or ["no message"])[0]
-            raise NativeUnavailable(f"building {SOURCE.name} with {cc} failed: {first}")
-        os.replace(tmp, lib_path)  # atomic: a concurrent loader sees no file or the whole one
-    lib = ctypes.CDLL(str(lib_path))
+        _build(cc, lib_path)
+    try:
+        lib = ctypes.CDLL(str(lib_path))
+    except OSError:  # a damaged cached file (a full disk, a copy gone wrong): build it again, once
+        lib_path.unlink(missing_ok=True)
+        _build(cc, lib_path)
+        lib = ctypes.CDLL(str(lib_path))
     lib.lstm_step_forward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _L, _L]
     lib.lstm_step_backward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _L, _L]
     lib.lstm_step_forward.restype = lib.lstm_step_backward.restype = None
     return lib
+
+
+def _build(cc: str, lib_path: Path) -> None:
+    tmp = lib_path.with_name(f"{lib_path.name}.{os.getpid()}.tmp")
+    done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        first = (done.stderr.strip().splitlines() or ["no message"])[0]
+        raise NativeUnavailable(f"building {SOURCE.name} with {cc} failed: {first}")
+    os.replace(tmp, lib_path)  # atomic: a concurrent loader sees no file or the whole one
 
 
 @functools.cache

@@ -174,8 +174,8 @@ def test_a_damaged_cached_library_is_rebuilt(fresh_state: Path) -> None:
     lib.unlink()  # a new file: overwriting the one this process has mapped would crash it
     lib.write_bytes(b"\x7fELF truncated")  # as a full disk or a broken copy would leave it
     code = "from lightning_modules.recurrent import native; print(native.describe())"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "ARCHBENCH_NATIVE_DIR": str(fresh_state)}, capture_output=True,
-                          text=True, timeout=300)
+    env = {**os.environ, "ARCHBENCH_NATIVE_DIR": str(fresh_state)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("C step kernel"), done.stdout
     assert [p.name for p in fresh_state.iterdir()] == [lib.name] and lib.stat().st_size > 1000

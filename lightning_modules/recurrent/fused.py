@@ -33,6 +33,7 @@ from torch.autograd.function import once_differentiable
 from lightning_modules.recurrent import native
 from lightning_modules.recurrent.kernels import (
     addmm_acc_,
+    grad_at_last_step,
     grad_from_above_and_next,
     matmul_dtype,
     mm_as,
@@ -243,9 +244,7 @@ def _lstm_bptt_ops(acts: Tensor, ss: Tensor, cs: Tensor, ys: Tensor, d_ys: Tenso
         if t < steps - 1:
             dy = grad_from_above_and_next(d_ys_t[t], dp_t[t + 1], w_md)  # dy_t = d_out_t + d_pre_{t+1} W
         else:
-            dy = torch.zeros_like(ds) if d_y_last is None else d_y_last
-            if d_ys_t[t] is not None:
-                dy = dy + d_ys_t[t]
+            dy = grad_at_last_step(d_y_last, d_ys_t[t], ds)
         ds.addcmul_(dy, k_t[t - t0])  # ds_t = ds_{t+1} F_{t+1} + dy_t K_t
         dp_ifg_t[t].mul_(ds_b)  # i, f, g slots: ds_t L
         dp_o_t[t].mul_(dy)

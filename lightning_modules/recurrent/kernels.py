@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["addmm_acc_", "grad_from_above_and_next", "matmul_dtype", "mm_as", "onednn_linear", "onednn_linear_ok",
-           "onednn_pack", "project_input", "project_input_grads", "recurrent_weight_grad", "two_sigmoid_minus_one"]
+__all__ = ["addmm_acc_", "grad_at_last_step", "grad_from_above_and_next", "matmul_dtype", "mm_as",
+           "onednn_linear", "onednn_linear_ok", "onednn_pack", "project_input",
+           "project_input_grads", "recurrent_weight_grad", "two_sigmoid_minus_one"]
 
 # oneDNN's linear with a prepacked weight; torch.ops.mkldnn is its only exact-float32 route (module docstring).
 _ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
@@ -127,6 +128,12 @@ def project_input_grads(ctx: Any, d_pre: Tensor, flat: Tensor, w_ih: Tensor) -> 
         if ctx.needs_input_grad[2]:
             d_b = d_wb[:, n_in] if ones_column else d.sum(0).to(w_ih.dtype)  # the ones column, or sum_rows d
     return d_x, d_w_ih, d_b
+
+
+def grad_at_last_step(d_y_last: Tensor | None, d_out: Tensor | None, like: Tensor) -> Tensor:
+    """Grad reaching the last step's output: through the returned final output plus from above (None: no use)."""
+    dy = torch.zeros_like(like) if d_y_last is None else d_y_last
+    return dy if d_out is None else dy + d_out
 
 
 def grad_from_above_and_next(d_out: Tensor | None, d_pre_next: Tensor, w_hh: Tensor) -> Tensor:

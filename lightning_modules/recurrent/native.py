@@ -35,7 +35,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lightning_modules.recurrent.kernels import grad_from_above_and_next, onednn_linear, onednn_linear_ok, onednn_pack
+from lightning_modules.recurrent.kernels import (
+    grad_at_last_step,
+    grad_from_above_and_next,
+    onednn_linear,
+    onednn_linear_ok,
+    onednn_pack,
+)
 
 __all__ = ["describe", "lstm_backward", "lstm_forward", "step_kernels"]
 
@@ -168,9 +174,7 @@ def lstm_backward(lib: ctypes.CDLL, acts: Tensor, ss: Tensor, cs: Tensor, d_ys: 
     for t in range(steps - 1, -1, -1):
         d_out = None  # the grad from above, when the kernel adds it
         if t == steps - 1:
-            dy = torch.zeros_like(ds) if d_y_last is None else d_y_last
-            if d_ys_t[t] is not None:
-                dy = dy + d_ys_t[t]
+            dy = grad_at_last_step(d_y_last, d_ys_t[t], ds)
         elif packed is not None:  # d_pre_{t+1} W through oneDNN, as in lstm_forward
             dy = onednn_linear(dp_t[t + 1], packed)
             d_out = None if d_ys_t[t] is None else d_ys_t[t].contiguous()

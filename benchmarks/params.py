@@ -70,7 +70,9 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     if not p.is_file():
         raise ArchbenchError(f"{p} not found: run from the project root or pass --params PATH (or set {PARAMS_ENV})")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        # libyaml's parser where PyYAML has it: the same documents and errors, ~8x faster than the
+        # pure-Python one (0.1 s for params.yaml, paid by every command).
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except UnicodeDecodeError:
         raise ArchbenchError(f"{p} is not a text file (not UTF-8); point --params at a YAML params file") from None
     except yaml.YAMLError as exc:

@@ -150,7 +150,7 @@ class HelloDataModule(CharDataModule):
 
 def _bucket(word: str) -> int:
     # A hash of the word itself, so a word's split never depends on the list's order or contents.
-    return int(hashlib.sha1(word.encode()).hexdigest(), 16)
+    return int.from_bytes(hashlib.sha1(word.encode()).digest(), "big")  # = int(hexdigest, 16), without the hex
 
 
 class WordsDataModule(CharDataModule):
@@ -204,8 +204,9 @@ class WordsDataModule(CharDataModule):
         lines = self._load().decode("utf-8", errors="replace").splitlines()
         words = {w for w in (line.strip() for line in lines) if 2 <= len(w) <= self.max_len and self._WORD.fullmatch(w)}
         splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-        for h, w in sorted((_bucket(w), w) for w in words):
-            b = h % 100
+        buckets = {w: _bucket(w) for w in words}
+        for w in sorted(words, key=buckets.__getitem__):  # hash order (sha1 has no ties among these words)
+            b = buckets[w] % 100
             splits["train" if b < 80 else "val" if b < 90 else "test"].append(w)
         self._words = {k: v[: self.limit] if self.limit else v for k, v in splits.items()}
         self._splits = {k: SequenceDataset(_word_sequences(v, self.encode)) for k, v in self._words.items()}

@@ -3,7 +3,10 @@ batches on the CPU and never touch the real mlflow.db, optuna.db or results/."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
+import shutil
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
@@ -39,17 +42,22 @@ TINY = {
 }
 
 
-def tiny_params() -> dict[str, Any]:
-    from benchmarks.params import deep_merge
+@functools.cache
+def _tiny_params() -> dict[str, Any]:
+    from benchmarks.params import deep_merge, load_params
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    return deep_merge(params, TINY)
+    return deep_merge(load_params(ROOT / "params.yaml"), TINY)
+
+
+def tiny_params() -> dict[str, Any]:
+    """The real params.yaml with TINY merged in; a fresh copy each call (tests edit it)."""
+    return copy.deepcopy(_tiny_params())
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temp working directory holding a tiny params.yaml; tracking stores are created inside it."""
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    write_params(tmp_path / "params.yaml", tiny_params())
     monkeypatch.chdir(tmp_path)
     for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE", "ARCHBENCH_PARAMS"):
         monkeypatch.delenv(var, raising=False)
@@ -58,8 +66,50 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A getter of an empty MLflow SQLite store migrated once per session, made on first use."""
+    made: list[Path] = []
+
+    def get() -> Path:
+        if not made:
+            from mlflow.tracking import MlflowClient
+
+            db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+            MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments(max_results=1)
+            made.append(db)
+        return made[0]
+
+    yield get
+
+
+@pytest.fixture(autouse=True)
+def fresh_mlflow_stores_from_a_template(migrated_mlflow_db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs create their SQLite store by copying a migrated empty one.
+
+    Why: MLflow 3 builds a fresh store by running its ~50 schema migrations, 2-4 s here, and most
+    tests start from an empty project. The copy is what the migrations would leave (same MLflow, same
+    session), is made only where the suite itself would create the store (so tests that check that
+    bad input creates none still can fail), and the real ``ensure_tracking_store`` then opens it.
+    Subprocess runs (the CLI tests, the concurrent-creation tests) still migrate for real."""
+    from benchmarks import tracking
+
+    real = tracking.ensure_tracking_store
+
+    def ensure(uri: str) -> None:
+        if uri.startswith("sqlite:///") and uri not in tracking._READY_STORES:
+            db = Path(uri.removeprefix("sqlite:///"))
+            with tracking.sqlite_creation_lock(uri):
+                if not db.exists():
+                    shutil.copyfile(migrated_mlflow_db(), db)
+        real(uri)
+
+    monkeypatch.setattr(tracking, "ensure_tracking_store", ensure)
+
+
 def write_params(path: Path, params: dict[str, Any]) -> None:
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    # libyaml's emitter where PyYAML has it (5x faster; most tests write a params file)
+    path.write_text(yaml.dump(params, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False))
 
 
 def run_options(project_dir: Path, **overrides: Any) -> Any:

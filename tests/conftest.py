@@ -8,7 +8,7 @@ import functools
 import os
 import shutil
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -67,7 +67,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], Path]]:
     """A getter of an empty MLflow SQLite store migrated once per session, made on first use."""
     made: list[Path] = []
 
@@ -84,10 +84,11 @@ def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any
 
 
 @pytest.fixture(autouse=True)
-def fresh_mlflow_stores_from_a_template(migrated_mlflow_db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def fresh_mlflow_stores_from_a_template(migrated_mlflow_db: Callable[[], Path],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process runs create their SQLite store by copying a migrated empty one.
 
-    Why: MLflow 3 builds a fresh store by running its ~50 schema migrations, 2-4 s here, and most
+    Why: MLflow 3 builds a fresh store by running its schema migrations (68 of them), 2-4 s here, and most
     tests start from an empty project. The copy is what the migrations would leave (same MLflow, same
     session), is made only where the suite itself would create the store (so tests that check that
     bad input creates none still can fail), and the real ``ensure_tracking_store`` then opens it.

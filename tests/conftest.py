@@ -67,20 +67,19 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], Path]]:
-    """A getter of an empty MLflow SQLite store migrated once per session, made on first use."""
-    made: list[Path] = []
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Path]:
+    """A getter of an empty MLflow SQLite store migrated once per session, made on first use (a session
+    that runs no training never imports MLflow for it)."""
 
+    @functools.cache
     def get() -> Path:
-        if not made:
-            from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient
 
-            db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-            MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments(max_results=1)
-            made.append(db)
-        return made[0]
+        db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+        MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments(max_results=1)
+        return db
 
-    yield get
+    return get
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +97,7 @@ def fresh_mlflow_stores_from_a_template(migrated_mlflow_db: Callable[[], Path],
     real = tracking.ensure_tracking_store
 
     def ensure(uri: str) -> None:
-        if uri.startswith("sqlite:///") and uri not in tracking._READY_STORES:
+        if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):
             db = Path(uri.removeprefix("sqlite:///"))
             with tracking.sqlite_creation_lock(uri):
                 if not db.exists():

@@ -80,18 +80,24 @@ class Tracker:
         return run.info.run_id
 
     def close_trial(self, study: Any, trial: Any, status: str) -> None:
-        """End every RUNNING run of a trial: the one its user attr names, and any tagged with its number
-        (a run created just before its worker died, before the attr was written)."""
+        """Give a trial that did not complete its status in MLflow: the RUNNING run its user attr names, and
+        every run tagged with its number (one created just before its worker died, before the attr was written).
+
+        A run of the trial's own that already ended FINISHED is closed too: Lightning's logger finishes the
+        run when fit ends, before the checkpoints are uploaded and the value is told, and a worker killed in
+        between (or a value that is not finite) leaves a trial that failed; MLflow must not show it finished.
+        The attr's run may be another trial's (a repeated choice answers from a finished trial), so only a
+        RUNNING one is touched there."""
         from benchmarks.tracking import end_run
 
         end_run(trial.user_attrs.get("mlflow_run_id"), status, self.uri)
         exp_id = study.user_attrs.get("mlflow_experiment_id")
         if exp_id:
             found = self.client.search_runs([exp_id], filter_string=(
-                f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial` = '{trial.number}' "
-                "and attributes.status = 'RUNNING'"))
+                f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial` = '{trial.number}'"))
             for run in found:
-                self.client.set_terminated(run.info.run_id, status)
+                if run.info.status in ("RUNNING", "FINISHED"):
+                    self.client.set_terminated(run.info.run_id, status)
 
 
 def _open_study(name: str, conf: dict[str, Any], digest: str, storage: Any, url: str, tracker: Tracker) -> tuple[Any, str]:
@@ -240,6 +246,7 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
             raise TrialNotNeeded(f"trial {trial.number} was failed as stale while it ran")
         value = result["metrics"].get(f"{metric}_best")
         if value is None or not math.isfinite(value):
+            tracker.close_trial(study, trial, "FAILED")
             raise DivergedError(f"study '{name}' trial {trial.number}: best {metric} is {value}; the trial failed")
         return float(value)
 

@@ -122,16 +122,28 @@ def test_non_finite_values_fail_their_trial_and_the_study_goes_on(project: Path,
     conf["n_trials"] = 3
     outcomes = iter(["inf", "diverged", 2.5, "nan", 2.0, 3.0])  # what each training returns, in order
 
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
     def fake_run_seed(exp: Any, seed: int, opts: Any) -> dict[str, Any]:
         outcome = next(outcomes)
         if outcome == "diverged":
             raise DivergedError("loss became nan")
-        return {"metrics": {"val/loss_best": float(outcome)}, "run_id": ""}
+        # A run that ended FINISHED, as Lightning's logger leaves it when fit ends, whatever the value is.
+        exp_id = client.get_experiment_by_name(opts.mlflow_experiment).experiment_id
+        run_id = client.create_run(exp_id, run_name=exp.name, tags=opts.tags).info.run_id
+        opts.on_run_created(run_id)
+        client.set_terminated(run_id, "FINISHED")
+        return {"metrics": {"val/loss_best": float(outcome)}, "run_id": run_id}
 
     monkeypatch.setattr(tune, "run_seed", fake_run_seed)
     best = run_study(params, "lstm_depth", run_options(project))
     study = optuna.load_study(study_name="lstm_depth", storage=f"sqlite:///{project / 'optuna.db'}")
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE, TrialState.FAIL] + [TrialState.COMPLETE] * 2
+    # The non-finite trials failed, and so did their runs; the counted ones stay FINISHED.
+    status = [client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in study.trials if t.user_attrs.get("mlflow_run_id")]
+    assert status == ["FAILED", "FINISHED", "FAILED", "FINISHED", "FINISHED"]
     assert best["value"] == 2.0 and best["n_failed"] == 3 and best["n_complete"] == 3
     # Running a complete study again trains nothing and closes it again with the same summary.
     (project / "results" / "tune" / "lstm_depth" / "best_params.json").unlink()
@@ -162,6 +174,61 @@ def test_a_trial_failed_as_stale_while_alive_is_lost_not_the_worker(project: Pat
     states = [t.state for t in optuna.load_study(study_name="lstm_depth", storage=storage).trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert best["n_complete"] == 3 and best["value"] == pytest.approx(2.6)
+
+
+# A worker that dies in the window between its trial's MLflow run ending FINISHED (Lightning's logger
+# closes it when fit ends) and the value being told to Optuna: the uploads of the checkpoints lie there.
+_DIES_AFTER_ITS_RUN_FINISHED = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from mlflow.tracking import MlflowClient
+import benchmarks.tune as tune
+from benchmarks.params import load_params
+from benchmarks.tracking import tracking_uri
+from tests.conftest import run_options
+
+def run_seed_then_die(exp, seed, opts):
+    client = MlflowClient(tracking_uri=tracking_uri(opts.project_dir))
+    exp_id = client.get_experiment_by_name(opts.mlflow_experiment).experiment_id
+    run_id = client.create_run(exp_id, run_name=exp.name, tags=opts.tags).info.run_id
+    opts.on_run_created(run_id)
+    client.log_metric(run_id, "val/loss", 2.0)
+    client.set_terminated(run_id, "FINISHED")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+tune.run_seed = run_seed_then_die
+tune.run_study(load_params(), "lstm_depth", run_options(Path.cwd()))
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_killed_after_its_run_finished_leaves_that_run_failed(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.tune as tune
+    from mlflow.tracking import MlflowClient
+
+    params = _tiny_study(project, n_trials=2)
+    script = project / "dies.py"
+    script.write_text(_DIES_AFTER_ITS_RUN_FINISHED.format(root=str(Path(__file__).resolve().parents[1])))
+    victim = subprocess.run([sys.executable, str(script)], cwd=project, env=_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert victim.returncode == -signal.SIGKILL, victim.stderr[-3000:]
+    storage = f"sqlite:///{project / 'optuna.db'}"
+    (dead,) = optuna.load_study(study_name="lstm_depth", storage=storage).get_trials(deepcopy=False)
+    assert dead.state == TrialState.RUNNING and dead.user_attrs["mlflow_run_id"]
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    assert MlflowClient(tracking_uri=uri).get_run(dead.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+
+    values = iter([2.5, 2.25])
+    monkeypatch.setattr(tune, "run_seed", lambda exp, seed, opts: {"metrics": {"val/loss_best": next(values)}, "run_id": ""})
+    best = run_study(params, "lstm_depth", run_options(project))  # fails the dead trial once its heartbeats are stale
+    study = optuna.load_study(study_name="lstm_depth", storage=storage)
+    trials = _check_study(study, 2)
+    assert trials[0].state == TrialState.FAIL
+    assert [t.system_attrs.get("failed_trial") for t in trials[1:]].count(0) == 1  # retried once, with its params
+    assert MlflowClient(tracking_uri=uri).get_run(dead.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    _check_runs(uri, "archbench", study)
+    assert best["n_complete"] == 2 and best["value"] == 2.25
 
 
 @pytest.mark.slow
@@ -225,7 +292,9 @@ def test_three_machines_on_postgres_survive_a_killed_worker(project: Path, tmp_p
             time.sleep(0.2)
             continue
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("worker_pid") == victim.pid and t.user_attrs.get("mlflow_run_id"):
+            # Its own run: a repeated choice names the finished trial's run, which must stay FINISHED.
+            own = t.user_attrs.get("mlflow_run_id") and "repeat_of" not in t.user_attrs
+            if t.user_attrs.get("worker_pid") == victim.pid and own:
                 victim.send_signal(signal.SIGKILL)
                 killed = t
                 break

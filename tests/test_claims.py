@@ -199,10 +199,14 @@ def test_two_workers_and_a_killed_one_give_the_table_of_one(project: Path, capsy
     victim, taken = workers[0], None
     deadline = time.monotonic() + 120
     while taken is None and victim.poll() is None and time.monotonic() < deadline:
-        taken = next((key for key, lease in holders(leases).items() if lease.get("pid") == victim.pid), None)
+        if any(lease.get("pid") == victim.pid for lease in holders(leases).values()):
+            # Frozen first, then read again: the cell-seed it held may have been finished since.
+            os.kill(victim.pid, signal.SIGSTOP)
+            taken = next((key for key, lease in holders(leases).items() if lease.get("pid") == victim.pid), None)
+            os.kill(victim.pid, signal.SIGCONT if taken is None else signal.SIGKILL)
         time.sleep(0.05)
     assert taken is not None, "the first worker never took a cell-seed"
-    os.kill(victim.pid, signal.SIGKILL)  # mid-run: its lease stays behind, its MLflow run is left RUNNING
+    # Killed mid-run: its lease stays behind, its MLflow run is left RUNNING.
     victim.wait()  # reaped: its pid is gone, so its lease is stale at once on this host
     logs = [w.communicate(timeout=300)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers[1:]), logs[1:]

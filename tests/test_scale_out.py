@@ -295,9 +295,14 @@ def test_three_machines_on_postgres_survive_a_killed_worker(project: Path, tmp_p
             # Its own run: a repeated choice names the finished trial's run, which must stay FINISHED.
             own = t.user_attrs.get("mlflow_run_id") and "repeat_of" not in t.user_attrs
             if t.user_attrs.get("worker_pid") == victim.pid and own:
-                victim.send_signal(signal.SIGKILL)
-                killed = t
-                break
+                # Frozen first, then checked again: the trial may have been told since it was read.
+                victim.send_signal(signal.SIGSTOP)
+                now = next(u for u in study.get_trials(deepcopy=False) if u.number == t.number)
+                if now.state == TrialState.RUNNING:
+                    victim.send_signal(signal.SIGKILL)
+                    killed = now
+                    break
+                victim.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     assert killed is not None, "the third worker never ran a trial"
     victim.wait()

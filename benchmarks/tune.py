@@ -86,17 +86,20 @@ class Tracker:
         A run of the trial's own that already ended FINISHED is closed too: Lightning's logger finishes the
         run when fit ends, before the checkpoints are uploaded and the value is told, and a worker killed in
         between (or a value that is not finite) leaves a trial that failed; MLflow must not show it finished.
-        The attr's run may be another trial's (a repeated choice answers from a finished trial), so only a
-        RUNNING one is touched there."""
+        Only under this study's parent run, though: a study made again under the same name (its storage
+        deleted) numbers its trials from 0 again. The attr's run may be another trial's (a repeated choice
+        answers from a finished trial), so only a RUNNING one is touched there."""
         from benchmarks.tracking import end_run
 
         end_run(trial.user_attrs.get("mlflow_run_id"), status, self.uri)
         exp_id = study.user_attrs.get("mlflow_experiment_id")
+        parent = study.user_attrs.get("mlflow_parent_run_id")
         if exp_id:
             found = self.client.search_runs([exp_id], filter_string=(
                 f"tags.`optuna.study` = '{study.study_name}' and tags.`optuna.trial` = '{trial.number}'"))
             for run in found:
-                if run.info.status in ("RUNNING", "FINISHED"):
+                ours = parent is not None and run.data.tags.get("mlflow.parentRunId") == parent
+                if run.info.status == "RUNNING" or (run.info.status == "FINISHED" and ours):
                     self.client.set_terminated(run.info.run_id, status)
 
 

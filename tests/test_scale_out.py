@@ -153,6 +153,35 @@ def test_non_finite_values_fail_their_trial_and_the_study_goes_on(project: Path,
 
 
 @pytest.mark.slow
+def test_a_study_made_again_leaves_the_old_studys_finished_runs_alone(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.tune as tune
+    from mlflow.tracking import MlflowClient
+
+    params = load_params()
+    params["studies"]["lstm_depth"]["n_trials"] = 1
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    outcomes = iter([2.5, math.nan, 2.0])
+
+    def fake_run_seed(exp: Any, seed: int, opts: Any) -> dict[str, Any]:
+        exp_id = client.get_experiment_by_name(opts.mlflow_experiment).experiment_id
+        run_id = client.create_run(exp_id, run_name=exp.name, tags=opts.tags).info.run_id
+        opts.on_run_created(run_id)
+        client.set_terminated(run_id, "FINISHED")
+        return {"metrics": {"val/loss_best": next(outcomes)}, "run_id": run_id}
+
+    monkeypatch.setattr(tune, "run_seed", fake_run_seed)
+    run_study(params, "lstm_depth", run_options(project))
+    storage = f"sqlite:///{project / 'optuna.db'}"
+    (old,) = optuna.load_study(study_name="lstm_depth", storage=storage).trials
+    (project / "optuna.db").unlink()  # the same study made again: its trial 0 fails this time
+    run_study(params, "lstm_depth", run_options(project))
+    first, second = optuna.load_study(study_name="lstm_depth", storage=storage).trials
+    assert (first.number, first.state, second.state) == (old.number, TrialState.FAIL, TrialState.COMPLETE)
+    assert client.get_run(first.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert client.get_run(old.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.slow
 def test_a_trial_failed_as_stale_while_alive_is_lost_not_the_worker(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import benchmarks.tune as tune
 

@@ -184,3 +184,53 @@ def test_a_damaged_cached_library_is_rebuilt(fresh_state: Path) -> None:
 def test_only_cpu_float32_uses_the_kernel() -> None:
     assert native.step_kernels(torch.zeros(1, dtype=torch.float64)) is None
     assert native.step_kernels(torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)) is None
+
+
+def _kernel_outputs(lib: object, batch: int, hidden: int) -> list[Tensor]:
+    """One forward and one backward step of the kernel (peepholes on, both grads from above) on fixed inputs."""
+    g = torch.Generator().manual_seed(batch * hidden)
+    pre, rec = torch.randn(batch, 4 * hidden, generator=g), torch.randn(batch, 4 * hidden, generator=g)
+    s_prev, peep = torch.randn(batch, hidden, generator=g), torch.randn(3, hidden, generator=g)
+    dy, dy2, ds = (torch.randn(batch, hidden, generator=g) for _ in range(3))
+    d_peep = torch.randn(3, hidden, generator=g)
+    act, s, c, y, d_pre = (torch.empty(batch, k * hidden) for k in (4, 1, 1, 1, 4))
+    lib.lstm_step_forward(pre.data_ptr(), rec.data_ptr(), act.data_ptr(), s_prev.data_ptr(), s.data_ptr(),
+                          c.data_ptr(), y.data_ptr(), peep.data_ptr(), batch, hidden)
+    lib.lstm_step_backward(act.data_ptr(), s_prev.data_ptr(), s.data_ptr(), c.data_ptr(), dy.data_ptr(),
+                           dy2.data_ptr(), ds.data_ptr(), d_pre.data_ptr(), peep.data_ptr(), d_peep.data_ptr(),
+                           batch, hidden)
+    return [act, s, c, y, ds, d_pre, d_peep]
+
+
+def _is_gcc() -> bool:
+    done = subprocess.run([os.environ.get("CC") or "cc", "--version"], capture_output=True, text=True)
+    return "gcc" in done.stdout.lower() or "free software foundation" in done.stdout.lower()
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch, hidden", [(64, 256), (96, 131)])  # over the size that splits; 131: ragged rows
+def test_a_step_spread_over_threads_gives_the_numbers_of_one(batch: int, hidden: int) -> None:
+    lib = native.step_kernels(torch.zeros(1))
+    assert lib is not None, native.describe()
+    if _is_gcc():  # gcc always has OpenMP: a kernel left on one thread there would be a broken build
+        assert lib.lstm_step_openmp() == 1 and "torch's threads" in native.describe(), native.describe()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _kernel_outputs(lib, batch, hidden)
+        torch.set_num_threads(2)
+        two = _kernel_outputs(lib, batch, hidden)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)  # bit for bit, the peephole grads (a sum over the rows) too
+
+
+@needs_kernel
+def test_a_compiler_without_openmp_still_builds_the_one_thread_kernel(fresh_state: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "OPENMP", "-fno-such-openmp-flag")  # the compiler refuses it, as one without OpenMP
+    lib = native.step_kernels(torch.zeros(1))
+    assert lib is not None and lib.lstm_step_openmp() == 0
+    assert native.describe().endswith("one thread)"), native.describe()
+    assert _kernel_outputs(lib, 64, 256)[5].isfinite().all()

@@ -7,8 +7,27 @@
  * The g slot of the pre-activations arrives scaled by 2, as in fused.py: tanh(z) = 2 sigmoid(2z) - 1.
  */
 #include <immintrin.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define INLINE static inline __attribute__((always_inline))
+
+/* A step spreads over torch's threads from this many [B, H] elements on. Built with -fopenmp, the library
+ * is linked to the libgomp torch already loaded (same soname), so its parallel regions take torch's own
+ * thread team and thread count (torch.set_num_threads; 1 thread: no region). The split never changes a
+ * result: both directions split the rows, which are independent, and the peephole grads (a sum over the
+ * rows) are then split by columns, each column summed over the rows in order, as on one thread. */
+#define PAR_MIN 8192
+
+/* 1 when this build spreads a step over threads (native.py reports it). */
+int lstm_step_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 /* e^x, Cephes' single-precision polynomial (max error ~2 ulp). Inputs are clamped to the float range
  * with x as the second operand of min/max, which is the one those return for a NaN: NaN propagates. */
@@ -83,6 +102,7 @@ void lstm_step_forward(const float *pre, const float *rec, float *act, const flo
                        float *y, const float *peep, long B, long H) {
     const long full = H - H % 8;
     const __m256i m = tail_mask(H);
+#pragma omp parallel for schedule(static) if (B * H >= PAR_MIN)
     for (long b = 0; b < B; ++b) {
         const long r4 = b * 4 * H, r = b * H;
         const float *rec_b = rec ? rec + r4 : 0;
@@ -92,9 +112,8 @@ void lstm_step_forward(const float *pre, const float *rec, float *act, const flo
     }
 }
 
-INLINE void bwd8(const float *act, const float *sp, const float *s, const float *c, const float *dy,
-                 const float *dy2, float *ds,
-                 float *dp, const float *peep, float *d_peep, long H, long j, __m256i m, int masked) {
+INLINE void bwd8(const float *act, const float *sp, const float *c, const float *dy, const float *dy2, float *ds,
+                 float *dp, const float *peep, long H, long j, __m256i m, int masked) {
     const __m256 one = _mm256_set1_ps(1.0f);
     __m256 i = ld(act + j, m, masked), f = ld(act + H + j, m, masked), g = ld(act + 2 * H + j, m, masked);
     __m256 o = ld(act + 3 * H + j, m, masked), cv = ld(c + j, m, masked), dyv = ld(dy + j, m, masked);
@@ -116,12 +135,21 @@ INLINE void bwd8(const float *act, const float *sp, const float *s, const float 
         carry = _mm256_fmadd_ps(l_f, ld(peep + H + j, m, masked), carry);
     }
     st(ds + j, _mm256_mul_ps(dsv, carry), m, masked);
-    if (d_peep) {
-        __m256 sv = ld(s + j, m, masked);
-        st(d_peep + j, _mm256_fmadd_ps(d_i, s_prev, ld(d_peep + j, m, masked)), m, masked);
-        st(d_peep + H + j, _mm256_fmadd_ps(d_f, s_prev, ld(d_peep + H + j, m, masked)), m, masked);
-        st(d_peep + 2 * H + j, _mm256_fmadd_ps(d_o, sv, ld(d_peep + 2 * H + j, m, masked)), m, masked);
+}
+
+/* d_peep [3, H] += the peephole grads of columns j .. j+7 of a step, summed over the rows in order:
+ * p^i and p^f multiply s_{t-1}, p^o multiplies s_t; d_pre [B, 4H] holds the step's grads. */
+INLINE void peep8(const float *d_pre, const float *s_prev, const float *s, float *d_peep, long B, long H, long j,
+                  __m256i m, int masked) {
+    __m256 gi = ld(d_peep + j, m, masked), gf = ld(d_peep + H + j, m, masked), go = ld(d_peep + 2 * H + j, m, masked);
+    for (long b = 0; b < B; ++b) {
+        const float *dp = d_pre + b * 4 * H;
+        const __m256 sp = ld(s_prev + b * H + j, m, masked);
+        gi = _mm256_fmadd_ps(ld(dp + j, m, masked), sp, gi);
+        gf = _mm256_fmadd_ps(ld(dp + H + j, m, masked), sp, gf);
+        go = _mm256_fmadd_ps(ld(dp + 3 * H + j, m, masked), ld(s + b * H + j, m, masked), go);
     }
+    st(d_peep + j, gi, m, masked); st(d_peep + H + j, gf, m, masked); st(d_peep + 2 * H + j, go, m, masked);
 }
 
 /* Backward: act [B, 4H], s_prev, s, c = tanh(s_t) [B, H]; dy + dy2 [B, H] the grad reaching y_t (from the next
@@ -132,11 +160,20 @@ void lstm_step_backward(const float *act, const float *s_prev, const float *s, c
                         const float *dy2, float *ds, float *d_pre, const float *peep, float *d_peep, long B, long H) {
     const long full = H - H % 8;
     const __m256i m = tail_mask(H);
+    const int par = B * H >= PAR_MIN;
+#pragma omp parallel for schedule(static) if (par)
     for (long b = 0; b < B; ++b) {
         const long r4 = b * 4 * H, r = b * H;
-        const float *a = act + r4, *sp = s_prev + r, *sb = s + r, *cb = c + r, *dyb = dy + r, *dy2b = dy2 ? dy2 + r : 0;
-        for (long j = 0; j < full; j += 8)
-            bwd8(a, sp, sb, cb, dyb, dy2b, ds + r, d_pre + r4, peep, d_peep, H, j, m, 0);
-        if (full < H) bwd8(a, sp, sb, cb, dyb, dy2b, ds + r, d_pre + r4, peep, d_peep, H, full, m, 1);
+        const float *a = act + r4, *sp = s_prev + r, *cb = c + r, *dyb = dy + r, *dy2b = dy2 ? dy2 + r : 0;
+        for (long j = 0; j < full; j += 8) bwd8(a, sp, cb, dyb, dy2b, ds + r, d_pre + r4, peep, H, j, m, 0);
+        if (full < H) bwd8(a, sp, cb, dyb, dy2b, ds + r, d_pre + r4, peep, H, full, m, 1);
+    }
+    if (!d_peep) return;
+    /* The peephole grads, a sum over the rows: split by columns, each summed over the rows in order. */
+    const long blocks = (H + 7) / 8;  /* blocks of 8 columns; the last one may be partial */
+#pragma omp parallel for schedule(static) if (par)
+    for (long k = 0; k < blocks; ++k) {
+        if (8 * k + 8 <= H) peep8(d_pre, s_prev, s, d_peep, B, H, 8 * k, m, 0);
+        else peep8(d_pre, s_prev, s, d_peep, B, H, 8 * k, m, 1);
     }
 }

@@ -3,11 +3,16 @@
 Why: after its matmul, an LSTM time step is ~10 elementwise torch ops (sigmoids, the state update,
 tanh(s_t), the output), each a pass over [batch, hidden] or [batch, 4*hidden] plus a dispatch; at
 T=100, batch 64, hidden 256 they took 200-250 us a step at two threads, about as long as the step's
-matmul. lstm_step.c does them in one pass per row: ~85 us forward and ~20 us backward on one thread
-(AMD EPYC, AVX2). With it (and kernels.py's oneDNN matmuls), in three runs of ``archbench speed``,
-the LSTM's and the peephole LSTM's forward+backward took 0.75-0.96x of nn.LSTM's at one thread and at
-depth 1 with two threads, and 0.93-1.19x at depth 3 with two threads (a tie by the sign test); with
-the torch-ops step they had taken 0.86-1.38x.
+matmul. lstm_step.c does them in one pass per row: ~90 us forward and ~60 us backward a step on one
+thread, read cold from the sequence's buffers (AMD EPYC, AVX2). With it (and kernels.py's oneDNN
+matmuls), the LSTM's and the peephole LSTM's forward+backward took 0.75-0.96x of nn.LSTM's at one
+thread and at depth 1 with two threads, but 0.93-1.19x at depth 3 with two threads (a tie by the sign
+test); with the torch-ops step they had taken 0.86-1.38x.
+Threads: built with OpenMP, the kernel spreads a step's rows over torch's own thread team (lstm_step.c
+says how, and why the numbers stay bit for bit those of one thread): ~52 us forward and ~35 us backward
+a step at two threads. Interleaved with the one-thread kernel at depth 3 and two threads (three pairs of
+runs), forward+backward went from 0.99x to 0.94x of nn.LSTM for the LSTM (median of paired repeats),
+the forward from 0.95x to 0.90x. A compiler without OpenMP builds the one-thread kernel.
 Why plain C and ctypes rather than a torch C++ extension: no torch headers, so it builds in about a
 second with the system's C compiler (no ninja, no minute-long compile in a fresh clone or CI).
 
@@ -49,6 +54,9 @@ SOURCE = Path(__file__).with_name("lstm_step.c")
 # -ffp-contract=off: the arithmetic is exactly as written (no mul+add fused behind our back), so the
 # same source gives the same numbers whatever the compiler's default.
 FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-shared", "-fPIC")
+# Tried first: a step spread over torch's own OpenMP threads (lstm_step.c says how); a compiler without
+# OpenMP still builds the one-thread kernel.
+OPENMP = "-fopenmp"
 _P, _L = ctypes.c_void_p, ctypes.c_long
 _F32 = 4  # bytes per float32 element
 
@@ -81,7 +89,7 @@ def _load() -> ctypes.CDLL:
     cc = shutil.which(cc_name)
     if cc is None:
         raise NativeUnavailable(f"no C compiler {cc_name!r} on PATH (install gcc or set CC)")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *FLAGS)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *FLAGS, OPENMP)).encode()).hexdigest()[:16]
     lib_path = _cache_dir() / f"lstm_step-{key}.so"
     if not lib_path.exists():
         _build(cc, lib_path)
@@ -94,12 +102,15 @@ def _load() -> ctypes.CDLL:
     lib.lstm_step_forward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _L, _L]
     lib.lstm_step_backward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _L, _L]
     lib.lstm_step_forward.restype = lib.lstm_step_backward.restype = None
+    lib.lstm_step_openmp.argtypes, lib.lstm_step_openmp.restype = [], ctypes.c_int
     return lib
 
 
 def _build(cc: str, lib_path: Path) -> None:
     tmp = lib_path.with_name(f"{lib_path.name}.{os.getpid()}.tmp")
-    done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([cc, *FLAGS, OPENMP, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
         first = (done.stderr.strip().splitlines() or ["no message"])[0]
@@ -110,7 +121,9 @@ def _build(cc: str, lib_path: Path) -> None:
 @functools.cache
 def _state() -> tuple[ctypes.CDLL | None, str]:
     try:
-        return _load(), f"C step kernel (lstm_step.c, AVX2/FMA, {torch.backends.cpu.get_cpu_capability()} CPU)"
+        lib = _load()
+        threads = "torch's threads" if lib.lstm_step_openmp() else "one thread"
+        return lib, f"C step kernel (lstm_step.c, AVX2/FMA, {torch.backends.cpu.get_cpu_capability()} CPU, {threads})"
     except (NativeUnavailable, OSError, subprocess.SubprocessError) as exc:
         return None, f"torch ops ({exc})"
 
@@ -166,7 +179,9 @@ def lstm_backward(lib: ctypes.CDLL, acts: Tensor, ss: Tensor, cs: Tensor, d_ys: 
     h = h4 // 4
     peep = None if peephole is None else peephole.contiguous()
     dp_t = d_pre.unbind(0)
-    d_ys_t = [None] * steps if d_ys is None else d_ys.unbind(0)
+    # The grad from above copied once into one block if it is not one (a loss summed over the outputs hands
+    # an expanded tensor): the kernel reads each step's rows, and a copy per step cost ~5 ms a sequence.
+    d_ys_t = [None] * steps if d_ys is None else d_ys.contiguous().unbind(0)
     a0, s0, c0, dp0, ds0 = acts.data_ptr(), ss.data_ptr(), cs.data_ptr(), d_pre.data_ptr(), ds.data_ptr()
     pp, dpk = _ptr(peep), _ptr(d_peep)
     n4, n = batch * h4 * _F32, batch * h * _F32
@@ -177,7 +192,7 @@ def lstm_backward(lib: ctypes.CDLL, acts: Tensor, ss: Tensor, cs: Tensor, d_ys: 
             dy = grad_at_last_step(d_y_last, d_ys_t[t], ds)
         elif packed is not None:  # d_pre_{t+1} W through oneDNN, as in lstm_forward
             dy = onednn_linear(dp_t[t + 1], packed)
-            d_out = None if d_ys_t[t] is None else d_ys_t[t].contiguous()
+            d_out = d_ys_t[t]
         else:
             dy = grad_from_above_and_next(d_ys_t[t], dp_t[t + 1], w)  # dy_t = d_out_t + d_pre_{t+1} W
         dy = dy.contiguous()

@@ -192,9 +192,10 @@ def run_study(params: dict[str, Any], name: str, opts: RunOptions, n_trials: int
     shared: dict[str, Any] = {}  # the datamodule, built once for all the trials of this worker
 
     def objective(trial: optuna.Trial) -> float:
+        # A retried trial inherits its predecessor's attrs: its run id is cleared before this worker claims it.
+        trial.set_user_attr("mlflow_run_id", "")
         trial.set_user_attr("worker", worker)
         trial.set_user_attr("worker_pid", os.getpid())
-        trial.set_user_attr("mlflow_run_id", "")  # a retried trial inherits its predecessor's attrs
         if not admit(study, trial.number, target, poll_s):
             trial.set_user_attr("not_needed", True)
             raise TrialNotNeeded(f"trial {trial.number} started as the study reached {target} finished trials")

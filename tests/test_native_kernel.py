@@ -4,6 +4,7 @@ fallback with a reason where it cannot build."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -186,7 +187,7 @@ def test_only_cpu_float32_uses_the_kernel() -> None:
     assert native.step_kernels(torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)) is None
 
 
-def _kernel_outputs(lib: object, batch: int, hidden: int) -> list[Tensor]:
+def _kernel_outputs(lib: ctypes.CDLL, batch: int, hidden: int, threads: int) -> list[Tensor]:
     """One forward and one backward step of the kernel (peepholes on, both grads from above) on fixed inputs."""
     g = torch.Generator().manual_seed(batch * hidden)
     pre, rec = torch.randn(batch, 4 * hidden, generator=g), torch.randn(batch, 4 * hidden, generator=g)
@@ -195,10 +196,10 @@ def _kernel_outputs(lib: object, batch: int, hidden: int) -> list[Tensor]:
     d_peep = torch.randn(3, hidden, generator=g)
     act, s, c, y, d_pre = (torch.empty(batch, k * hidden) for k in (4, 1, 1, 1, 4))
     lib.lstm_step_forward(pre.data_ptr(), rec.data_ptr(), act.data_ptr(), s_prev.data_ptr(), s.data_ptr(),
-                          c.data_ptr(), y.data_ptr(), peep.data_ptr(), batch, hidden)
+                          c.data_ptr(), y.data_ptr(), peep.data_ptr(), batch, hidden, threads)
     lib.lstm_step_backward(act.data_ptr(), s_prev.data_ptr(), s.data_ptr(), c.data_ptr(), dy.data_ptr(),
                            dy2.data_ptr(), ds.data_ptr(), d_pre.data_ptr(), peep.data_ptr(), d_peep.data_ptr(),
-                           batch, hidden)
+                           batch, hidden, threads)
     return [act, s, c, y, ds, d_pre, d_peep]
 
 
@@ -212,18 +213,39 @@ def _is_gcc() -> bool:
 def test_a_step_spread_over_threads_gives_the_numbers_of_one(batch: int, hidden: int) -> None:
     lib = native.step_kernels(torch.zeros(1))
     assert lib is not None, native.describe()
-    if _is_gcc():  # gcc always has OpenMP: a kernel left on one thread there would be a broken build
-        assert lib.lstm_step_openmp() == 1 and "torch's threads" in native.describe(), native.describe()
+    if not lib.lstm_step_openmp():
+        assert not _is_gcc(), "gcc has OpenMP: the kernel should have been built threaded"
+        pytest.skip(f"built without OpenMP: {native.describe()}")
+    assert "torch's threads" in native.describe()
+    one = _kernel_outputs(lib, batch, hidden, threads=1)
+    assert lib.lstm_step_last_team() == 1
+    two = _kernel_outputs(lib, batch, hidden, threads=2)
+    assert lib.lstm_step_last_team() == 2  # the step really ran on two threads
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)  # bit for bit, the peephole grads (a sum over the rows) too
+    _kernel_outputs(lib, 4, 8, threads=2)
+    assert lib.lstm_step_last_team() == 1  # a small step runs inline
+
+
+@needs_kernel
+def test_the_layers_take_torchs_thread_count_whatever_the_threads_openmp_setting() -> None:
+    """torch.set_num_threads(1) in one thread leaves another thread's OpenMP setting at the default; the
+    kernel follows torch's count, passed in, so a one-thread job stays on one thread."""
+    import threading
+
+    model = StackedRNN("peephole", 8, 256, num_layers=1)
+    x = torch.randn(64, 3, 8)
+    lib = native.step_kernels(torch.zeros(1))
+    teams: list[int] = []
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = _kernel_outputs(lib, batch, hidden)
-        torch.set_num_threads(2)
-        two = _kernel_outputs(lib, batch, hidden)
+        worker = threading.Thread(target=lambda: (model(x)[0].sum().backward(), teams.append(lib.lstm_step_last_team())))
+        worker.start()
+        worker.join()
     finally:
         torch.set_num_threads(before)
-    for a, b in zip(one, two, strict=True):
-        assert torch.equal(a, b)  # bit for bit, the peephole grads (a sum over the rows) too
+    assert teams == [1]
 
 
 @needs_kernel
@@ -233,4 +255,6 @@ def test_a_compiler_without_openmp_still_builds_the_one_thread_kernel(fresh_stat
     lib = native.step_kernels(torch.zeros(1))
     assert lib is not None and lib.lstm_step_openmp() == 0
     assert native.describe().endswith("one thread)"), native.describe()
-    assert _kernel_outputs(lib, 64, 256)[5].isfinite().all()
+    one = _kernel_outputs(lib, 64, 256, threads=2)
+    assert lib.lstm_step_last_team() == 1 and one[5].isfinite().all()
+    assert len(list(fresh_state.glob("*.so"))) == 1  # cached under its own name, beside no threaded one

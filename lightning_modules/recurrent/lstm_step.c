@@ -13,19 +13,41 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* A step spreads over torch's threads from this many [B, H] elements on. Built with -fopenmp, the library
- * is linked to the libgomp torch already loaded (same soname), so its parallel regions take torch's own
- * thread team and thread count (torch.set_num_threads; 1 thread: no region). The split never changes a
- * result: both directions split the rows, which are independent, and the peephole grads (a sum over the
- * rows) are then split by columns, each column summed over the rows in order, as on one thread. */
+/* Threads. Built with -fopenmp, the library is linked to the libgomp torch already loaded (the same
+ * soname), so its parallel regions run on torch's own thread team; the caller passes the team size
+ * (torch.get_num_threads()), as a thread's OpenMP setting need not follow torch.set_num_threads. With one
+ * thread, or under PAR_MIN elements of [B, H] (where a region's fork and join, a few us, would cost more
+ * than the split saves), a step runs inline as a single loop. Splitting never changes a result: both
+ * directions split the rows, which are independent, and the peephole grads (a sum over the rows) are then
+ * formed in a pass split by columns, each column summed over the rows in the same order as one loop does. */
 #define PAR_MIN 8192
 
-/* 1 when this build spreads a step over threads (native.py reports it). */
+static int last_team = 1;  /* threads of the last step's region, for the tests */
+
+/* 1 when this build can spread a step over threads (native.py reports it). */
 int lstm_step_openmp(void) {
 #ifdef _OPENMP
     return 1;
 #else
     return 0;
+#endif
+}
+
+/* How many threads ran the last step (1 when it ran inline). */
+int lstm_step_last_team(void) { return last_team; }
+
+INLINE int use_threads(long threads, long B, long H) {
+#ifdef _OPENMP
+    return threads > 1 && B * H >= PAR_MIN;
+#else
+    (void)threads, (void)B, (void)H;
+    return 0;
+#endif
+}
+
+INLINE void note_team(void) {
+#ifdef _OPENMP
+    if (omp_get_thread_num() == 0) last_team = omp_get_num_threads();
 #endif
 }
 
@@ -99,21 +121,29 @@ INLINE void fwd8(const float *pre, const float *rec, float *act, const float *sp
  * pre holds both) -> act [B, 4H] (i, f, g, o after their nonlinearity; may be pre itself), s = s_t,
  * c = tanh(s_t), y = y_t. peep may be NULL. */
 void lstm_step_forward(const float *pre, const float *rec, float *act, const float *s_prev, float *s, float *c,
-                       float *y, const float *peep, long B, long H) {
+                       float *y, const float *peep, long B, long H, long threads) {
     const long full = H - H % 8;
     const __m256i m = tail_mask(H);
-#pragma omp parallel for schedule(static) if (B * H >= PAR_MIN)
-    for (long b = 0; b < B; ++b) {
-        const long r4 = b * 4 * H, r = b * H;
-        const float *rec_b = rec ? rec + r4 : 0;
-        for (long j = 0; j < full; j += 8)
-            fwd8(pre + r4, rec_b, act + r4, s_prev + r, s + r, c + r, y + r, peep, H, j, m, 0);
-        if (full < H) fwd8(pre + r4, rec_b, act + r4, s_prev + r, s + r, c + r, y + r, peep, H, full, m, 1);
+    const int par = use_threads(threads, B, H);
+    (void)par;  /* unused in a build without OpenMP */
+    last_team = 1;
+#pragma omp parallel if (par) num_threads(par ? threads : 1)
+    {
+        note_team();
+#pragma omp for schedule(static)
+        for (long b = 0; b < B; ++b) {
+            const long r4 = b * 4 * H, r = b * H;
+            const float *rec_b = rec ? rec + r4 : 0;
+            for (long j = 0; j < full; j += 8)
+                fwd8(pre + r4, rec_b, act + r4, s_prev + r, s + r, c + r, y + r, peep, H, j, m, 0);
+            if (full < H) fwd8(pre + r4, rec_b, act + r4, s_prev + r, s + r, c + r, y + r, peep, H, full, m, 1);
+        }
     }
 }
 
-INLINE void bwd8(const float *act, const float *sp, const float *c, const float *dy, const float *dy2, float *ds,
-                 float *dp, const float *peep, long H, long j, __m256i m, int masked) {
+INLINE void bwd8(const float *act, const float *sp, const float *s, const float *c, const float *dy,
+                 const float *dy2, float *ds, float *dp, const float *peep, float *d_peep, long H, long j, __m256i m,
+                 int masked) {
     const __m256 one = _mm256_set1_ps(1.0f);
     __m256 i = ld(act + j, m, masked), f = ld(act + H + j, m, masked), g = ld(act + 2 * H + j, m, masked);
     __m256 o = ld(act + 3 * H + j, m, masked), cv = ld(c + j, m, masked), dyv = ld(dy + j, m, masked);
@@ -135,6 +165,12 @@ INLINE void bwd8(const float *act, const float *sp, const float *c, const float 
         carry = _mm256_fmadd_ps(l_f, ld(peep + H + j, m, masked), carry);
     }
     st(ds + j, _mm256_mul_ps(dsv, carry), m, masked);
+    if (d_peep) {  /* the inline loop only; the threaded one sums them in peep8 */
+        __m256 sv = ld(s + j, m, masked);
+        st(d_peep + j, _mm256_fmadd_ps(d_i, s_prev, ld(d_peep + j, m, masked)), m, masked);
+        st(d_peep + H + j, _mm256_fmadd_ps(d_f, s_prev, ld(d_peep + H + j, m, masked)), m, masked);
+        st(d_peep + 2 * H + j, _mm256_fmadd_ps(d_o, sv, ld(d_peep + 2 * H + j, m, masked)), m, masked);
+    }
 }
 
 /* d_peep [3, H] += the peephole grads of columns j .. j+7 of a step, summed over the rows in order:
@@ -157,23 +193,33 @@ INLINE void peep8(const float *d_pre, const float *s_prev, const float *s, float
  * ds_{t+1} F_{t+1} on entry and ds_t F_t on return; d_pre [B, 4H] gets the grads wrt the (unscaled)
  * pre-activations; d_peep [3, H] (may be NULL) accumulates the peephole grads. */
 void lstm_step_backward(const float *act, const float *s_prev, const float *s, const float *c, const float *dy,
-                        const float *dy2, float *ds, float *d_pre, const float *peep, float *d_peep, long B, long H) {
+                        const float *dy2, float *ds, float *d_pre, const float *peep, float *d_peep, long B, long H,
+                        long threads) {
     const long full = H - H % 8;
     const __m256i m = tail_mask(H);
-    const int par = B * H >= PAR_MIN;
-#pragma omp parallel for schedule(static) if (par)
-    for (long b = 0; b < B; ++b) {
-        const long r4 = b * 4 * H, r = b * H;
-        const float *a = act + r4, *sp = s_prev + r, *cb = c + r, *dyb = dy + r, *dy2b = dy2 ? dy2 + r : 0;
-        for (long j = 0; j < full; j += 8) bwd8(a, sp, cb, dyb, dy2b, ds + r, d_pre + r4, peep, H, j, m, 0);
-        if (full < H) bwd8(a, sp, cb, dyb, dy2b, ds + r, d_pre + r4, peep, H, full, m, 1);
-    }
-    if (!d_peep) return;
-    /* The peephole grads, a sum over the rows: split by columns, each summed over the rows in order. */
-    const long blocks = (H + 7) / 8;  /* blocks of 8 columns; the last one may be partial */
-#pragma omp parallel for schedule(static) if (par)
-    for (long k = 0; k < blocks; ++k) {
-        if (8 * k + 8 <= H) peep8(d_pre, s_prev, s, d_peep, B, H, 8 * k, m, 0);
-        else peep8(d_pre, s_prev, s, d_peep, B, H, 8 * k, m, 1);
+    const int par = use_threads(threads, B, H);
+    last_team = 1;
+    /* Inline, the peephole grads are summed as the rows go; threaded, after them (peep8). */
+    float *d_peep_rows = par ? 0 : d_peep;
+#pragma omp parallel if (par) num_threads(par ? threads : 1)
+    {
+        note_team();
+#pragma omp for schedule(static)
+        for (long b = 0; b < B; ++b) {
+            const long r4 = b * 4 * H, r = b * H;
+            const float *a = act + r4, *sp = s_prev + r, *sb = s + r, *cb = c + r, *dyb = dy + r,
+                        *dy2b = dy2 ? dy2 + r : 0;
+            for (long j = 0; j < full; j += 8)
+                bwd8(a, sp, sb, cb, dyb, dy2b, ds + r, d_pre + r4, peep, d_peep_rows, H, j, m, 0);
+            if (full < H) bwd8(a, sp, sb, cb, dyb, dy2b, ds + r, d_pre + r4, peep, d_peep_rows, H, full, m, 1);
+        }
+        if (par && d_peep) {
+            const long blocks = (H + 7) / 8;  /* blocks of 8 columns; the last one may be partial */
+#pragma omp for schedule(static)
+            for (long k = 0; k < blocks; ++k) {
+                if (8 * k + 8 <= H) peep8(d_pre, s_prev, s, d_peep, B, H, 8 * k, m, 0);
+                else peep8(d_pre, s_prev, s, d_peep, B, H, 8 * k, m, 1);
+            }
+        }
     }
 }

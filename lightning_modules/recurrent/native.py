@@ -3,16 +3,19 @@
 Why: after its matmul, an LSTM time step is ~10 elementwise torch ops (sigmoids, the state update,
 tanh(s_t), the output), each a pass over [batch, hidden] or [batch, 4*hidden] plus a dispatch; at
 T=100, batch 64, hidden 256 they took 200-250 us a step at two threads, about as long as the step's
-matmul. lstm_step.c does them in one pass per row: ~90 us forward and ~60 us backward a step on one
-thread, read cold from the sequence's buffers (AMD EPYC, AVX2). With it (and kernels.py's oneDNN
-matmuls), the LSTM's and the peephole LSTM's forward+backward took 0.75-0.96x of nn.LSTM's at one
-thread and at depth 1 with two threads, but 0.93-1.19x at depth 3 with two threads (a tie by the sign
-test); with the torch-ops step they had taken 0.86-1.38x.
-Threads: built with OpenMP, the kernel spreads a step's rows over torch's own thread team (lstm_step.c
-says how, and why the numbers stay bit for bit those of one thread): ~52 us forward and ~35 us backward
-a step at two threads. Interleaved with the one-thread kernel at depth 3 and two threads (three pairs of
-runs), forward+backward went from 0.99x to 0.94x of nn.LSTM for the LSTM (median of paired repeats),
-the forward from 0.95x to 0.90x. A compiler without OpenMP builds the one-thread kernel.
+matmul. lstm_step.c does them in one pass per row: on one thread ~66 us forward and ~19 us backward a
+step with its data in cache, ~90 and ~60 us read from the sequence's buffers (AMD EPYC, AVX2). With it
+(and kernels.py's oneDNN matmuls), the LSTM's and the peephole LSTM's forward+backward took 0.75-0.96x
+of nn.LSTM's at one thread and at depth 1 with two threads, but 0.93-1.19x at depth 3 with two threads
+(a tie by the sign test); with the torch-ops step they had taken 0.86-1.38x.
+Threads: built with OpenMP, the kernel spreads a step's rows over torch's own thread team, as many as
+``torch.get_num_threads()`` (lstm_step.c says how, and why the numbers stay bit for bit those of one
+thread): ~52 us forward and ~35 us backward a step at two threads, read from the buffers. Interleaved
+with the one-thread kernel at depth 3 and two threads (three pairs of runs), forward+backward went from
+0.99x to 0.94x of nn.LSTM for the LSTM (median of paired repeats), the forward from 0.95x to 0.90x. A
+compiler without OpenMP builds the one-thread kernel. As with torch's own ops, a process forked after
+threaded steps should not run threaded steps itself (GNU OpenMP is not fork-safe): DataLoader workers
+run none, and DDP's default start method spawns.
 Why plain C and ctypes rather than a torch C++ extension: no torch headers, so it builds in about a
 second with the system's C compiler (no ninja, no minute-long compile in a fresh clone or CI).
 
@@ -89,28 +92,39 @@ def _load() -> ctypes.CDLL:
     cc = shutil.which(cc_name)
     if cc is None:
         raise NativeUnavailable(f"no C compiler {cc_name!r} on PATH (install gcc or set CC)")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *FLAGS, OPENMP)).encode()).hexdigest()[:16]
-    lib_path = _cache_dir() / f"lstm_step-{key}.so"
-    if not lib_path.exists():
-        _build(cc, lib_path)
+    # The threaded build where the compiler has OpenMP, else the one-thread one; each is cached under its
+    # own name, so a failed threaded build in one process never replaces another's good one.
+    threaded, alone = _lib_path(cc, (*FLAGS, OPENMP)), _lib_path(cc, FLAGS)
+    if not threaded.exists() and not alone.exists():
+        try:
+            _build(cc, threaded, (OPENMP,))
+        except NativeUnavailable:  # e.g. clang without libomp
+            _build(cc, alone, ())
+    lib_path, extra = (threaded, (OPENMP,)) if threaded.exists() else (alone, ())
     try:
         lib = ctypes.CDLL(str(lib_path))
     except OSError:  # a damaged cached file (a full disk, a copy gone wrong): build it again, once
         lib_path.unlink(missing_ok=True)
-        _build(cc, lib_path)
+        _build(cc, lib_path, extra)
         lib = ctypes.CDLL(str(lib_path))
-    lib.lstm_step_forward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _L, _L]
-    lib.lstm_step_backward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _L, _L]
+    lib.lstm_step_forward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L]
+    lib.lstm_step_backward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L]
     lib.lstm_step_forward.restype = lib.lstm_step_backward.restype = None
-    lib.lstm_step_openmp.argtypes, lib.lstm_step_openmp.restype = [], ctypes.c_int
+    for name in ("lstm_step_openmp", "lstm_step_last_team"):
+        getattr(lib, name).argtypes, getattr(lib, name).restype = [], ctypes.c_int
     return lib
 
 
-def _build(cc: str, lib_path: Path) -> None:
+def _lib_path(cc: str, flags: tuple[str, ...]) -> Path:
+    """Where the library built from this source by ``cc`` with ``flags`` is cached."""
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *flags)).encode()).hexdigest()[:16]
+    return _cache_dir() / f"lstm_step-{key}.so"
+
+
+def _build(cc: str, lib_path: Path, extra: tuple[str, ...]) -> None:
     tmp = lib_path.with_name(f"{lib_path.name}.{os.getpid()}.tmp")
-    done = subprocess.run([cc, *FLAGS, OPENMP, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([cc, *FLAGS, *extra, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True,
+                          timeout=300)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
         first = (done.stderr.strip().splitlines() or ["no message"])[0]
@@ -159,15 +173,16 @@ def lstm_forward(lib: ctypes.CDLL, acts: Tensor, wt: Tensor, ss: Tensor, cs: Ten
     # (kernels.py: ~15% faster than MKL's addmm_ at two threads, the same at one), the kernel adding
     # U x_t + b to it; else addmm_ in place.
     packed = onednn_pack(wt.t().contiguous(), batch) if onednn_linear_ok(wt) else None
+    threads = torch.get_num_threads()  # the kernel's team: torch's setting, whatever this thread's OpenMP one
     for t in range(steps):
         if packed is not None:
             rec = onednn_linear(ys_t[t], packed)  # [batch, 4h]: W y_{t-1}
             lib.lstm_step_forward(a0 + t * n4, rec.data_ptr(), a0 + t * n4, s0 + t * n, s0 + (t + 1) * n,
-                                  c0 + t * n, y0 + (t + 1) * n, pp, batch, h)
+                                  c0 + t * n, y0 + (t + 1) * n, pp, batch, h, threads)
         else:
             a_t[t].addmm_(ys_t[t], wt)  # [batch, 4h] pre-activations: U x_t + b + W y_{t-1}
             lib.lstm_step_forward(a0 + t * n4, None, a0 + t * n4, s0 + t * n, s0 + (t + 1) * n, c0 + t * n,
-                                  y0 + (t + 1) * n, pp, batch, h)
+                                  y0 + (t + 1) * n, pp, batch, h, threads)
 
 
 def lstm_backward(lib: ctypes.CDLL, acts: Tensor, ss: Tensor, cs: Tensor, d_ys: Tensor | None,
@@ -186,6 +201,7 @@ def lstm_backward(lib: ctypes.CDLL, acts: Tensor, ss: Tensor, cs: Tensor, d_ys: 
     pp, dpk = _ptr(peep), _ptr(d_peep)
     n4, n = batch * h4 * _F32, batch * h * _F32
     packed = onednn_pack(w.t().contiguous(), batch) if onednn_linear_ok(w) else None
+    threads = torch.get_num_threads()
     for t in range(steps - 1, -1, -1):
         d_out = None  # the grad from above, when the kernel adds it
         if t == steps - 1:
@@ -197,4 +213,4 @@ def lstm_backward(lib: ctypes.CDLL, acts: Tensor, ss: Tensor, cs: Tensor, d_ys: 
             dy = grad_from_above_and_next(d_ys_t[t], dp_t[t + 1], w)  # dy_t = d_out_t + d_pre_{t+1} W
         dy = dy.contiguous()
         lib.lstm_step_backward(a0 + t * n4, s0 + t * n, s0 + (t + 1) * n, c0 + t * n, dy.data_ptr(), _ptr(d_out),
-                               ds0, dp0 + t * n4, pp, dpk, batch, h)
+                               ds0, dp0 + t * n4, pp, dpk, batch, h, threads)

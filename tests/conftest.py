@@ -7,9 +7,10 @@ import copy
 import functools
 import os
 import shutil
+import signal
 from pathlib import Path
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "datasets"
+T = TypeVar("T")
 
 # Tiny overrides of the real experiments: same names, same models and data, a few batches each.
 TINY = {
@@ -118,6 +120,16 @@ def run_options(project_dir: Path, **overrides: Any) -> Any:
     base = dict(project_dir=project_dir, results_dir=project_dir / "results", state_dir=project_dir / ".archbench",
                 progress_bar=False)
     return RunOptions(**(base | overrides))
+
+
+def kill_if_still(pid: int, held: Callable[[], T | None]) -> T | None:
+    """SIGKILL process ``pid`` if it still holds what ``held`` finds (a RUNNING trial, a lease), read while it
+    is frozen, and return that; else let it go on and return None. Reading first and killing after would
+    leave a gap in which the work may finish, and the test would take a finished task for a killed one."""
+    os.kill(pid, signal.SIGSTOP)
+    found = held()
+    os.kill(pid, signal.SIGCONT if found is None else signal.SIGKILL)
+    return found
 
 
 def env_for_subprocess() -> dict[str, str]:

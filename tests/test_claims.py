@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from benchmarks.cli import main
 from benchmarks.errors import ArchbenchError
 from benchmarks.leases import holders
 from benchmarks.params import Experiment, load_params
-from tests.conftest import ROOT, env_for_subprocess, run_options, tiny_params, write_params
+from tests.conftest import ROOT, env_for_subprocess, kill_if_still, run_options, tiny_params, write_params
 
 def _conf(**over: Any) -> dict[str, Any]:
     conf = {"statement": "s", "model": "sequence_classifier", "data": "long_lag", "seeds": [0, 1, 2],
@@ -200,10 +199,9 @@ def test_two_workers_and_a_killed_one_give_the_table_of_one(project: Path, capsy
     deadline = time.monotonic() + 120
     while taken is None and victim.poll() is None and time.monotonic() < deadline:
         if any(lease.get("pid") == victim.pid for lease in holders(leases).values()):
-            # Frozen first, then read again: the cell-seed it held may have been finished since.
-            os.kill(victim.pid, signal.SIGSTOP)
-            taken = next((key for key, lease in holders(leases).items() if lease.get("pid") == victim.pid), None)
-            os.kill(victim.pid, signal.SIGCONT if taken is None else signal.SIGKILL)
+            # The cell-seed it held may have been finished since.
+            taken = kill_if_still(victim.pid, lambda: next(
+                (key for key, lease in holders(leases).items() if lease.get("pid") == victim.pid), None))
         time.sleep(0.05)
     assert taken is not None, "the first worker never took a cell-seed"
     # Killed mid-run: its lease stays behind, its MLflow run is left RUNNING.

@@ -22,7 +22,7 @@
  * formed in a pass split by columns, each column summed over the rows in the same order as one loop does. */
 #define PAR_MIN 8192
 
-static int last_team = 1;  /* threads of the last step's region, for the tests */
+static int last_team = 1;  /* threads of the last step's region (always 1 without OpenMP), for the tests */
 
 /* 1 when this build can spread a step over threads (native.py reports it). */
 int lstm_step_openmp(void) {
@@ -126,7 +126,6 @@ void lstm_step_forward(const float *pre, const float *rec, float *act, const flo
     const __m256i m = tail_mask(H);
     const int par = use_threads(threads, B, H);
     (void)par;  /* unused in a build without OpenMP */
-    last_team = 1;
 #pragma omp parallel if (par) num_threads(par ? threads : 1)
     {
         note_team();
@@ -198,7 +197,6 @@ void lstm_step_backward(const float *act, const float *s_prev, const float *s, c
     const long full = H - H % 8;
     const __m256i m = tail_mask(H);
     const int par = use_threads(threads, B, H);
-    last_team = 1;
     /* Inline, the peephole grads are summed as the rows go; threaded, after them (peep8). */
     float *d_peep_rows = par ? 0 : d_peep;
 #pragma omp parallel if (par) num_threads(par ? threads : 1)

@@ -94,7 +94,8 @@ def _load() -> ctypes.CDLL:
         raise NativeUnavailable(f"no C compiler {cc_name!r} on PATH (install gcc or set CC)")
     # The threaded build where the compiler has OpenMP, else the one-thread one; each is cached under its
     # own name, so a failed threaded build in one process never replaces another's good one.
-    threaded, alone = _lib_path(cc, (*FLAGS, OPENMP)), _lib_path(cc, FLAGS)
+    source = SOURCE.read_bytes()
+    threaded, alone = _lib_path(source, cc, (*FLAGS, OPENMP)), _lib_path(source, cc, FLAGS)
     if not threaded.exists() and not alone.exists():
         try:
             _build(cc, threaded, (OPENMP,))
@@ -115,9 +116,9 @@ def _load() -> ctypes.CDLL:
     return lib
 
 
-def _lib_path(cc: str, flags: tuple[str, ...]) -> Path:
-    """Where the library built from this source by ``cc`` with ``flags`` is cached."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *flags)).encode()).hexdigest()[:16]
+def _lib_path(source: bytes, cc: str, flags: tuple[str, ...]) -> Path:
+    """Where the library built from ``source`` by ``cc`` with ``flags`` is cached."""
+    key = hashlib.sha256(source + " ".join((cc, *flags)).encode()).hexdigest()[:16]
     return _cache_dir() / f"lstm_step-{key}.so"
 
 

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.errors import ArchbenchError
+from benchmarks.core.errors import ArchbenchError
 
 
 def _options(params: dict[str, Any], progress: bool = True) -> Any:
-    from benchmarks.params import settings
-    from benchmarks.train import RunOptions
+    from benchmarks.core.params import settings
+    from benchmarks.run.train import RunOptions
 
     conf = settings(params)
     return RunOptions(
@@ -30,7 +30,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from datamodules import DATAMODULES
     from lightning_modules import MODELS
 
-    from benchmarks.params import experiment_from_params, load_params, raw_experiments
+    from benchmarks.core.params import experiment_from_params, load_params, raw_experiments
 
     params = load_params(args.params)
     print("models:      " + ", ".join(sorted(MODELS)))
@@ -47,8 +47,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from benchmarks.params import experiment_from_params, load_params
-    from benchmarks.train import run_experiment
+    from benchmarks.core.params import experiment_from_params, load_params
+    from benchmarks.run.train import run_experiment
 
     params = load_params(args.params)
     exp = experiment_from_params(params, args.experiment)
@@ -80,8 +80,8 @@ def _print_summary(name: str, summary: dict[str, Any]) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from benchmarks.params import experiment_from_params, experiment_names, load_params, settings
-    from benchmarks.results import merge_seeds
+    from benchmarks.core.params import experiment_from_params, experiment_names, load_params, settings
+    from benchmarks.run.results import merge_seeds
 
     params = load_params(args.params)
     names = args.experiments or [n for n in experiment_names(params)
@@ -93,9 +93,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from benchmarks.params import experiment_from_params, experiment_names, load_params
-    from benchmarks.report import write_report
-    from benchmarks.train import run_experiment
+    from benchmarks.core.params import experiment_from_params, experiment_names, load_params
+    from benchmarks.report.leaderboard import write_report
+    from benchmarks.run.train import run_experiment
 
     params = load_params(args.params)
     opts = _options(params, progress=not args.no_progress)
@@ -108,8 +108,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from benchmarks.params import load_params
-    from benchmarks.prepare import prepare
+    from benchmarks.core.params import load_params
+    from benchmarks.run.prepare import prepare
 
     params = load_params(args.params)
     prepare(params, args.profile, Path(args.out))
@@ -117,8 +117,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from benchmarks.params import load_params
-    from benchmarks.tune import run_study
+    from benchmarks.core.params import load_params
+    from benchmarks.study.tune import run_study
 
     params = load_params(args.params)
     best = run_study(params, args.study, _options(params, progress=not args.no_progress), n_trials=args.n_trials)
@@ -127,8 +127,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_claim(args: argparse.Namespace) -> int:
-    from benchmarks.claims import run_claim
-    from benchmarks.params import load_params
+    from benchmarks.claim.claims import run_claim
+    from benchmarks.core.params import load_params
 
     if not args.stale_after > 0:
         raise ArchbenchError(f"--stale-after {args.stale_after:g}: give a positive number of seconds (default 120)")
@@ -144,12 +144,12 @@ def cmd_claim(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from benchmarks.params import load_params, settings
-    from benchmarks.report import write_report
+    from benchmarks.core.params import load_params, settings
+    from benchmarks.report.leaderboard import write_report
 
     import time
 
-    from benchmarks.ledger import compare_rows, format_compare, ledger_dir_for, load_ledger_at
+    from benchmarks.report.ledger import compare_rows, format_compare, ledger_dir_for, load_ledger_at
 
     params = load_params(args.params)
     results_dir = Path(settings(params)["results_dir"])
@@ -158,7 +158,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = write_report(results_dir, params, ledger=ledger, mlflow_url=args.mlflow_url)
     print(f"wrote {out} in {time.perf_counter() - started:.2f} s (open it in a browser: file://{out.resolve()})")
     if args.compare:
-        from benchmarks.site.build import gather
+        from benchmarks.report.site.build import gather
 
         ours = gather(results_dir, {}, None, None)["entries"]
         print(format_compare(compare_rows(ours, ledger or {}), args.compare))
@@ -166,8 +166,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from benchmarks.ledger import publish
-    from benchmarks.params import load_params, settings
+    from benchmarks.report.ledger import publish
+    from benchmarks.core.params import load_params, settings
 
     params = load_params(args.params)
     for name in args.experiments:
@@ -177,8 +177,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_density(args: argparse.Namespace) -> int:
-    from benchmarks.density_study import run_density_study
-    from benchmarks.params import load_params, settings
+    from benchmarks.claim.density import run_density_study
+    from benchmarks.core.params import load_params, settings
 
     params = load_params(args.params)
     conf = dict((params.get("density") or {}).get(args.profile) or {})
@@ -197,14 +197,23 @@ def cmd_density(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_code_hash(args: argparse.Namespace) -> int:
+    from benchmarks.core.params import load_params
+    from benchmarks.tools.code_deps import write_code_hashes
+
+    written = write_code_hashes(load_params(args.params), args.profile, Path(args.out))
+    print(f"wrote {len(written)} code hashes under {args.out}")
+    return 0
+
+
 def cmd_overhead(args: argparse.Namespace) -> int:
-    from benchmarks.overhead import main as overhead_main
+    from benchmarks.tools.overhead import main as overhead_main
 
     return overhead_main(args.rest)
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from benchmarks.speed import main as speed_main
+    from benchmarks.tools.speed import main as speed_main
 
     return speed_main(args.rest)
 
@@ -295,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_density)
 
+    p = sub.add_parser("code-hash", help="write the code hash of every experiment and claim of a profile (one JSON "
+                                         "each: the hash and the files it covers), which DVC's stages depend on")
+    p.add_argument("--profile", choices=["default", "full"], default="default")
+    p.add_argument("--out", default="results/code", help="folder for the per-experiment and per-claim files")
+    p.set_defaults(func=cmd_code_hash)
+
     # add_help=False: `archbench speed --help` reaches the benchmark's own parser.
     p = sub.add_parser("speed", help="time the suite's cells against torch.nn.LSTM / nn.RNN", add_help=False)
     p.set_defaults(func=cmd_speed)
@@ -305,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.errors import DivergedError
+    from benchmarks.core.errors import DivergedError
 
     parser = build_parser()
     try:

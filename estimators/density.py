@@ -5,7 +5,7 @@ The course notes' two routes to p(x):
   by EM);
 - non-parametric: put a kernel on every training point (``GaussianKDE``). It needs no family, but the number of
   points it needs grows exponentially with the dimension (Silverman 1986, "Density Estimation", table 4.2), so it
-  wins in low dimension and loses as d grows; ``benchmarks/density_study.py`` measures where.
+  wins in low dimension and loses as d grows; ``benchmarks/claim/density.py`` measures where.
 
 Everything is plain torch, float64 by default so the numbers match sklearn/scipy to ~1e-10, and works on whatever
 device ``fit``'s input lives on; queries are moved there. Work over query points is chunked so memory stays bounded

@@ -1,7 +1,7 @@
-"""What the suite needs from a model, as Protocols: benchmarks/train.py reads these, the contract test checks them.
+"""What the suite needs from a model, as Protocols: benchmarks/run/train.py reads these, the contract test checks them.
 
 - ``monitor``/``monitor_mode``: the validation key the checkpoint callback keeps the best epoch of, and
-  ``"min"`` or ``"max"``; the mode must agree with the key's direction in ``benchmarks.metric_keys``.
+  ``"min"`` or ``"max"``; the mode must agree with the key's direction in ``benchmarks.core.metric_keys``.
 - ``metric_settings()``: what every logged number depends on (units, sample counts, extractor hashes,
   tokenizers...), stored beside the numbers; ``{}`` when nothing applies.
 - ``make_samples()`` (optional, ``MakesSamples``): ``{file name: text or matplotlib Figure}`` after each

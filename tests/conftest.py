@@ -46,7 +46,7 @@ TINY = {
 
 @functools.cache
 def _tiny_params() -> dict[str, Any]:
-    from benchmarks.params import deep_merge, load_params
+    from benchmarks.core.params import deep_merge, load_params
 
     return deep_merge(load_params(ROOT / "params.yaml"), TINY)
 
@@ -94,7 +94,7 @@ def fresh_mlflow_stores_from_a_template(migrated_mlflow_db: Callable[[], Path],
     session), is made only where the suite itself would create the store (so tests that check that
     bad input creates none still can fail), and the real ``ensure_tracking_store`` then opens it.
     Subprocess runs (the CLI tests, the concurrent-creation tests) still migrate for real."""
-    from benchmarks import tracking
+    from benchmarks.run import tracking
 
     real = tracking.ensure_tracking_store
 
@@ -115,7 +115,7 @@ def write_params(path: Path, params: dict[str, Any]) -> None:
 
 
 def run_options(project_dir: Path, **overrides: Any) -> Any:
-    from benchmarks.train import RunOptions
+    from benchmarks.run.train import RunOptions
 
     base = dict(project_dir=project_dir, results_dir=project_dir / "results", state_dir=project_dir / ".archbench",
                 progress_bar=False)

@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from benchmarks.params import load_params
+from benchmarks.core.params import load_params
 from tests.conftest import env_for_subprocess, write_params
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -62,7 +62,7 @@ def finished_run(name: str, opts: Any) -> str:
     value turns out to be; its id."""
     from mlflow.tracking import MlflowClient
 
-    from benchmarks.tracking import tracking_uri
+    from benchmarks.run.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri=tracking_uri(opts.project_dir))
     exp_id = client.get_experiment_by_name(opts.mlflow_experiment).experiment_id

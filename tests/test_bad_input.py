@@ -223,8 +223,8 @@ def test_a_corrupt_checkpoint_names_restart(project: Path, capsys: pytest.Captur
     """A killed run's last.ckpt, then truncated (a full disk): the rerun says how to start over."""
     import lightning.pytorch as pl
 
-    from benchmarks.params import experiment_from_params, load_params
-    from benchmarks.train import run_seed, seed_state_dir
+    from benchmarks.core.params import experiment_from_params, load_params
+    from benchmarks.run.train import run_seed, seed_state_dir
     from tests.conftest import run_options
 
     class Kill(pl.Callback):

@@ -86,8 +86,8 @@ def test_hello_lstm_learns_eel(project: Path) -> None:
     """The seed's example: after "e","e" the next letter is "l" (heel, eel), with probability > 0.9."""
     import yaml
 
-    from benchmarks.params import experiment_from_params
-    from benchmarks.train import run_seed
+    from benchmarks.core.params import experiment_from_params
+    from benchmarks.run.train import run_seed
 
     real = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     exp = experiment_from_params(real, "hello_lstm")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from benchmarks.claim_stats import (claim_outcome, detectable_difference, equivalent, judge, mean_ci, pooled_sd, power,
+from benchmarks.claim.stats import (claim_outcome, detectable_difference, equivalent, judge, mean_ci, pooled_sd, power,
                                     seeds_needed, summarise, welch_interval)
-from benchmarks.claims import claim_config
-from benchmarks.errors import ArchbenchError
-from benchmarks.params import load_params
+from benchmarks.claim.claims import claim_config
+from benchmarks.core.errors import ArchbenchError
+from benchmarks.core.params import load_params
 from tests.conftest import ROOT
 
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-import benchmarks.train
-from benchmarks.claim_stats import OUTCOMES
-from benchmarks.claims import cell_experiments, claim_config, run_claim
+import benchmarks.run.train
+from benchmarks.claim.stats import OUTCOMES
+from benchmarks.claim.claims import cell_experiments, claim_config, run_claim
 from benchmarks.cli import main
-from benchmarks.errors import ArchbenchError
-from benchmarks.leases import holders
-from benchmarks.params import Experiment, load_params
+from benchmarks.core.errors import ArchbenchError
+from benchmarks.run.leases import holders
+from benchmarks.core.params import Experiment, load_params
 from tests.conftest import ROOT, env_for_subprocess, kill_if_still, run_options, tiny_params, write_params
 
 def _conf(**over: Any) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def _fake_training(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
         path.write_text(json.dumps(result))
         return result
 
-    monkeypatch.setattr(benchmarks.train, "run_seed", run_seed)
+    monkeypatch.setattr(benchmarks.run.train, "run_seed", run_seed)
     return calls
 
 
@@ -142,10 +142,10 @@ def test_workers_take_each_cell_seed_once_and_skip_live_leases(project: Path, mo
 
 def test_a_diverged_cell_seed_is_noted_once_and_the_claim_writes_no_verdict(project: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmarks.errors import DivergedError
+    from benchmarks.core.errors import DivergedError
 
     calls, params, opts = _fake_training(monkeypatch), tiny_params(), run_options(project)
-    fake = benchmarks.train.run_seed
+    fake = benchmarks.run.train.run_seed
 
     def run_seed(exp: Experiment, seed: int, opts: Any) -> dict[str, Any]:
         if exp.name == "claim_long_lag_elman_lag6" and seed == 1:
@@ -154,7 +154,7 @@ def test_a_diverged_cell_seed_is_noted_once_and_the_claim_writes_no_verdict(proj
                                 f"published; lower the learning rate")
         return fake(exp, seed, opts)
 
-    monkeypatch.setattr(benchmarks.train, "run_seed", run_seed)
+    monkeypatch.setattr(benchmarks.run.train, "run_seed", run_seed)
     for attempt in range(2):  # a second worker (or a rerun) does not train the diverged cell-seed again
         with pytest.raises(DivergedError) as info:
             run_claim(params, "long_lag", opts, worker=attempt == 1)

@@ -2,7 +2,7 @@
 experiment in params.yaml, every experiment validates, every model and datamodule has the attributes the
 suite reads (lightning_modules/contracts.py, datamodules/contracts.py), and a tiny version of each
 model's first experiment trains, validates and tests for a couple of batches on data that is always
-here, logging only keys of the one metric vocabulary (benchmarks/metric_keys.py)."""
+here, logging only keys of the one metric vocabulary (benchmarks/core/metric_keys.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from benchmarks import metric_keys
-from benchmarks.build import accepted_args, build_model, check_experiment
-from benchmarks.params import Experiment, experiment_from_params, experiment_names, load_params
+from benchmarks.core import metric_keys
+from benchmarks.run.build import accepted_args, build_model, check_experiment
+from benchmarks.core.params import Experiment, experiment_from_params, experiment_names, load_params
 from datamodules import DATAMODULES
 from datamodules.contracts import SuiteDataModule
 from datamodules.frames import FrameVideoDataModule
@@ -209,7 +209,7 @@ def test_every_key_in_the_source_is_in_the_table() -> None:
                 ok = any(re.fullmatch(regex, example) for example in examples)
             if not ok:
                 missing.append(f"{path.name}:{call.lineno} {ast.unparse(arg)}")
-    assert not missing, f"logged keys missing from benchmarks/metric_keys.py: {missing}"
+    assert not missing, f"logged keys missing from benchmarks/core/metric_keys.py: {missing}"
 
 
 def test_every_val_and_test_log_is_reduced_over_devices() -> None:
@@ -257,7 +257,7 @@ def test_tiny_run_per_model(name: str, classifier_ckpt: Path, tmp_path: Path, on
     keys = _tiny_run(model, dm, tmp_path)
 
     unknown = sorted(k for k in keys if k not in ("epoch", "step") and metric_keys.lookup(k) is None)
-    assert not unknown, f"{name} logs keys missing from benchmarks/metric_keys.py: {unknown}"
+    assert not unknown, f"{name} logs keys missing from benchmarks/core/metric_keys.py: {unknown}"
     # The same model without its frozen judges checkpoints on its fallback key: it must be logged too.
     twin = MODELS[name](**(dm.model_args() | {k: None if k.endswith("_checkpoint") else v
                                              for k, v in exp.model_args.items()}))

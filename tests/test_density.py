@@ -131,7 +131,7 @@ def test_pca_projection_fit_on_train() -> None:
 
 
 def test_density_study_small(tmp_path: Path) -> None:
-    from benchmarks.density_study import run_density_study
+    from benchmarks.claim.density import run_density_study
 
     report = run_density_study(["toy_ring", "digits"], [2, 8], n_train=300, n_test=200, seed=0, gmm_components=3,
                                out_dir=tmp_path, progress=False)
@@ -147,7 +147,7 @@ def test_density_study_small(tmp_path: Path) -> None:
 
 
 def test_a_large_n_test_never_empties_the_digits_training_set() -> None:
-    from benchmarks.density_study import DIGITS_TEST, load_dataset
+    from benchmarks.claim.density import DIGITS_TEST, load_dataset
 
     train, test, _ = load_dataset("digits", n_train=None, n_test=2000, seed=0)  # the full profile's n_test
     assert test.shape[0] == DIGITS_TEST and train.shape[0] == 1797 - DIGITS_TEST

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.claims import cell_experiments, claim_config
+from benchmarks.claim.claims import cell_experiments, claim_config
 from tests.conftest import ROOT, env_for_subprocess, tiny_params, write_params
 
 COPIED = ("benchmarks", "lightning_modules", "datamodules", "estimators", "dvc.yaml", ".dvcignore", ".gitignore")

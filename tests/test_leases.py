@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.leases import SUFFIX, acquire, holders
+from benchmarks.run.leases import SUFFIX, acquire, holders
 
 KEYS = [f"cell{i}.seed{i % 3}" for i in range(20)]
 CTX = multiprocessing.get_context("fork")  # the children only touch files, nothing of torch

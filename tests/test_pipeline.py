@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.errors import ArchbenchError
-from benchmarks.params import experiment_from_params, load_params
-from benchmarks.train import run_experiment, run_seed, seed_state_dir
+from benchmarks.core.errors import ArchbenchError
+from benchmarks.core.params import experiment_from_params, load_params
+from benchmarks.run.train import run_experiment, run_seed, seed_state_dir
 from tests.conftest import mlflow_client, mlflow_runs, run_options
 
 
@@ -101,7 +101,7 @@ def test_a_stale_seed_is_not_merged(project: Path, capsys: pytest.CaptureFixture
 
 
 def test_a_diverging_run_fails_and_publishes_nothing(project: Path) -> None:
-    from benchmarks.errors import DivergedError
+    from benchmarks.core.errors import DivergedError
 
     exp = experiment_from_params(load_params(), "words_lstm")
     exploding = replace(exp, model_args=exp.model_args | {"lr": 1.0e6})
@@ -164,12 +164,12 @@ def test_a_run_that_raises_ends_failed(project: Path) -> None:
 @pytest.mark.slow
 def test_a_killed_run_under_changed_code_starts_over_and_says_why(project: Path, monkeypatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    import benchmarks.provenance
+    import benchmarks.core.provenance
 
     exp = experiment_from_params(load_params(), "hello_lstm")
     with pytest.raises(SystemExit):
         run_seed(exp, 0, run_options(project, extra_callbacks=[_kill_after_first_epoch()]))
-    monkeypatch.setattr(benchmarks.provenance, "code_hash", lambda *exp: "0" * 12)
+    monkeypatch.setattr(benchmarks.core.provenance, "code_hash", lambda *exp: "0" * 12)
     again = run_seed(exp, 0, run_options(project))
     said = capsys.readouterr().out
     assert "starting over" in said and "the code changed" in said
@@ -212,7 +212,7 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(project:
 
 @pytest.mark.slow
 def test_a_run_resumes_under_a_new_commit_and_records_what_changed(project: Path, monkeypatch) -> None:
-    import benchmarks.provenance
+    import benchmarks.core.provenance
 
     exp = experiment_from_params(load_params(), "hello_lstm")
     with pytest.raises(SystemExit):
@@ -220,7 +220,7 @@ def test_a_run_resumes_under_a_new_commit_and_records_what_changed(project: Path
     (killed,) = mlflow_runs(project)
     first = killed.data.params
     # The code moved on before the resume: a new commit, and a model argument whose value differs.
-    monkeypatch.setattr(benchmarks.provenance, "git_commit", lambda project_dir: "0" * 40)
+    monkeypatch.setattr(benchmarks.core.provenance, "git_commit", lambda project_dir: "0" * 40)
     lr = float(first["lr"]) / 2
     resumed = run_seed(exp, 0, run_options(project, model_overrides={"lr": lr}))
     (run,) = mlflow_runs(project)  # still one run: the same one, finished

@@ -18,7 +18,7 @@ import pytest
 from scipy import stats
 
 from benchmarks.cli import main
-from benchmarks.errors import ArchbenchError
+from benchmarks.core.errors import ArchbenchError
 from tests.conftest import env_for_subprocess, tiny_params
 
 # experiment -> (data, model, per-seed test/loss or test/acc values, stopped_by per seed)
@@ -54,8 +54,8 @@ def _dump(path: Path, data: Any) -> None:
 def write_fixture(root: Path) -> Path:
     """results/ in the layout train.py writes (current config and code, so it can be published), one claim,
     one study, the density study, and an MLflow SQLite store that knows the runs' experiment id."""
-    from benchmarks.params import experiment_from_params
-    from benchmarks.provenance import code_hash
+    from benchmarks.core.params import experiment_from_params
+    from benchmarks.core.provenance import code_hash
 
     params, results = tiny_params(), root / "results"
     db = root / "mlflow.db"
@@ -221,7 +221,7 @@ def test_anchors_claims_studies_density_and_compare(site: Path) -> None:
 
 
 def test_anchor_rows_sit_at_their_rank(project: Path) -> None:
-    from benchmarks.site.pages import leaderboard
+    from benchmarks.report.site.pages import leaderboard
 
     entry = {"name": "shakespeare_lstm", "model": "char_lm", "data": "tinyshakespeare", "source": "results",
              "seeds": [{"seed": 0, "metrics": {}, "stopped_by": "max_epochs"}], "budget": {}, "settings": {},
@@ -255,7 +255,7 @@ def test_publish_writes_a_deterministic_ledger_and_refuses_bad_seeds(project: Pa
     half = stats.t.ppf(0.975, 1) * stats.tstd(values) / math.sqrt(2)
     assert numbers["test/loss"]["ci95"] == pytest.approx(half) and numbers["n_seeds"] == 2
     assert all(isinstance(v, (int, float)) for m in numbers.values() if isinstance(m, dict) for v in m.values())
-    from benchmarks.ledger import numbers as ledger_numbers
+    from benchmarks.report.ledger import numbers as ledger_numbers
 
     assert ledger_numbers({"test/loss": [0.52]}) == {"test/loss": {"mean": 0.52, "n": 1}}  # no spread from one seed
 
@@ -266,7 +266,7 @@ def test_publish_writes_a_deterministic_ledger_and_refuses_bad_seeds(project: Pa
     assert "cannot publish hello_elman: seed 1: made by other code" in capsys.readouterr().err
     seed1.write_text(json.dumps(result | {"stopped_by": "diverged"}))
     with pytest.raises(ArchbenchError, match="seed 1 diverged"):
-        from benchmarks.ledger import publish
+        from benchmarks.report.ledger import publish
 
         publish(tiny_params(), "hello_elman", project / "results")
     assert main(["publish", "words_lstm"]) == 2
@@ -343,8 +343,8 @@ def test_the_seeds_table_names_the_cpu_model_and_its_vector_isa() -> None:
     """Kernels (and so rounding) differ between AVX2 and AVX-512 CPUs: a seed's record says which ran it."""
     import torch
 
-    from benchmarks.provenance import machine
-    from benchmarks.site.pages import cpu_label
+    from benchmarks.core.provenance import machine
+    from benchmarks.report.site.pages import cpu_label
 
     m = machine(1)
     assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

@@ -20,8 +20,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from benchmarks import tracking
-from benchmarks.study_storage import storage_url
+from benchmarks.run import tracking
+from benchmarks.study.storage import storage_url
 from tests.conftest import kill_if_still, write_params
 from tests.studies import check_runs, check_study, tiny_study, worker_env
 
@@ -164,7 +164,7 @@ def test_three_machines_on_postgres_survive_a_killed_worker(project: Path, tmp_p
 CREATE_STORE = """
 import sys, time
 from pathlib import Path
-from benchmarks.tracking import ensure_tracking_store
+from benchmarks.run.tracking import ensure_tracking_store
 from mlflow.tracking import MlflowClient
 uri, go = sys.argv[1], Path(sys.argv[2])
 while not go.exists():

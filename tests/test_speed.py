@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.speed import format_summary, format_table, format_verdicts, main, run_speed, verdict
+from benchmarks.tools.speed import format_summary, format_table, format_verdicts, main, run_speed, verdict
 
 CELLS = ("lstm", "peephole", "elman")
 
@@ -36,7 +36,7 @@ def test_run_speed_rows_and_ratios() -> None:
 
 def _timed_row(ours: list[float], theirs: list[float], **key) -> dict:
     """A row as run_speed makes it, from given per-repeat forward+backward times."""
-    from benchmarks.speed import _sign_test
+    from benchmarks.tools.speed import _sign_test
 
     return {**key, "times_ms": {"fused_fwd_bwd": ours, "torch_fwd_bwd": theirs},
             **_sign_test(ours, theirs, "fused_fwd_bwd")}

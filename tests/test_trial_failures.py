@@ -16,16 +16,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from benchmarks.params import load_params
-from benchmarks.tune import run_study
+from benchmarks.core.params import load_params
+from benchmarks.study.tune import run_study
 from tests.conftest import run_options
 from tests.studies import check_runs, check_study, finished_run, tiny_study, worker_env
 
 
 @pytest.mark.slow
 def test_non_finite_values_fail_their_trial_and_the_study_goes_on(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import benchmarks.tune as tune
-    from benchmarks.errors import DivergedError
+    import benchmarks.study.tune as tune
+    from benchmarks.core.errors import DivergedError
     from mlflow.tracking import MlflowClient
 
     params = load_params()
@@ -57,7 +57,7 @@ def test_non_finite_values_fail_their_trial_and_the_study_goes_on(project: Path,
 
 @pytest.mark.slow
 def test_a_study_made_again_leaves_the_old_studys_finished_runs_alone(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import benchmarks.tune as tune
+    import benchmarks.study.tune as tune
     from mlflow.tracking import MlflowClient
 
     params = load_params()
@@ -79,7 +79,7 @@ def test_a_study_made_again_leaves_the_old_studys_finished_runs_alone(project: P
 
 @pytest.mark.slow
 def test_a_trial_failed_as_stale_while_alive_is_lost_not_the_worker(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import benchmarks.tune as tune
+    import benchmarks.study.tune as tune
 
     params = load_params()
     params["studies"]["lstm_depth"]["n_trials"] = 3
@@ -107,8 +107,8 @@ _DIES_AFTER_ITS_RUN_FINISHED = """
 import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
-import benchmarks.tune as tune
-from benchmarks.params import load_params
+import benchmarks.study.tune as tune
+from benchmarks.core.params import load_params
 from tests.conftest import run_options
 from tests.studies import finished_run
 
@@ -123,7 +123,7 @@ tune.run_study(load_params(), "lstm_depth", run_options(Path.cwd()))
 
 @pytest.mark.slow
 def test_a_worker_killed_after_its_run_finished_leaves_that_run_failed(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import benchmarks.tune as tune
+    import benchmarks.study.tune as tune
     from mlflow.tracking import MlflowClient
 
     params = tiny_study(project, n_trials=2)

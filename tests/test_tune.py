@@ -8,8 +8,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from benchmarks.params import load_params
-from benchmarks.tune import run_study
+from benchmarks.core.params import load_params
+from benchmarks.study.tune import run_study
 from tests.conftest import run_options
 
 
@@ -25,7 +25,7 @@ def test_study_prunes_continues_and_nests_runs(project: Path, monkeypatch: pytes
     params["studies"]["lstm_depth"]["search_space"]["lr"] = {"type": "float", "low": 1e-6, "high": 0.03, "log": True}
     opts = run_options(project)
     # An interrupted first session: the third trial is killed (Ctrl-C) after two finished.
-    import benchmarks.tune as tune
+    import benchmarks.study.tune as tune
 
     real_run_seed, calls = tune.run_seed, {"n": 0}
 
@@ -77,7 +77,7 @@ def test_a_repeated_choice_reuses_the_finished_trial(project: Path, monkeypatch:
     # One point in the space: every trial after the first repeats it.
     conf["search_space"] = {"hidden_size": {"type": "categorical", "choices": [16]}}
     conf["n_trials"] = 3
-    import benchmarks.tune as tune
+    import benchmarks.study.tune as tune
 
     real_run_seed, calls = tune.run_seed, {"n": 0}
 
@@ -118,7 +118,7 @@ BAD_STUDIES = [
 
 @pytest.mark.parametrize(("key", "value", "message"), BAD_STUDIES, ids=[f"{k}-{m[:24]}" for k, _, m in BAD_STUDIES])
 def test_bad_study_is_one_line_before_anything_is_created(project: Path, key: str, value: object, message: str) -> None:
-    from benchmarks.errors import ArchbenchError
+    from benchmarks.core.errors import ArchbenchError
 
     params = load_params()
     params["studies"]["lstm_depth"][key] = value
@@ -134,7 +134,7 @@ def test_bad_study_is_one_line_before_anything_is_created(project: Path, key: st
 def test_a_metric_the_model_does_not_log_stops_at_the_sanity_check(project: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from benchmarks.errors import ArchbenchError
+    from benchmarks.core.errors import ArchbenchError
 
     params = load_params()
     params["studies"]["lstm_depth"]["metric"] = "val/fid"  # in the vocabulary, but the char LM does not log it
@@ -148,8 +148,8 @@ def test_a_metric_the_model_does_not_log_stops_at_the_sanity_check(project: Path
 
 @pytest.mark.slow
 def test_a_changed_definition_is_refused_and_more_trials_continue(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import benchmarks.tune as tune
-    from benchmarks.errors import ArchbenchError
+    import benchmarks.study.tune as tune
+    from benchmarks.core.errors import ArchbenchError
 
     values = iter([3.0, 2.0, 1.0, 0.5, 0.25, 0.125])
     monkeypatch.setattr(tune, "run_seed", lambda exp, seed, opts: {"metrics": {"val/loss_best": next(values)}, "run_id": ""})

@@ -67,7 +67,7 @@ def load_feature_extractor(checkpoint: str | Path) -> tuple[FeatureExtractor, st
 
 
 class MonitorsFID:
-    """Mixin for image models: the suite's checkpoint callback (benchmarks/train.py reads ``monitor`` and
+    """Mixin for image models: the suite's checkpoint callback (benchmarks/run/train.py reads ``monitor`` and
     ``monitor_mode``) keeps the best val/fid when the model has an FID extractor, else the best
     ``fallback_monitor`` (each model names its own; both must be keys where lower is better).
 

@@ -1,0 +1,210 @@
+"""The results ledger: published per-seed results, tracked in git, so a fresh clone shows the benchmark.
+
+``archbench publish EXP`` copies a finished experiment into two files:
+
+- ``ledger/<exp>.json``: every current seed's metrics, stopped_by, epochs and steps, the budget, the
+  settings and config, and each seed's provenance (MLflow run, commit, machine, threads, device, wall
+  time). Keys are sorted and nothing depends on when it was published, so publishing twice gives the
+  same bytes; the file is written atomically.
+- ``ledger/metrics/<exp>.json``: numbers only (mean, std, ci95, n per metric), declared as DVC metrics,
+  so ``dvc metrics diff REV`` compares the published benchmark between two revisions.
+- ``ledger/samples/<exp>/seed_N/``: the sample images of the first seed (a few tens of KB each), so a
+  fresh clone's report shows what the model makes; text samples of every seed go in the record itself.
+
+Nothing diverged or stale is published: every seed on disk must have been made by the current config
+and code (the same rule as ``archbench collect``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from benchmarks.core.errors import ArchbenchError
+from benchmarks.core.stats import within
+
+SCHEMA = 1
+# Curves make the published report show training dynamics too; thinned to keep a ledger file small.
+MAX_CURVE_POINTS = 200
+
+
+def ledger_dir_for(results_dir: Path) -> Path:
+    """ledger/ beside results/ (the project root for the default settings)."""
+    return results_dir.parent / "ledger"
+
+
+def build_record(exp: Any, results_dir: Path, code: str) -> dict[str, Any]:
+    """The ledger record of ``exp`` from its finished seeds, or one line saying why it cannot be published."""
+    from benchmarks.run.results import PROVENANCE_FILE, current_seeds, seed_results_dir
+    from benchmarks.report.site.collect import mlflow_experiment_id, read_curves, read_json
+
+    exp_dir = results_dir / exp.name
+    kept, stale = current_seeds(exp, exp_dir, code)
+    if stale:
+        raise ArchbenchError(f"cannot publish {exp.name}: {stale[0]}; rerun it with `archbench train {exp.name}` "
+                             f"(or restore the code that made it)")
+    if not kept:
+        raise ArchbenchError(f"cannot publish {exp.name}: no finished seed under {exp_dir / 'seeds'}; "
+                             f"run `archbench train {exp.name}` first")
+    diverged = sorted(s for s, r in kept.items() if r.get("stopped_by") == "diverged")
+    if diverged:
+        raise ArchbenchError(f"cannot publish {exp.name}: seed {diverged[0]} diverged; fix the recipe and rerun it")
+    seeds = {}
+    for seed, result in sorted(kept.items()):
+        prov_path = seed_results_dir(exp_dir, seed) / PROVENANCE_FILE
+        prov = read_json(prov_path) if prov_path.is_file() else {}
+        if prov.get("run_id") and "experiment_id" not in prov:
+            prov["experiment_id"] = mlflow_experiment_id(prov.get("tracking_uri"), prov["run_id"])
+        seeds[str(seed)] = {"metrics": result["metrics"], "stopped_by": result.get("stopped_by"),
+                            "epochs": result.get("epochs"), "steps": result.get("steps"), "provenance": prov}
+    first = kept[min(kept)]
+    curves = {s: thin(c) for s, c in read_curves(exp_dir).items() if int(s) in kept}
+    return {
+        "schema": SCHEMA, "experiment": exp.name, "model": exp.model, "data": exp.data, "profile": exp.profile,
+        "description": exp.description, "config": exp.as_dict(), "config_hash": exp.config_hash(), "code_hash": code,
+        "data_hash": first.get("data_hash"), "budget": first.get("budget", {}), "settings": first.get("settings", {}),
+        "seeds": seeds, "missing_seeds": [s for s in exp.seeds if s not in kept],
+        "truncated": any(r.get("stopped_by") == "max_time" for r in kept.values()),
+        "summary": numbers(record_values(seeds)), "curves": curves,
+        "samples": sample_index(exp.name, exp_dir, sorted(kept)),
+    }
+
+
+def sample_index(name: str, exp_dir: Path, seeds: list[int]) -> dict[str, list[dict[str, str]]]:
+    """Per seed: its text samples inline, and for the first seed its images as paths under ledger/."""
+    from benchmarks.run.results import seed_results_dir
+    from benchmarks.report.site.collect import read_samples
+
+    index: dict[str, list[dict[str, str]]] = {}
+    for seed in seeds:
+        items = [{"name": item["name"], "text": item["text"]} if "text" in item
+                 else {"name": item["name"], "file": f"samples/{name}/seed_{seed}/{item['name']}"}
+                 for item in read_samples(seed_results_dir(exp_dir, seed)) if "text" in item or seed == seeds[0]]
+        if items:
+            index[str(seed)] = items
+    return index
+
+
+def copy_sample_files(record: dict[str, Any], exp_dir: Path, ledger: Path) -> None:
+    """Replace ledger/samples/<exp>/ with the images the record names (atomically per file)."""
+    import shutil
+
+    from benchmarks.run.results import seed_results_dir
+
+    folder = ledger / "samples" / record["experiment"]
+    if folder.exists():
+        shutil.rmtree(folder)
+    for seed, items in record.get("samples", {}).items():
+        for item in items:
+            if "file" in item:
+                dst = ledger / item["file"]
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.with_name(f".{dst.name}.tmp")
+                shutil.copyfile(seed_results_dir(exp_dir, int(seed)) / "samples" / item["name"], tmp)
+                tmp.replace(dst)
+
+
+def thin(curve: dict[str, list[float | None]]) -> dict[str, list[float | None]]:
+    """At most MAX_CURVE_POINTS rows (evenly spaced, the last kept), values to 6 significant digits."""
+    n = len(next(iter(curve.values()), []))
+    step = max(1, math.ceil(n / MAX_CURVE_POINTS))
+    rows = sorted(set(range(0, n, step)) | ({n - 1} if n else set()))
+    return {k: [None if v[i] is None else float(f"{v[i]:.6g}") for i in rows] for k, v in curve.items()}
+
+
+def record_values(seeds: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
+    keys = sorted({k for s in seeds.values() for k in s["metrics"]})
+    return {k: [float(s["metrics"][k]) for s in seeds.values() if k in s["metrics"]] for k in keys}
+
+
+def numbers(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per metric: mean, std, ci95 and n; one seed has no spread, so std and ci95 are left out for it."""
+    from benchmarks.run.results import mean_std_ci
+
+    out = {}
+    for key, vals in values.items():
+        finite = [v for v in vals if math.isfinite(v)]
+        if finite:
+            stats = mean_std_ci(finite)
+            out[key] = stats if len(finite) > 1 else {"mean": stats["mean"], "n": stats["n"]}
+    return out
+
+
+def publish(params: dict[str, Any], name: str, results_dir: Path, ledger_dir: Path | None = None) -> Path:
+    """Write ledger/<name>.json and ledger/metrics/<name>.json; returns the first."""
+    from benchmarks.core.params import experiment_from_params
+    from benchmarks.core.provenance import code_hash
+    from benchmarks.run.results import write_json
+
+    exp = experiment_from_params(params, name)
+    record = build_record(exp, results_dir, code_hash(exp))
+    ledger = ledger_dir or ledger_dir_for(results_dir)
+    copy_sample_files(record, results_dir / name, ledger)
+    write_json(ledger / f"{name}.json", record)
+    write_json(ledger / "metrics" / f"{name}.json", record["summary"] | {"n_seeds": len(record["seeds"])})
+    return ledger / f"{name}.json"
+
+
+def load_ledger(ledger_dir: Path) -> dict[str, dict[str, Any]]:
+    """experiment -> record of every ledger/<exp>.json in the working tree."""
+    from benchmarks.report.site.collect import read_json
+
+    records = {p.stem: read_json(p) for p in sorted(ledger_dir.glob("*.json")) if p.is_file()}
+    for record in records.values():  # sample images as paths on this disk, for the report
+        for items in record.get("samples", {}).values():
+            for item in items:
+                if "file" in item and (ledger_dir / item["file"]).is_file():
+                    item["src"] = ledger_dir / item["file"]
+    return records
+
+
+def load_ledger_at(rev: str, ledger_dir: Path) -> dict[str, dict[str, Any]]:
+    """The ledger as committed at git revision ``rev`` (a branch, tag or commit)."""
+    root = _git(ledger_dir.parent if ledger_dir.parent.exists() else Path("."), "rev-parse", "--show-toplevel").strip()
+    rel = Path(ledger_dir).resolve().relative_to(Path(root).resolve()).as_posix()
+    listing = _git(Path(root), "ls-tree", "--name-only", f"{rev}:{rel}", what=f"revision '{rev}' has no {rel}/")
+    records = {}
+    for name in sorted(listing.split()):
+        if name.endswith(".json"):
+            records[name.removesuffix(".json")] = json.loads(_git(Path(root), "show", f"{rev}:{rel}/{name}"))
+    return records
+
+
+def _git(cwd: Path, *args: str, what: str = "") -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        problem = what or (out.stderr.strip().splitlines() or ["git failed"])[-1]
+        raise ArchbenchError(f"git {' '.join(args[:2])}: {problem}; pass a revision of this repository (e.g. HEAD~1)")
+    return out.stdout
+
+
+def compare_rows(ours: dict[str, dict[str, Any]], ledger: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per experiment and metric present on both sides: our mean ± CI, the published one, inside or not."""
+    rows = []
+    for name in sorted(set(ours) & set(ledger)):
+        published = ledger[name].get("summary", {})
+        for key, stat in sorted(ours[name]["summary"].items()):
+            if key in published:
+                rows.append({"experiment": name, "metric": key, "ours": stat, "published": published[key],
+                             "within": within(stat["mean"], published[key])})
+    return rows
+
+
+def format_compare(rows: list[dict[str, Any]], rev: str) -> str:
+    """The CLI's compare table, one line per experiment and metric."""
+    if not rows:
+        return f"nothing to compare: no experiment has both results here and a ledger entry at {rev}"
+
+    def fmt(s: dict[str, Any]) -> str:
+        ci = s.get("ci95")
+        return f"{s['mean']:.4g}" + (f" ± {ci:.2g}" if isinstance(ci, float) and not math.isnan(ci) else "") + f" (n={s['n']})"
+
+    width = max(len(f"{r['experiment']} {r['metric']}") for r in rows)
+    lines = [f"{'experiment metric':<{width}}  {'yours':<24}  {'ledger at ' + rev:<24}  within CI"]
+    for r in rows:
+        mark = {True: "yes", False: "NO", None: "n/a (1 seed)"}[r["within"]]
+        lines.append(f"{r['experiment'] + ' ' + r['metric']:<{width}}  {fmt(r['ours']):<24}  {fmt(r['published']):<24}  {mark}")
+    return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""results/<exp>/: what a finished seed leaves, and the merge of every finished seed into one summary.
+
+Layout (DVC tracks ``seeds/`` as an output and ``metrics.json`` as metrics):
+
+    results/<exp>/metrics.json                  numbers only: {key: {mean, std, ci95, n}, "n_seeds": n}
+    results/<exp>/summary.json                  per-seed values, stopped_by, budget, settings (deterministic)
+    results/<exp>/seeds/seed_N/result.json      one finished seed (deterministic)
+    results/<exp>/seeds/seed_N/provenance.json  run id, commit, machine, wall time (ignored by DVC's hashes)
+    results/<exp>/seeds/seed_N/best.ckpt, samples/     results/<exp>/curves/seed_N.csv
+
+Everything hashed by DVC is a function of the experiment, seed, data and code alone, so a rerun on a fresh
+clone reproduces dvc.lock byte for byte; what varies between machines lives in provenance.json.
+
+The summary is always rebuilt from the seed files, never from whichever seed ran last, so seeds can run as
+separate jobs on separate machines and be merged (``archbench collect EXP``). A seed file counts only when
+its experiment config and code match the current ones: nothing stale is published.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.core.errors import ArchbenchError
+from benchmarks.core.params import Experiment
+
+RESULT_FILE = "result.json"
+PROVENANCE_FILE = "provenance.json"
+
+
+def seed_results_dir(out: Path, seed: int) -> Path:
+    """results/<exp>/seeds/seed_N/: one seed's result, samples and best checkpoint."""
+    return out / "seeds" / f"seed_{seed}"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic: a reader (another worker, the report) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def portable_checkpoint(src: str | Path, dst: Path) -> None:
+    """Copy a Lightning checkpoint without its callbacks' state, which holds absolute paths of this machine
+    (and so would change DVC's hash of the output between two clones)."""
+    import torch
+
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    ckpt.pop("callbacks", None)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(dst)
+
+
+def write_seed_results(out: Path, state: Path, best_ckpt: str, result: dict[str, Any], provenance: dict[str, Any]
+                       ) -> None:
+    """results/<exp>/seeds/seed_N/ and results/<exp>/curves/seed_N.csv for one finished seed.
+
+    Curves sit apart from the seed folders because DVC tracks them as plots and the rest as outputs.
+    """
+    seed = result["seed"]
+    seed_dir = seed_results_dir(out, seed)
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    if (state / "curve.csv").is_file():
+        (out / "curves").mkdir(parents=True, exist_ok=True)
+        shutil.copy(state / "curve.csv", out / "curves" / f"seed_{seed}.csv")
+    if (state / "samples").is_dir():
+        shutil.copytree(state / "samples", seed_dir / "samples", dirs_exist_ok=True)
+    if best_ckpt:
+        portable_checkpoint(best_ckpt, seed_dir / "best.ckpt")
+    write_json(seed_dir / PROVENANCE_FILE, provenance)
+    write_json(seed_dir / RESULT_FILE, result)  # last: its presence means the seed is complete
+
+
+def load_seed_results(exp_dir: Path) -> dict[int, dict[str, Any]]:
+    """seed -> result of every finished seed under results/<exp>/seeds/ (any config; see current_seeds)."""
+    found: dict[int, dict[str, Any]] = {}
+    for path in sorted((exp_dir / "seeds").glob(f"seed_*/{RESULT_FILE}")):
+        try:
+            result = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ArchbenchError(f"{path} is corrupt; delete it and rerun that seed") from None
+        found[int(result["seed"])] = result
+    return found
+
+
+def current_seeds(exp: Experiment, exp_dir: Path, code: str) -> tuple[dict[int, dict[str, Any]], list[str]]:
+    """The finished seeds of ``exp`` made by this config and code, and a line for each one left out as stale."""
+    kept, stale = {}, []
+    for seed, result in load_seed_results(exp_dir).items():
+        if seed not in exp.seeds:
+            continue
+        if result.get("config_hash") != exp.config_hash():
+            stale.append(f"seed {seed}: made by another config of {exp.name} ({result.get('config_hash')})")
+        elif result.get("code_hash") != code:
+            stale.append(f"seed {seed}: made by other code ({result.get('code_hash')}, now {code})")
+        else:
+            kept[seed] = result
+    data = {r.get("data_hash") for r in kept.values()}
+    if len(data) > 1:
+        raise ArchbenchError(f"{exp.name}: finished seeds saw different data ({', '.join(sorted(map(str, data)))}); "
+                             f"rerun them with `archbench train {exp.name} --restart`")
+    return kept, stale
+
+
+def mean_std_ci(values: list[float]) -> dict[str, float]:
+    """Mean, sample std and the half-width of the 95% Student-t interval (0 and nan for a single seed)."""
+    from benchmarks.core.stats import mean_ci
+
+    stats = mean_ci(values, confidence=0.95)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": stats["mean"], "std": std, "ci95": stats["ci"], "n": stats["n"]}
+
+
+def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per metric over seeds; only finite values count (a diverged seed never reaches a result file)."""
+    keys = sorted({k for r in results for k in r["metrics"]})
+    summary = {}
+    for key in keys:
+        values = [r["metrics"][key] for r in results if key in r["metrics"] and math.isfinite(r["metrics"][key])]
+        if values:
+            summary[key] = mean_std_ci(values)
+    return summary
+
+
+def merge_seeds(exp: Experiment, results_dir: Path, code: str | None = None) -> dict[str, Any]:
+    """Rebuild results/<exp>/metrics.json and summary.json from every current finished seed."""
+    from benchmarks.core.provenance import code_hash
+
+    out = results_dir / exp.name
+    kept, stale = current_seeds(exp, out, code or code_hash(exp))
+    if not kept:
+        why = f" ({'; '.join(stale)})" if stale else ""
+        raise ArchbenchError(f"{exp.name}: no finished seed to merge{why}; run `archbench train {exp.name}` first")
+    results = [kept[s] for s in sorted(kept)]
+    stats = aggregate(results)
+    missing = [s for s in exp.seeds if s not in kept]
+    first = results[0]
+    summary = {
+        "experiment": exp.name, "model": exp.model, "data": exp.data, "profile": exp.profile,
+        "description": exp.description, "seeds": sorted(kept), "missing_seeds": missing, "summary": stats,
+        "per_seed": {str(r["seed"]): r["metrics"] for r in results},
+        "stopped_by": {str(r["seed"]): r["stopped_by"] for r in results},
+        "epochs": {str(r["seed"]): r["epochs"] for r in results},
+        "truncated": any(r["stopped_by"] == "max_time" for r in results),
+        "budget": first["budget"], "settings": first["settings"],
+    }
+    numbers: dict[str, Any] = {key: {k: v for k, v in s.items() if not (isinstance(v, float) and math.isnan(v))}
+                               for key, s in stats.items()}
+    write_json(out / "summary.json", summary)
+    write_json(out / "metrics.json", numbers | {"n_seeds": len(results)})
+    for line in stale:
+        print(f"{exp.name}: left out {line}")
+    return summary

@@ -1,0 +1,125 @@
+"""Where a study lives and how its workers share it: the RDB storage with heartbeats, and the counts that
+keep a study at exactly ``n_trials`` finished (COMPLETE + PRUNED) trials whatever the number of workers.
+
+- A worker stops (``MaxTrialsCallback``) once the storage holds ``n_trials`` finished trials, and one whose
+  remaining trials all run elsewhere waits for them (``more_needed``; it takes over if one fails) instead
+  of starting one that would not be needed.
+- Two workers may still start trials at the same moment: every trial, once RUNNING, is admitted
+  (``admit``) only if ``finished + (RUNNING trials started before it) < n_trials``. Otherwise it waits
+  while those may still fail, and fails itself as ``not_needed`` once enough have finished. With one
+  agreed order (start time, then number; worker clocks in sync), the last admitted trial saw every
+  earlier one, so no more than ``n_trials`` can finish; a failure frees a slot for a waiting or later one.
+- Heartbeats (``heartbeat_s``) let any worker fail the trials of a killed one: stale after 4 missed beats.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from benchmarks.core.params import settings
+
+STORAGE_ENV = "OPTUNA_STORAGE"
+
+
+class TrialNotNeeded(Exception):
+    """A trial started while the last needed ones were finishing; it fails so the count stays exact."""
+
+
+def storage_url(params: dict[str, Any], project_dir: Path) -> str:
+    from benchmarks.run.tracking import resolve_uri
+
+    return resolve_uri(os.environ.get(STORAGE_ENV) or settings(params)["optuna_storage"], project_dir)
+
+
+def shown_url(url: str) -> str:
+    """The storage URL without its password, for messages and tags."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def open_storage(url: str, heartbeat_s: int, on_stale: Any) -> Any:
+    import optuna
+
+    from benchmarks.run.tracking import sqlite_creation_lock
+
+    kwargs: dict[str, Any] = {"heartbeat_interval": heartbeat_s, "grace_period": 4 * heartbeat_s}
+    # Optuna 4.9 renamed failed_trial_callback; pass whichever this version takes.
+    names = inspect.signature(optuna.storages.RDBStorage).parameters
+    kwargs["heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names else "failed_trial_callback"] = on_stale
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # workers wait for SQLite's write lock
+    with warnings.catch_warnings(), sqlite_creation_lock(url):
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, **kwargs)
+
+
+def fail_stale(study: Any) -> None:
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def counts(study: Any) -> tuple[int, list[Any]]:
+    """(finished = COMPLETE + PRUNED, RUNNING trials), read from the storage."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    return (sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials),
+            [t for t in trials if t.state == TrialState.RUNNING])
+
+
+def start_order(trial: Any) -> tuple[float, int]:
+    return (trial.datetime_start.timestamp() if trial.datetime_start else math.inf, trial.number)
+
+
+def admit(study: Any, number: int, target: int, poll_s: float) -> bool:
+    """True when this RUNNING trial is needed; waits while earlier running trials may still fail."""
+    while True:
+        finished, running = counts(study)
+        if finished >= target:
+            return False
+        me = next((t for t in running if t.number == number), None)
+        if me is None:  # failed as stale under us: its result could not be told anyway
+            return False
+        ahead = [t for t in running if start_order(t) < start_order(me)]
+        if finished + len(ahead) < target:
+            return True
+        fail_stale(study)
+        time.sleep(poll_s)
+
+
+def more_needed(study: Any, target: int, poll_s: float) -> bool:
+    """True when this worker should start trials; False once the study is complete (``target`` finished, none
+    running). In between it waits, failing the stale trials of dead workers, which frees their slots."""
+    while True:
+        fail_stale(study)
+        finished, running = counts(study)
+        if finished >= target and not running:
+            _fail_waiting(study)
+            return False
+        if finished + len(running) < target:
+            return True
+        time.sleep(poll_s)
+
+
+def _fail_waiting(study: Any) -> None:
+    """Fail the retries still WAITING in a complete study: a dead worker's trial can be failed as stale (and a
+    retry enqueued, while it looked needed) after the live workers already filled the study; left WAITING it
+    would be picked up by whoever continues the study, and no trial may stay unfinished."""
+    import optuna
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it first

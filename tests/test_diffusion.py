@@ -96,6 +96,68 @@ def test_the_strided_bound_is_an_unbiased_estimate_of_the_full_sum() -> None:
     assert big.vlb_terms(x[:4])[0].max().item() / 64 < 1e-3
 
 
+def test_geometric_bound_estimate_is_unbiased_and_exact_with_every_t() -> None:
+    torch.manual_seed(0)
+    model = _tiny(timesteps=20, pixel_levels=17, bpd_strata="geometric").eval()
+    torch.nn.init.normal_(model.net.out[-1].weight, std=0.2)
+    x = _digits_like(1, 3).expand(1024, -1, -1, -1)
+    full = model.vlb_terms(x, torch.Generator().manual_seed(4))[1]  # bpd_timesteps None: every t, weight 1
+    assert model.metric_settings()["bpd_terms"] == "all t"
+    model.hparams.bpd_timesteps = 8
+    strided = model.vlb_terms(x, torch.Generator().manual_seed(5))[1]
+    se = math.sqrt(full.var().item() / len(full) + strided.var().item() / len(strided))
+    assert abs(strided.mean().item() - full.mean().item()) < 4 * se
+    settings = model.metric_settings()
+    assert "geometrically" in settings["bpd_terms"] and settings["bpd_network_calls_per_image"] == 1 + 8
+
+
+def test_the_decoder_head_learns_l0_alone_and_moves_a_black_mean_below_minus_one() -> None:
+    torch.manual_seed(0)
+    model = _tiny(timesteps=10, pixel_levels=256, decoder_head=8)
+    x = torch.zeros(8, 1, 8, 8)  # all black
+    torch.manual_seed(1)
+    loss = model.decoder_loss(x)
+    torch.manual_seed(1)
+    x0, t = 2 * x - 1, torch.ones(8, dtype=torch.long)
+    x1 = model.scheduler.add_noise(x0, torch.randn_like(x0), t)
+    x0_hat = model.scheduler.predict_x0(x1, model.net(x1, t), t)  # an untrained head: the decoder's mean is x̂_0
+    log_var = model.scheduler.log_variance(t)
+    assert loss.item() == pytest.approx(model.scheduler.decoder_nll(x0, x0_hat, log_var, 256).mean().item() / 64)
+    loss.backward()
+    assert all(p.grad is None for p in model.net.parameters())  # L_0 trains the head only
+    assert model.head.body[-1].weight.grad.abs().max() > 0
+    opt = torch.optim.Adam(model.head.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        model.decoder_loss(x).backward()
+        opt.step()
+    with torch.no_grad():
+        mean = model.decoder_mean(x1, x0_hat)
+        assert (mean < -1).float().mean() > 0.9  # the outer bin reaches to -inf: below -1 it takes all the mass
+        assert model.decoder_loss(x).item() < 0.5 * loss.item()
+        # The bound's L_0 and the sampler's last step both use the head's mean.
+        prior, middle, decoder = model.vlb_terms(x[:2], torch.Generator().manual_seed(0))
+        assert (decoder / 64 < 0.5 * loss.item()).all()
+        with_head = [model.sample(2, steps, torch.Generator().manual_seed(0)) for steps in (None, 5)]
+        head, model.head = model.head, None
+        plain = [model.sample(2, steps, torch.Generator().manual_seed(0)) for steps in (None, 5)]
+        model.head = head
+    assert not torch.equal(with_head[0], plain[0])  # the last step from t = 1 returns the head's mean
+    assert torch.equal(with_head[1], plain[1])  # a strided sampler's last jump (2 -> 0) is not the head's to take
+
+
+def test_training_timesteps_mix_uniform_and_log_uniform_draws() -> None:
+    torch.manual_seed(0)
+    T, n = 100, 200000
+    for fraction in (0.0, 0.5, 1.0):
+        t = _tiny(timesteps=T, small_t_fraction=fraction).training_timesteps(n, "cpu")
+        assert t.min() >= 1 and t.max() <= T
+        counts = torch.bincount(t, minlength=T + 1)[1:].double() / n  # [T], P(t) for t = 1..T
+        ts = torch.arange(1, T + 1, dtype=torch.float64)
+        expected = (1 - fraction) / T + fraction * torch.log((ts + 1) / ts) / math.log(T + 1)
+        assert torch.allclose(counts, expected, atol=5 * math.sqrt(expected.max().item() / n))
+
+
 def test_ema_follows_the_recursion_and_is_what_evaluation_uses() -> None:
     torch.manual_seed(0)
     model = _tiny(timesteps=10, pixel_levels=17, ema_decay=0.9, warmup_steps=4)
@@ -210,7 +272,7 @@ def test_tiny_run_on_digits_with_a_plain_trainer(tmp_path: Path) -> None:
     model = DDPM(**dm.model_args(), timesteps=30, base_channels=4, channel_mults=[1, 2, 2], pixel_levels=17,
                  bpd_images=24, bpd_timesteps=10, sample_count=4, sample_steps=5, fid_checkpoint=str(ckpt),
                  fid_samples=40, fid_sample_steps=5, schedule="cosine", reverse_variance="learned", ema_decay=0.99,
-                 warmup_steps=3, num_res_blocks=2, attention=True)
+                 warmup_steps=3, num_res_blocks=2, attention=True, decoder_head=4, decoder_batch=8)
     trainer = pl.Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=2, limit_test_batches=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=dm)

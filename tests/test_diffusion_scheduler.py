@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from lightning_modules.likelihood.bounds import discretized_gaussian_log_prob
-from lightning_modules.likelihood.diffusion_scheduler import NoiseScheduler, strided_timesteps
+from lightning_modules.likelihood.diffusion_scheduler import (
+    NoiseScheduler,
+    geometric_strata,
+    strided_timesteps,
+    stratified_timesteps,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -176,3 +181,19 @@ def test_the_strided_estimate_is_exactly_unbiased_over_its_offsets(T: int, strid
     assert by_offset.mean().item() == pytest.approx(full.item(), rel=1e-12)
     if stride == 1:
         assert torch.allclose(estimate, full.expand(n))  # stride 1: every image gets the exact sum
+
+
+@pytest.mark.parametrize(("T", "k"), [(1000, 100), (1000, 50), (30, 10), (30, 29)])
+def test_geometric_strata_cover_every_t_once_and_their_estimate_is_unbiased(T: int, k: int) -> None:
+    strata = geometric_strata(T, k)
+    covered = [lo + i for lo, width in strata for i in range(width)]
+    assert covered == list(range(2, T + 1))  # every t in exactly one stratum, in order
+    assert k <= len(strata) <= k + 2 and strata[0] == (2, 1)
+    widths = [w for _, w in strata]
+    assert max(widths) == widths[-1] and widths[0] == 1  # narrow at small t, widest at large t
+    terms = torch.rand(T + 1, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
+    pairs = stratified_timesteps(strata, 4, torch.Generator().manual_seed(0), "cpu")
+    assert all(((lo <= t) & (t < lo + w)).all() and (wt == w).all() for (lo, w), (t, wt) in zip(strata, pairs))
+    # The expectation over each stratum's uniform t: width x the stratum's mean term = the stratum's sum.
+    expectation = sum(w * terms[lo: lo + w].mean() for lo, w in strata)
+    assert expectation.item() == pytest.approx(terms[2:].sum().item(), rel=1e-12)

@@ -27,14 +27,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.likelihood.bounds import bits_per_dim, randint, randn
-from lightning_modules.likelihood.diffusion_scheduler import NoiseScheduler, strided_timesteps
-from lightning_modules.likelihood.diffusion_unet import UNet
+from lightning_modules.likelihood.diffusion_scheduler import (
+    NoiseScheduler,
+    geometric_strata,
+    strided_timesteps,
+    stratified_timesteps,
+)
+from lightning_modules.likelihood.diffusion_unet import DecoderHead, UNet
 from lightning_modules.likelihood.evaluation import EVAL_SEED, SeededEvaluation, check_int, grid_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 SAMPLE_BATCH = 256  # images generated at once for the FID
+BPD_STRATA = ("systematic", "geometric")
 
 
 def check_settings(args: dict[str, Any]) -> None:
@@ -53,17 +59,22 @@ def check_settings(args: dict[str, Any]) -> None:
         raise ValueError(f"image_shape height and width must be divisible by {factor} for {len(mults)} "
                          f"channel_mults (pad with the datamodule's pad_to), got {list(shape)}")
     for name, minimum in (("timesteps", 2), ("base_channels", 1), ("num_res_blocks", 1), ("warmup_steps", 0),
-                          ("pixel_levels", 2), ("bpd_images", 0), ("sample_count", 0), ("fid_samples", 1)):
+                          ("decoder_head", 0),
+                          ("decoder_batch", 1), ("pixel_levels", 2), ("bpd_images", 0), ("sample_count", 0), ("fid_samples", 1)):
         check_int(name, args[name], minimum)
     for name in ("bpd_timesteps", "sample_steps", "fid_sample_steps"):
         if args[name] is not None:
             check_int(name, args[name], 1)
+    if args["bpd_strata"] not in BPD_STRATA:
+        raise ValueError(f"bpd_strata must be one of {list(BPD_STRATA)}, got {args['bpd_strata']!r}")
     if not 0 < args["beta_start"] <= args["beta_end"] < 1:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={args['beta_start']}, "
                          f"beta_end={args['beta_end']}")
-    for name, value, upper in (("dropout", args["dropout"], 1), ("ema_decay", args["ema_decay"], 1)):
-        if not 0 <= value < upper:
-            raise ValueError(f"{name} must be in [0, {upper}), got {value}")
+    for name in ("dropout", "ema_decay"):
+        if not 0 <= args[name] < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {args[name]}")
+    if not 0 <= args["small_t_fraction"] <= 1:
+        raise ValueError(f"small_t_fraction must be in [0, 1], got {args['small_t_fraction']}")
     if not args["lr"] > 0 or not args["vlb_weight"] >= 0:
         raise ValueError(f"need lr > 0 and vlb_weight >= 0, got lr={args['lr']}, vlb_weight={args['vlb_weight']}")
 
@@ -89,9 +100,13 @@ class DDPM(SeededEvaluation):
         ema_decay: float = 0.0,  # 0 = no EMA: val, test and samples use the trained weights
         reverse_variance: str = "beta",
         vlb_weight: float = 0.001,  # λ of L_hybrid; used only with reverse_variance "learned"
+        small_t_fraction: float = 0.0,  # share of training t's drawn log-uniformly on {1..T}; the rest uniform
+        decoder_head: int = 0,  # hidden channels of the decoder's refinement of its mean (0 = Ho et al.'s decoder)
+        decoder_batch: int = 16,  # images per step on which L_0 trains the decoder head
         pixel_levels: int = 256,
         bpd_images: int = 256,
-        bpd_timesteps: int | None = None,
+        bpd_timesteps: int | None = None,  # network calls for Σ L_{t-1} per image (None = every t: exact)
+        bpd_strata: str = "systematic",  # how those t's are drawn (see ``bound_timesteps``)
         sample_count: int = 16,
         sample_steps: int | None = 100,  # the grid only: 100 strided steps, not T (None = all T)
         fid_checkpoint: str | None = None,
@@ -107,6 +122,7 @@ class DDPM(SeededEvaluation):
         channels = image_shape[0]
         self.net = UNet(channels, base_channels, channel_mults, dropout, num_res_blocks, attention,
                         out_ch=2 * channels if self.learned_var else channels)
+        self.head = DecoderHead(channels, decoder_head) if decoder_head else None
         # The weights' moving average: a frozen copy that never sees a gradient, checkpointed with the model.
         self.ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
         self._ema_updates = 0
@@ -133,12 +149,30 @@ class DDPM(SeededEvaluation):
         return mean, self.scheduler.log_variance(t, None, v)
 
     # ---- algorithm 1: training --------------------------------------------------------------------
-    def losses(self, x: Tensor, net: torch.nn.Module, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """L_simple (eq. 14): ||ε - ε_θ(x_t, t)||² per pixel with t ~ U{1..T}, for images x [batch, C, H, W] in
-        [0, 1]; with learned variances also L_vlb (nats per pixel), whose gradient reaches only v (Nichol &
-        Dhariwal section 3.1: the mean is left to L_simple), and ``loss`` = L_simple + λ L_vlb."""
+    def training_timesteps(self, n: int, device: torch.device | str) -> Tensor:
+        """t [n] for training: U{1..T}, except a ``small_t_fraction`` share drawn log-uniformly, P(t) =
+        log((t + 1) / t) / log(T + 1), so that about 40% of those fall in t <= 20.
+
+        The bound's terms are largest at small t (the ε-weight of L_{t-1} is about 1 / (2 (t - 1)) there, fifty
+        times its value at large t, and the ε-MSE is largest there too), but uniform t gives t <= 20 only 2% of the
+        updates. The loss stays the unweighted ε-MSE: this changes where the network practises, not what it fits.
+        """
+        T = self.hparams.timesteps
+        t = torch.randint(1, T + 1, (n,), device=device)
+        if self.hparams.small_t_fraction > 0:
+            log_uniform = torch.exp(torch.rand(n, device=device, dtype=torch.float64) * math.log(T + 1)).floor()
+            pick = torch.rand(n, device=device) < self.hparams.small_t_fraction
+            t = torch.where(pick, log_uniform.long().clamp(1, T), t)
+        return t
+
+    def losses(self, x: Tensor, net: torch.nn.Module, generator: torch.Generator | None = None,
+               t: Tensor | None = None) -> dict[str, Tensor]:
+        """L_simple (eq. 14): ||ε - ε_θ(x_t, t)||² per pixel with t ~ U{1..T} (or the given t), for images x
+        [batch, C, H, W] in [0, 1]; with learned variances also L_vlb (nats per pixel), whose gradient reaches only
+        v (Nichol & Dhariwal section 3.1: the mean is left to L_simple), and ``loss`` = L_simple + λ L_vlb."""
         x0 = 2 * x - 1
-        t = randint(1, self.hparams.timesteps + 1, (len(x),), generator, x.device)
+        if t is None:
+            t = randint(1, self.hparams.timesteps + 1, (len(x),), generator, x.device)
         noise = randn(x0.shape, generator, x.device, x0.dtype)
         xt = self.scheduler.add_noise(x0, noise, t)
         eps, v = self.predict(net, xt, t)
@@ -153,11 +187,36 @@ class DDPM(SeededEvaluation):
         vlb = torch.where(first, nll, kl).mean() / x0[0].numel() * self.hparams.timesteps  # E_t ... x T terms
         return {"loss": simple + self.hparams.vlb_weight * vlb, "simple": simple, "vlb": vlb}
 
+    def decoder_mean(self, x1: Tensor, x0_hat: Tensor) -> Tensor:
+        """The mean of p(x_0 | x_1): x̂_0 itself (eq. 11 at t = 1), refined by the decoder head if there is one."""
+        return x0_hat if self.head is None else self.head(x1, x0_hat)
+
+    def decoder_loss(self, x: Tensor) -> Tensor:
+        """L_0 in nats per pixel at t = 1, for training the decoder head (the ε-network's x̂_0 is detached).
+
+        L_simple's optimum is x̂_0 = E[x_0 | x_1], which never leaves [-1, 1], so a black pixel (half of
+        Fashion-MNIST's) keeps its mean at -1 and pays -log Φ(bin half-width / σ_1) ≈ 0.5 bits in L_0 however
+        sure the network is. Trained on L_0, the head moves the mean of a pixel it knows is black below -1, and
+        the outer bin, which reaches to -inf, takes nearly all the mass. It learns on the weights the test uses.
+        """
+        x0 = 2 * x - 1
+        t = torch.ones(len(x), dtype=torch.long, device=x.device)
+        x1 = self.scheduler.add_noise(x0, torch.randn_like(x0), t)
+        with torch.no_grad():
+            eps, v = self.predict(self.eval_net(), x1, t)
+            x0_hat = self.scheduler.predict_x0(x1, eps, t)
+        log_var = self.scheduler.log_variance(t, None, v)
+        nll = self.scheduler.decoder_nll(x0, self.decoder_mean(x1, x0_hat), log_var, self.hparams.pixel_levels)
+        return nll.mean() / x0[0].numel()
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _ = batch  # [batch, C, H, W] in [0, 1]
-        losses = self.losses(x, self.net)
-        self.log("train/loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
-        return losses["loss"]
+        losses = self.losses(x, self.net, t=self.training_timesteps(len(x), x.device))
+        loss = losses["loss"]
+        if self.head is not None:
+            loss = loss + self.decoder_loss(x[: self.hparams.decoder_batch])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """θ_ema <- d θ_ema + (1 - d) θ after every optimiser step, d warmed up as min(decay, (1 + n) / (10 + n))
@@ -178,7 +237,8 @@ class DDPM(SeededEvaluation):
         self._ema_updates = int(checkpoint.get("ema_updates", 0))
 
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)  # the EMA copy is not optimised
+        params = list(self.net.parameters()) + (list(self.head.parameters()) if self.head is not None else [])
+        opt = torch.optim.Adam(params, lr=self.hparams.lr)  # the EMA copy is not optimised
         if not self.hparams.warmup_steps:
             return opt
         warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / self.hparams.warmup_steps))
@@ -193,8 +253,12 @@ class DDPM(SeededEvaluation):
         x = randn((n, *self.hparams.image_shape), generator, self.device)
         taus = self.scheduler.sampling_timesteps(steps)
         for t, s in zip(taus[:-1], taus[1:]):
-            eps, v = self.predict(net, x, torch.full((n,), t, dtype=torch.long, device=self.device))
-            x = self.scheduler.step(eps, t, s, x, generator, v)
+            tt = torch.full((n,), t, dtype=torch.long, device=self.device)
+            eps, v = self.predict(net, x, tt)
+            if t == 1 and self.head is not None:  # the decoder's mean, as in L_0 (the head knows only t = 1)
+                x = self.decoder_mean(x, self.scheduler.predict_x0(x, eps, tt)).clamp(-1, 1)
+            else:
+                x = self.scheduler.step(eps, t, s, x, generator, v)
         return (x + 1) / 2
 
     # ---- the variational bound ------------------------------------------------------------------
@@ -202,7 +266,7 @@ class DDPM(SeededEvaluation):
     def vlb_terms(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """L_T, Σ_{t=2}^T L_{t-1} and L_0 in nats per image [batch] each, for images x in [0, 1].
 
-        The middle sum is exact (every t) or an unbiased stratified estimate (``strided_timesteps``); L_T has
+        The middle sum is exact (every t) or an unbiased stratified estimate (``bound_timesteps``); L_T has
         a closed form and L_0 is always evaluated. One x_t draw per term and image, as in the paper.
         """
         net, x0 = self.eval_net(), 2 * x - 1  # [batch, C, H, W] in [-1, 1]
@@ -213,18 +277,34 @@ class DDPM(SeededEvaluation):
             return (xt, *self.p_mean_log_var(self.scheduler.predict_x0(xt, eps, t), xt, t, v))
 
         prior = self.scheduler.prior_kl(x0)
-        _, mean, log_var = model_at(torch.ones(len(x), dtype=torch.long, device=x.device))
-        decoder = self.scheduler.decoder_nll(x0, mean, log_var, self.hparams.pixel_levels)
+        x1, mean, log_var = model_at(torch.ones(len(x), dtype=torch.long, device=x.device))
+        decoder = self.scheduler.decoder_nll(x0, self.decoder_mean(x1, mean), log_var, self.hparams.pixel_levels)
         middle = torch.zeros(len(x), device=x.device, dtype=x0.dtype)
-        for t, weight in strided_timesteps(self.hparams.timesteps, self.bpd_stride(), len(x), generator, x.device):
+        for t, weight in self.bound_timesteps(len(x), generator, x.device):
             xt, mean, log_var = model_at(t)
             middle += weight * self.scheduler.kl(x0, xt, t, mean, log_var)
         return prior, middle, decoder
 
+    def bound_timesteps(self, n: int, generator: torch.Generator | None,
+                        device: torch.device | str) -> list[tuple[Tensor, Tensor]]:
+        """(t [n], weight [n]) pairs whose Σ weight L_{t-1} estimates Σ_{t=2}^T L_{t-1} without bias.
+
+        ``systematic``: every stride-th t from a random offset per image, weight stride. ``geometric``: strata whose
+        widths grow geometrically from single t's at small t, one uniform t per stratum, weight its width; its
+        variance is far lower, because the terms change fastest (like 1/t) exactly where its strata are narrow.
+        """
+        if self.hparams.bpd_strata == "geometric":
+            return stratified_timesteps(self.bpd_geometric(), n, generator, device)
+        return strided_timesteps(self.hparams.timesteps, self.bpd_stride(), n, generator, device)
+
     def bpd_stride(self) -> int:
-        """Every stride-th t of {2..T} enters the estimate of Σ L_{t-1}; 1 = all of them (the exact bound)."""
+        """Every stride-th t of {2..T} enters the systematic estimate of Σ L_{t-1}; 1 = all of them (exact)."""
         k = self.hparams.bpd_timesteps
         return 1 if k is None else max(1, math.ceil((self.hparams.timesteps - 1) / k))
+
+    def bpd_geometric(self) -> list[tuple[int, int]]:
+        k = self.hparams.bpd_timesteps
+        return geometric_strata(self.hparams.timesteps, self.hparams.timesteps if k is None else k)
 
     # ---- Lightning: validation and test ---------------------------------------------------------
     def _check_levels(self, x: Tensor) -> None:
@@ -284,14 +364,23 @@ class DDPM(SeededEvaluation):
 
     def metric_settings(self) -> dict[str, Any]:
         hp, stride, T = self.hparams, self.bpd_stride(), self.hparams.timesteps
+        if hp.bpd_strata == "geometric":
+            strata = self.bpd_geometric()
+            calls = len(strata)
+            terms = ("all t" if calls == T - 1 else
+                     f"stratified estimate: {calls} strata of t with geometrically growing widths (single t up to "
+                     f"t={max([lo for lo, w in strata if w == 1], default=1)}), one uniform t per stratum, weight its width")
+        else:
+            calls = math.ceil((T - 1) / stride)
+            terms = ("all t" if stride == 1
+                     else f"stratified estimate: every {stride}th t from a random offset, weight {stride}")
         settings: dict[str, Any] = {
             "loss": "epsilon MSE per pixel (L_simple, Ho et al. 2020 eq. 14), one t ~ U{1..T} and one noise per image",
             "loss_unit": "mean squared error of the noise prediction, per pixel",
             "bpd": "variational bound L_T + sum L_{t-1} + L_0 (eq. 5), discretised Gaussian L_0, bits per dimension",
             "bpd_images": self._bpd_seen or hp.bpd_images,
-            "bpd_terms": ("all t" if stride == 1
-                          else f"stratified estimate: every {stride}th t from a random offset, weight {stride}"),
-            "bpd_network_calls_per_image": 1 + math.ceil((T - 1) / stride),
+            "bpd_terms": terms,
+            "bpd_network_calls_per_image": 1 + calls,
             "pixel_levels": hp.pixel_levels,
             "schedule": hp.schedule,
             "reverse_variance": hp.reverse_variance,
@@ -299,6 +388,8 @@ class DDPM(SeededEvaluation):
             "ema_decay": hp.ema_decay,
             "weights": "EMA" if self.ema is not None else "trained",
             "sample_steps": len(self.scheduler.sampling_timesteps(hp.sample_steps)) - 1,
+            "sampler": (f"ancestral over evenly spaced t's, each jump drawn from the posterior at the clipped x̂_0 with "
+                        f"the {hp.reverse_variance} variance of the jump; the last step returns x̂_0"),
             "eval_seed": EVAL_SEED,
         }
         return settings | self._fid_settings

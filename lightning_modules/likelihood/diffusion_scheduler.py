@@ -162,3 +162,30 @@ def strided_timesteps(timesteps: int, stride: int, n: int, generator: torch.Gene
         t = 2 + offset + j * stride  # [n]
         pairs.append((t.clamp(max=timesteps), stride * (t <= timesteps).to(torch.float32)))
     return pairs
+
+
+def geometric_strata(timesteps: int, k: int) -> list[tuple[int, int]]:
+    """About k strata of {2..T} as (first t, width), widths growing geometrically: single t's where the terms
+    change fastest (small t, where L_{t-1} falls like 1/t) and wide strata where they are flat. All T - 1 t's,
+    each in exactly one stratum; k >= T - 1 gives every t alone."""
+    if k >= timesteps - 1:
+        return [(t, 1) for t in range(2, timesteps + 1)]
+    m = k
+    while True:  # the geometric grid rounds several points onto one integer at small t: add points until k strata
+        grid = torch.logspace(math.log10(2), math.log10(timesteps + 1), m + 1, dtype=torch.float64)
+        edges = sorted({int(round(float(e))) for e in grid})
+        if len(edges) - 1 >= k:
+            return [(lo, hi - lo) for lo, hi in zip(edges[:-1], edges[1:])]
+        m += 1
+
+
+def stratified_timesteps(strata: list[tuple[int, int]], n: int, generator: torch.Generator | None,
+                         device: torch.device | str) -> list[tuple[Tensor, Tensor]]:
+    """One t per stratum and image, uniform within the stratum, weighted by the stratum's width: every t is drawn
+    with probability 1 / width and counted width times, so Σ weight L_{t-1} is an unbiased estimate of the sum."""
+    pairs = []
+    for lo, width in strata:
+        t = lo + (randint(0, width, (n,), generator, device) if width > 1 else torch.zeros(n, dtype=torch.long,
+                                                                                          device=device))
+        pairs.append((t, torch.full((n,), float(width), device=device)))
+    return pairs

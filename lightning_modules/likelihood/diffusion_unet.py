@@ -124,3 +124,23 @@ class UNet(nn.Module):
             if i < len(self.upsample):
                 h = self.upsample[i](h)
         return self.out(h)  # ε prediction [batch, C, H, W] (and v: [batch, 2 C, H, W])
+
+
+class DecoderHead(nn.Module):
+    """The decoder's own refinement of its mean at t = 1: μ_0 = x̂_0 + h(x_1, x̂_0), three 3x3 convolutions.
+
+    Trained on L_0 alone, with x̂_0 from the ε-network detached, so that the ε-network keeps fitting L_simple at
+    every t (training the ε-network on L_0 biased its neighbouring small t's and raised Σ L_{t-1} more than it
+    lowered L_0). The last layer starts at zero: an untrained head is Ho et al.'s decoder.
+    """
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(2 * channels, hidden, 3, padding=1), nn.SiLU(),
+                                  nn.Conv2d(hidden, hidden, 3, padding=1), nn.SiLU(),
+                                  nn.Conv2d(hidden, channels, 3, padding=1))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x1: Tensor, x0_hat: Tensor) -> Tensor:
+        return x0_hat + self.body(torch.cat([x1, x0_hat], dim=1))  # the decoder mean [batch, C, H, W]

@@ -1,0 +1,305 @@
+"""The numbers archbench publishes, against a second computation: metrics.json (``archbench collect``) and the
+ledger (``archbench publish``) recomputed with ``statistics`` and scipy from the per-seed values written here,
+and the staleness rule that decides which seeds count at all. No training: the seed files are written in the
+layout train.py leaves (benchmarks/run/results.py), so each test takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scipy import stats
+
+from benchmarks.core.errors import ArchbenchError
+from benchmarks.core.params import Experiment, experiment_from_params
+from benchmarks.run.results import current_seeds, merge_seeds
+from tests.conftest import tiny_params
+
+CODE = "c0de00c0de00"  # the code hash these seeds were made by (merge_seeds takes it as an argument)
+# Per-seed values, chosen so that the sample and the population std differ by a fifth (n = 3).
+VALUES = {0: {"test/loss": 1.50, "test/bpc": 2.164}, 1: {"test/loss": 1.62, "test/bpc": 2.337},
+          2: {"test/loss": 1.41, "test/bpc": 2.034}}
+
+
+def experiment(seeds: tuple[int, ...] = (0, 1, 2)) -> Experiment:
+    return replace(experiment_from_params(tiny_params(), "hello_lstm"), seeds=seeds)
+
+
+def write_seed(results: Path, exp: Experiment, seed: int, metrics: dict[str, float], **override: Any) -> Path:
+    """results/<exp>/seeds/seed_N/result.json and provenance.json as train.py writes them."""
+    seed_dir = results / exp.name / "seeds" / f"seed_{seed}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    result = {"experiment": exp.name, "seed": seed, "metrics": metrics, "stopped_by": "max_epochs", "epochs": 2,
+              "steps": 10 + seed, "budget": {"max_epochs": 2}, "settings": {"loss_unit": "nats per character"},
+              "config_hash": exp.config_hash(), "code_hash": CODE, "data_hash": "d0"} | override
+    (seed_dir / "provenance.json").write_text(json.dumps({"run_id": f"run{seed}", "git_commit": "abc"}))
+    (seed_dir / "result.json").write_text(json.dumps(result))
+    return seed_dir
+
+
+def oracle(values: list[float]) -> dict[str, float]:
+    """mean, sample std and 95% t half-width computed independently of benchmarks.core.stats."""
+    mean = statistics.mean(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
+    return {"mean": mean, "std": statistics.stdev(values), "ci95": (high - low) / 2, "n": len(values)}
+
+
+def assert_numbers(published: dict[str, Any], values: dict[int, dict[str, float]]) -> None:
+    keys = sorted({k for m in values.values() for k in m})
+    assert sorted(k for k in published if k != "n_seeds") == keys
+    for key in keys:
+        expected = oracle([m[key] for m in values.values() if key in m])
+        assert set(published[key]) == set(expected), key
+        for stat, value in expected.items():
+            assert published[key][stat] == pytest.approx(value, rel=1e-12), (key, stat)
+
+
+# --- metrics.json and summary.json -------------------------------------------------------------------------
+def test_metrics_json_mean_std_and_ci_match_statistics_and_scipy(tmp_path: Path) -> None:
+    exp = experiment()
+    for seed, metrics in VALUES.items():
+        write_seed(tmp_path, exp, seed, metrics)
+    summary = merge_seeds(exp, tmp_path, code=CODE)
+    numbers = json.loads((tmp_path / exp.name / "metrics.json").read_text())
+    assert_numbers(numbers, VALUES)
+    assert numbers["n_seeds"] == 3
+    on_disk = json.loads((tmp_path / exp.name / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["per_seed"] == {str(s): m for s, m in VALUES.items()} and on_disk["summary"] == {
+        k: v for k, v in numbers.items() if k != "n_seeds"}
+    assert on_disk["seeds"] == [0, 1, 2] and on_disk["missing_seeds"] == []
+    assert on_disk["epochs"] == {"0": 2, "1": 2, "2": 2} and on_disk["stopped_by"]["1"] == "max_epochs"
+    assert on_disk["budget"] == {"max_epochs": 2} and on_disk["settings"] == {"loss_unit": "nats per character"}
+    assert on_disk["truncated"] is False
+    assert {k: on_disk[k] for k in ("experiment", "model", "data", "profile", "description")} == {
+        "experiment": exp.name, "model": exp.model, "data": exp.data, "profile": exp.profile,
+        "description": exp.description}
+
+
+def test_published_std_is_the_sample_std_not_the_population_std(tmp_path: Path) -> None:
+    """What protects metrics.json's ``std`` from ``statistics.pstdev``: with n = 3 the two differ by sqrt(3/2)."""
+    exp = experiment()
+    for seed, metrics in VALUES.items():
+        write_seed(tmp_path, exp, seed, metrics)
+    merge_seeds(exp, tmp_path, code=CODE)
+    std = json.loads((tmp_path / exp.name / "metrics.json").read_text())["test/loss"]["std"]
+    values = [m["test/loss"] for m in VALUES.values()]
+    assert std == pytest.approx(statistics.stdev(values), rel=1e-12)
+    assert std != pytest.approx(statistics.pstdev(values), rel=1e-3)
+
+
+def test_non_finite_values_and_partial_keys_count_only_where_present(tmp_path: Path, capsys) -> None:
+    exp = experiment()
+    per_seed = {0: {"test/loss": 1.5, "test/acc": 0.25}, 1: {"test/loss": float("nan"), "test/acc": 0.5},
+                2: {"test/loss": 1.4, "test/acc": 0.75}, 3: {"test/loss": 9.9}}  # seed 3 is not in exp.seeds
+    for seed, metrics in per_seed.items():
+        write_seed(tmp_path, exp, seed, metrics, stopped_by="max_time" if seed == 2 else "max_epochs")
+    summary = merge_seeds(exp, tmp_path, code=CODE)
+    numbers = json.loads((tmp_path / exp.name / "metrics.json").read_text())
+    assert_numbers(numbers, {0: {"test/loss": 1.5, "test/acc": 0.25}, 1: {"test/acc": 0.5},
+                             2: {"test/loss": 1.4, "test/acc": 0.75}})
+    assert summary["seeds"] == [0, 1, 2] and summary["truncated"] is True and capsys.readouterr().out == ""
+
+
+def test_one_seed_has_no_spread_and_a_missing_seed_is_named(tmp_path: Path) -> None:
+    exp = experiment((0, 1))
+    write_seed(tmp_path, exp, 0, {"test/loss": 1.25})
+    summary = merge_seeds(exp, tmp_path, code=CODE)
+    # std 0 and no ci95 (NaN is not JSON a DVC metric can hold) for a single seed
+    assert json.loads((tmp_path / exp.name / "metrics.json").read_text()) == {
+        "test/loss": {"mean": 1.25, "std": 0.0, "n": 1}, "n_seeds": 1}
+    assert summary["missing_seeds"] == [1] and summary["seeds"] == [0]
+
+
+# --- staleness: which seeds count ---------------------------------------------------------------------------
+def test_a_seed_from_another_config_is_not_counted_as_current(tmp_path: Path, capsys) -> None:
+    """What protects results.py's config check: a seed made with another hidden_size never reaches a summary."""
+    exp = experiment()
+    other = replace(exp, model_args=exp.model_args | {"hidden_size": exp.model_args.get("hidden_size", 8) + 1})
+    assert other.config_hash() != exp.config_hash()
+    for seed, metrics in VALUES.items():
+        write_seed(tmp_path, other if seed == 2 else exp, seed, metrics)
+    kept, stale = current_seeds(exp, tmp_path / exp.name, CODE)
+    assert sorted(kept) == [0, 1]
+    assert stale == [f"seed 2: made by another config of hello_lstm ({other.config_hash()})"]
+    summary = merge_seeds(exp, tmp_path, code=CODE)
+    assert summary["seeds"] == [0, 1] and summary["missing_seeds"] == [2]
+    assert_numbers(json.loads((tmp_path / exp.name / "metrics.json").read_text()), {0: VALUES[0], 1: VALUES[1]})
+    assert f"hello_lstm: left out seed 2: made by another config of hello_lstm ({other.config_hash()})" in (
+        capsys.readouterr().out)
+
+
+def test_a_seed_from_other_code_is_not_counted_as_current(tmp_path: Path) -> None:
+    exp = experiment()
+    for seed, metrics in VALUES.items():
+        write_seed(tmp_path, exp, seed, metrics, code_hash="0ther0c0de00" if seed == 0 else CODE)
+    kept, stale = current_seeds(exp, tmp_path / exp.name, CODE)
+    assert sorted(kept) == [1, 2] and stale == [f"seed 0: made by other code (0ther0c0de00, now {CODE})"]
+
+
+def test_only_stale_seeds_give_one_line_naming_why(tmp_path: Path) -> None:
+    exp = experiment((0,))
+    write_seed(tmp_path, exp, 0, VALUES[0], config_hash="feedfeedfeed")
+    with pytest.raises(ArchbenchError) as err:
+        merge_seeds(exp, tmp_path, code=CODE)
+    assert str(err.value) == ("hello_lstm: no finished seed to merge (seed 0: made by another config of hello_lstm "
+                              "(feedfeedfeed)); run `archbench train hello_lstm` first")
+    assert not (tmp_path / exp.name / "metrics.json").exists()
+    with pytest.raises(ArchbenchError, match=r"^hello_lstm: no finished seed to merge; run `archbench train"):
+        merge_seeds(experiment((5,)), tmp_path, code=CODE)
+
+
+def test_seeds_that_saw_different_data_are_refused(tmp_path: Path) -> None:
+    exp = experiment()
+    for seed, metrics in VALUES.items():
+        write_seed(tmp_path, exp, seed, metrics, data_hash="d1" if seed == 1 else "d0")
+    with pytest.raises(ArchbenchError) as err:
+        current_seeds(exp, tmp_path / exp.name, CODE)
+    assert str(err.value) == ("hello_lstm: finished seeds saw different data (d0, d1); rerun them with "
+                              "`archbench train hello_lstm --restart`")
+
+
+def test_a_corrupt_seed_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    exp = experiment()
+    path = write_seed(tmp_path, exp, 0, VALUES[0]) / "result.json"
+    path.write_text('{"seed": 0, "metr')
+    with pytest.raises(ArchbenchError) as err:
+        merge_seeds(exp, tmp_path, code=CODE)
+    assert str(err.value) == f"{path} is corrupt; delete it and rerun that seed"
+
+
+# --- the ledger ----------------------------------------------------------------------------------------------
+def _publishable(project: Path, seeds: tuple[int, ...], values: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """params whose hello_lstm has ``seeds``, and those seeds written under project/results for the current code."""
+    from benchmarks.core.provenance import code_hash
+
+    params = tiny_params()
+    params["experiments"]["hello_lstm"]["seeds"] = list(seeds)
+    exp = experiment_from_params(params, "hello_lstm")
+    for seed in seeds:
+        if seed in values:
+            write_seed(project / "results", exp, seed, values[seed], code_hash=code_hash(exp))
+    return params
+
+
+def test_the_ledger_publishes_the_numbers_statistics_and_scipy_give(project: Path) -> None:
+    from benchmarks.report.ledger import publish
+
+    params = _publishable(project, (0, 1, 2, 3), VALUES)  # seed 3 never ran
+    path = publish(params, "hello_lstm", project / "results")
+    assert path == project / "ledger" / "hello_lstm.json"
+    record = json.loads(path.read_text())
+    assert_numbers(record["summary"], VALUES)
+    numbers = json.loads((project / "ledger" / "metrics" / "hello_lstm.json").read_text())
+    assert numbers == record["summary"] | {"n_seeds": 3}
+    assert record["seeds"]["1"] == {"metrics": VALUES[1], "stopped_by": "max_epochs", "epochs": 2, "steps": 11,
+                                    "provenance": {"run_id": "run1", "git_commit": "abc", "experiment_id": None}}
+    assert sorted(record["seeds"]) == ["0", "1", "2"] and record["missing_seeds"] == [3]
+    exp = experiment_from_params(params, "hello_lstm")
+    assert record["config"] == json.loads(json.dumps(exp.as_dict())) and record["config_hash"] == exp.config_hash()
+    assert {k: record[k] for k in ("experiment", "model", "data", "profile", "data_hash", "budget", "settings",
+                                   "truncated", "schema")} == {
+        "experiment": "hello_lstm", "model": exp.model, "data": exp.data, "profile": exp.profile, "data_hash": "d0",
+        "budget": {"max_epochs": 2}, "settings": {"loss_unit": "nats per character"}, "truncated": False, "schema": 1}
+    # the same numbers as metrics.json: one rule for both
+    merge_seeds(exp, project / "results", code=record["code_hash"])
+    assert json.loads((project / "results" / "hello_lstm" / "metrics.json").read_text()) == numbers
+
+
+def test_the_ledger_std_is_the_sample_std_and_one_seed_has_no_spread(project: Path) -> None:
+    from benchmarks.report.ledger import publish
+
+    publish(_publishable(project, (0, 1, 2), VALUES), "hello_lstm", project / "results")
+    std = json.loads((project / "ledger" / "metrics" / "hello_lstm.json").read_text())["test/loss"]["std"]
+    assert std == pytest.approx(statistics.stdev([m["test/loss"] for m in VALUES.values()]), rel=1e-12)
+    publish(_publishable(project / "one", (0,), VALUES), "hello_lstm", project / "one" / "results")
+    assert json.loads((project / "one" / "ledger" / "metrics" / "hello_lstm.json").read_text()) == {
+        "test/bpc": {"mean": 2.164, "n": 1}, "test/loss": {"mean": 1.5, "n": 1}, "n_seeds": 1}
+
+
+def test_the_ledger_refuses_a_seed_from_another_config(project: Path) -> None:
+    from benchmarks.report.ledger import publish
+
+    params = _publishable(project, (0, 1), VALUES)
+    seed1 = project / "results" / "hello_lstm" / "seeds" / "seed_1" / "result.json"
+    seed1.write_text(json.dumps(json.loads(seed1.read_text()) | {"config_hash": "feedfeedfeed"}))
+    with pytest.raises(ArchbenchError) as err:
+        publish(params, "hello_lstm", project / "results")
+    assert str(err.value) == ("cannot publish hello_lstm: seed 1: made by another config of hello_lstm "
+                              "(feedfeedfeed); rerun it with `archbench train hello_lstm` (or restore the code "
+                              "that made it)")
+    assert not (project / "ledger").exists()
+
+
+def test_the_ledger_refuses_no_seeds_and_diverged_seeds(project: Path) -> None:
+    from benchmarks.report.ledger import publish
+
+    params = _publishable(project, (0, 1), {})
+    with pytest.raises(ArchbenchError) as err:
+        publish(params, "hello_lstm", project / "results")
+    assert str(err.value) == (f"cannot publish hello_lstm: no finished seed under "
+                              f"{project / 'results' / 'hello_lstm' / 'seeds'}; run `archbench train hello_lstm` first")
+    params = _publishable(project, (0, 1), VALUES)
+    seed0 = project / "results" / "hello_lstm" / "seeds" / "seed_0" / "result.json"
+    seed0.write_text(json.dumps(json.loads(seed0.read_text()) | {"stopped_by": "diverged"}))
+    with pytest.raises(ArchbenchError) as err:
+        publish(params, "hello_lstm", project / "results")
+    assert str(err.value) == "cannot publish hello_lstm: seed 0 diverged; fix the recipe and rerun it"
+
+
+def test_ledger_curves_are_thinned_to_the_last_point_at_six_digits(project: Path) -> None:
+    from benchmarks.report.ledger import MAX_CURVE_POINTS, publish, thin
+
+    params = _publishable(project, (0, 1), VALUES)
+    rows = ["epoch,val/loss,val/bleu"] + [f"{e},{1 + 1 / (e + 3)},{'' if e % 2 else e / 7}" for e in range(450)]
+    curves = project / "results" / "hello_lstm" / "curves"
+    curves.mkdir(parents=True)
+    (curves / "seed_0.csv").write_text("\n".join(rows) + "\n")
+    (curves / "seed_5.csv").write_text("epoch,val/loss\n0,1.0\n")  # a seed that is not current
+    record = json.loads(publish(params, "hello_lstm", project / "results").read_text())
+    assert sorted(record["curves"]) == ["0"]
+    curve = record["curves"]["0"]
+    kept = list(range(0, 450, 3)) + [449]  # ceil(450 / 200) = 3
+    assert MAX_CURVE_POINTS == 200 and curve["epoch"] == [float(e) for e in kept]
+    assert curve["val/loss"] == [float(f"{1 + 1 / (e + 3):.6g}") for e in kept]
+    assert curve["val/bleu"] == [None if e % 2 else float(f"{e / 7:.6g}") for e in kept]
+    assert thin({"a": [0.123456789, None]}) == {"a": [0.123457, None]} and thin({}) == {}
+    assert thin({"a": [float(i) for i in range(200)]})["a"] == [float(i) for i in range(200)]
+    assert thin({"a": [float(i) for i in range(201)]})["a"] == [float(i) for i in range(0, 201, 2)]
+
+
+def test_ledger_samples_inline_text_of_every_seed_and_images_of_the_first(project: Path) -> None:
+    from benchmarks.report.ledger import publish
+
+    params = _publishable(project, (0, 1), VALUES)
+    seeds = project / "results" / "hello_lstm" / "seeds"
+    for seed in (0, 1):
+        (seeds / f"seed_{seed}" / "samples").mkdir()
+        (seeds / f"seed_{seed}" / "samples" / "words.txt").write_text(f"hello {seed}\n")
+        (seeds / f"seed_{seed}" / "samples" / "grid.png").write_bytes(b"\x89PNG seed %d" % seed)
+    stale = project / "ledger" / "samples" / "hello_lstm" / "seed_7"
+    stale.mkdir(parents=True)
+    record = json.loads(publish(params, "hello_lstm", project / "results").read_text())
+    assert record["samples"] == {
+        "0": [{"name": "grid.png", "file": "samples/hello_lstm/seed_0/grid.png"},
+              {"name": "words.txt", "text": "hello 0\n"}],
+        "1": [{"name": "words.txt", "text": "hello 1\n"}]}
+    assert (project / "ledger" / "samples" / "hello_lstm" / "seed_0" / "grid.png").read_bytes() == b"\x89PNG seed 0"
+    assert not stale.exists() and not (project / "ledger" / "samples" / "hello_lstm" / "seed_1").exists()
+    assert not list((project / "ledger").rglob(".*.tmp"))
+
+
+def test_publishing_twice_gives_the_same_bytes(project: Path) -> None:
+    from benchmarks.report.ledger import publish
+
+    params = _publishable(project, (0, 1, 2), VALUES)
+    first = publish(params, "hello_lstm", project / "results").read_bytes()
+    assert publish(params, "hello_lstm", project / "results").read_bytes() == first
+    assert list(json.loads(first)) == sorted(json.loads(first)) and first.endswith(b"}\n")
+    assert not math.isnan(json.loads(first)["summary"]["test/loss"]["ci95"])

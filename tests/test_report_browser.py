@@ -153,6 +153,43 @@ def _shots_dir(tmp_path: Path) -> Path:
     return where
 
 
+def _board(page: Page, task: str) -> dict[str, Any]:
+    """The board's sortable headers (key, direction, sorted?) and per row its rank cell and every cell's data-v."""
+    return page.js(f"""(() => {{ const t = document.querySelector('{task} table.board');
+        return {{heads: [...t.tHead.rows[0].cells].map(h => [h.dataset.key || null, h.dataset.dir || null,
+                                                             h.classList.contains('sorted')]),
+                 rows: [...t.tBodies[0].rows].map(r => ({{anchor: r.classList.contains('row-anchor'),
+                    rank: r.cells[0].textContent, v: [...r.cells].map(c => c.getAttribute('data-v'))}}))}}; }})()""")
+
+
+def _every_header_sorts_its_column(page: Page, task: str) -> None:
+    """For each metric header: put the rows in reverse order (so the column is out of order), click the header,
+    and check that its whole column is now in the metric's direction, empty cells last, ranked 1, 2, ..."""
+    heads = _board(page, task)["heads"]
+    clicked = 0
+    for idx, (key, direction, _) in enumerate(heads):
+        if key is None:
+            continue
+        values = [r["v"][idx] for r in _board(page, task)["rows"]]
+        numbers = sorted(float(v) for v in values if v not in (None, ""))
+        best_first = numbers[::-1] if direction == "max" else numbers
+        page.js(f"(() => {{ const b = document.querySelector('{task} table.board').tBodies[0]; "
+                f"[...b.rows].reverse().forEach(r => b.appendChild(r)); }})()")
+        if len(set(numbers)) > 1:
+            shuffled = [float(r["v"][idx]) for r in _board(page, task)["rows"] if r["v"][idx] not in (None, "")]
+            assert shuffled != best_first, key  # out of order before the click
+        page.js(f"document.querySelector('{task} th[data-key=\"{key}\"]').click()")
+        board = _board(page, task)
+        column = [r["v"][idx] for r in board["rows"]]
+        assert [float(v) for v in column if v not in (None, "")] == best_first, key
+        assert all(v in (None, "") for v in column[len(numbers):]), key  # empty cells last
+        ranks = [r["rank"] for r in board["rows"] if not r["anchor"]]
+        assert ranks == [str(i) for i in range(1, len(ranks) + 1)], key
+        assert [h[2] for h in board["heads"]] == [i == idx for i in range(len(heads))], key
+        clicked += 1
+    assert clicked >= 1, task
+
+
 @pytest.mark.slow
 def test_report_in_headless_chromium(project: Path, browser: Browser, tmp_path: Path) -> None:
     write_fixture(project)
@@ -167,8 +204,10 @@ def test_report_in_headless_chromium(project: Path, browser: Browser, tmp_path: 
     assert page.js("document.querySelectorAll('table.board').length") == 3  # one per task: digits, hello, words
     assert page.js("document.querySelectorAll('.js-plotly-plot .main-svg').length") >= 1  # a chart was drawn
     assert page.js("document.querySelector('#task-hello tbody tr').dataset.exp") == "hello_lstm"
-    page.js("document.querySelector('#task-hello th[data-key=\"test/bpc\"]').click()")
-    assert page.js("document.querySelector('#task-hello tbody tr').dataset.exp") == "hello_lstm"
+    tasks = page.js("[...document.querySelectorAll('section.task')].map(s => '#' + s.id)")
+    assert {"#task-hello", "#task-digits"} <= set(tasks)  # min (losses) and max (accuracy) columns
+    for task in tasks:
+        _every_header_sorts_its_column(page, task)
     assert page.screenshot(shots / "index.png") > 100.0
 
     page.open((site / "compare.html").as_uri() + "#hello_lstm")

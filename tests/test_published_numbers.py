@@ -303,3 +303,55 @@ def test_publishing_twice_gives_the_same_bytes(project: Path) -> None:
     assert publish(params, "hello_lstm", project / "results").read_bytes() == first
     assert list(json.loads(first)) == sorted(json.loads(first)) and first.endswith(b"}\n")
     assert not math.isnan(json.loads(first)["summary"]["test/loss"]["ci95"])
+
+
+# --- what a finished seed leaves, and the compare view's "within" --------------------------------------------
+def test_a_finished_seed_leaves_its_files_with_the_result_last(tmp_path: Path) -> None:
+    import torch
+
+    from benchmarks.run.results import load_seed_results, write_seed_results
+
+    state, out = tmp_path / "state", tmp_path / "results" / "hello_lstm"
+    (state / "samples").mkdir(parents=True)
+    (state / "curve.csv").write_text("epoch,val/loss\n0,1.5\n")
+    (state / "samples" / "samples.txt").write_text("hello\n")
+    ckpt = {"state_dict": {"w": torch.ones(2)}, "epoch": 3, "callbacks": {"ModelCheckpoint": {"dirpath": "/abs/path"}}}
+    torch.save(ckpt, tmp_path / "best.ckpt")
+    order: list[str] = []
+    real_replace = Path.replace
+    try:  # the order in which files land: result.json must be the last, its presence says the seed is complete
+        Path.replace = lambda self, target: (order.append(Path(target).name), real_replace(self, target))[1]
+        write_seed_results(out, state, str(tmp_path / "best.ckpt"), {"seed": 4, "metrics": {"test/loss": 1.0}},
+                           {"run_id": "r4"})
+    finally:
+        Path.replace = real_replace
+    assert order == ["best.ckpt", "provenance.json", "result.json"]
+    seed_dir = out / "seeds" / "seed_4"
+    assert (out / "curves" / "seed_4.csv").read_text() == "epoch,val/loss\n0,1.5\n"
+    assert (seed_dir / "samples" / "samples.txt").read_text() == "hello\n"
+    saved = torch.load(seed_dir / "best.ckpt", weights_only=False)
+    assert "callbacks" not in saved and saved["epoch"] == 3 and torch.equal(saved["state_dict"]["w"], torch.ones(2))
+    assert json.loads((seed_dir / "provenance.json").read_text()) == {"run_id": "r4"}
+    assert (seed_dir / "result.json").read_text() == json.dumps({"metrics": {"test/loss": 1.0}, "seed": 4}, indent=2,
+                                                                sort_keys=True) + "\n"
+    assert load_seed_results(out) == {4: {"seed": 4, "metrics": {"test/loss": 1.0}}}
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.name.startswith(".")) == []  # no temporary file left
+
+
+def test_a_seed_without_curve_samples_or_checkpoint_leaves_only_its_record(tmp_path: Path) -> None:
+    from benchmarks.run.results import write_seed_results
+
+    out = tmp_path / "results" / "x"
+    write_seed_results(out, tmp_path / "empty_state", "", {"seed": 0, "metrics": {}}, {})
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "seeds", "seeds/seed_0", "seeds/seed_0/provenance.json", "seeds/seed_0/result.json"]
+
+
+def test_within_is_inside_the_published_interval_and_none_without_one() -> None:
+    from benchmarks.core.stats import within
+
+    published = {"mean": 1.0, "ci95": 0.5}
+    assert within(1.5, published) is True and within(0.5, published) is True  # the bounds are inside
+    assert within(1.5000001, published) is False and within(0.4999999, published) is False
+    assert within(1.0, {"mean": 1.0}) is None and within(1.0, {"mean": 1.0, "ci95": float("nan")}) is None
+    assert within(1.0, {"mean": 1.0, "ci95": "0.1"}) is None and within(1.0, {"mean": 1.0, "ci95": 0}) is True

@@ -77,6 +77,8 @@ METRIC_KEYS: tuple[MetricKey, ...] = (
     MetricKey("test/fid_floor_std", "FID", "none", "standard deviation of test/fid_floor over train slices"),
     MetricKey("test/fid_ratio", "", "min", "mean test/fid / mean test/fid_floor: 1 = as close as real images"),
     MetricKey("test/is", "", "max", "Inception-style score exp(E KL(p(y|x) || p(y))) in the classifier's space"),
+    *_stages("val test", "cond_acc", "fraction", "max",
+             "class-conditional generators: share of fakes of class y the frozen domain classifier calls y"),
     MetricKey("test/fid_ab", "FID", "min", "FID of G_AB(test A) vs test B"),
     MetricKey("test/fid_ba", "FID", "min", "FID of G_BA(test B) vs test A"),
     MetricKey("test/fid_ab_floor", "FID", "none", "FID of real train B images vs test B: test/fid_ab's floor"),

@@ -81,12 +81,13 @@ class ConditionalGAN(GAN):
         lr_decay_from: int | None = None,
         r1_gamma: float = 0.0,
         fid_repeats: int = 25,
+        lr_decay_after: float | None = None,
     ) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         super().__init__(image_shape, num_classes, latent_dim, base_channels, lr, betas, g_loss, fid_checkpoint,
                          fid_samples, sample_grid, noise_seed, extra_convs, ema_decay, lr_d, d_norm, lr_decay_from,
-                         r1_gamma, fid_repeats)
+                         r1_gamma, fid_repeats, lr_decay_after)
         self.save_hyperparameters()  # this class's own arguments (the same names as GAN's)
         hp = self.hparams
         self.generator = ConditionalGenerator(hp.latent_dim, num_classes, image_shape, hp.base_channels, hp.extra_convs)
@@ -189,13 +190,13 @@ class ConditionalGAN(GAN):
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         if "extractor" in self._frozen and not self.trainer.sanity_checking:
-            self.log("val/cond_acc", self.conditional_accuracy(100, seed=self.hparams.noise_seed + 2000))
+            self.log("val/cond_acc", self.conditional_accuracy(100, seed=self.hparams.noise_seed + 2000), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
         if "extractor" in self._frozen:
             self._cond_acc = self.conditional_accuracy(seed=self.hparams.noise_seed + 3000)
-            self.log("test/cond_acc", self._cond_acc)
+            self.log("test/cond_acc", self._cond_acc, sync_dist=True)
 
     def metric_settings(self) -> dict[str, Any]:
         settings = super().metric_settings() | {

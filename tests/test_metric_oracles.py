@@ -41,6 +41,7 @@ ORACLES: dict[str, tuple[str, ...]] = {
     "test/seed_loss": ("test_vae.py::test_seed_loss_equals_a_hand_computation",),
     "test/d_loss": ("test_gan.py::test_objective_matches_a_hand_computation",),
     "test/cycle_l1": ("test_pix2pix_cyclegan.py::test_cycle_loss_is_zero_for_identity_generators",),
+    "test/cond_acc": ("test_cgan.py::test_conditional_accuracy_matches_a_direct_count",),
 }
 NO_ORACLE_YET: dict[str, str] = {
     "test/l1": "pix2pix's L1 against a numpy mean |G(x) - y| on fixed images",

@@ -355,3 +355,26 @@ def test_within_is_inside_the_published_interval_and_none_without_one() -> None:
     assert within(1.5000001, published) is False and within(0.4999999, published) is False
     assert within(1.0, {"mean": 1.0}) is None and within(1.0, {"mean": 1.0, "ci95": float("nan")}) is None
     assert within(1.0, {"mean": 1.0, "ci95": "0.1"}) is None and within(1.0, {"mean": 1.0, "ci95": 0}) is True
+
+
+def test_a_rerun_seed_overwrites_its_files_and_any_checkpoint_loads(tmp_path: Path) -> None:
+    """A seed run again (``--restart``) writes over its earlier files; a checkpoint holding plain Python objects
+    besides tensors (Lightning's hyper-parameters) and no callbacks' state copies as it is."""
+    from fractions import Fraction
+
+    import torch
+
+    from benchmarks.run.results import load_seed_results, write_seed_results
+
+    state, out = tmp_path / "state", tmp_path / "results" / "x"
+    (state / "samples").mkdir(parents=True)
+    torch.save({"hyper_parameters": {"ratio": Fraction(1, 3)}, "epoch": 1}, tmp_path / "best.ckpt")
+    for run, loss in enumerate((2.0, 1.0)):
+        (state / "curve.csv").write_text(f"epoch,val/loss\n0,{loss}\n")
+        (state / "samples" / "samples.txt").write_text(f"run {run}\n")
+        write_seed_results(out, state, str(tmp_path / "best.ckpt"), {"seed": 0, "metrics": {"test/loss": loss}}, {})
+    assert load_seed_results(out)[0]["metrics"] == {"test/loss": 1.0}
+    assert (out / "curves" / "seed_0.csv").read_text() == "epoch,val/loss\n0,1.0\n"
+    assert (out / "seeds" / "seed_0" / "samples" / "samples.txt").read_text() == "run 1\n"
+    saved = torch.load(out / "seeds" / "seed_0" / "best.ckpt", weights_only=False)
+    assert saved == {"hyper_parameters": {"ratio": Fraction(1, 3)}, "epoch": 1}

@@ -254,3 +254,41 @@ def test_a_plateau_claims_comparisons_are_each_value_against_after() -> None:
     assert [(r["value"], r["a"], r["b"]) for r in verdict["comparisons"]] == [(1, "lstm@1", "lstm@2"),
                                                                                (3, "lstm@3", "lstm@2")]
     assert verdict["comparisons"][0]["gain"] == pytest.approx(0.40 - 0.60) and verdict["outcome"] == "Supported"
+
+
+# --- the tests under the verdicts, at their boundaries ---------------------------------------------------------
+def test_judge_names_each_outcome_and_a_point_interval_at_zero_is_no_difference() -> None:
+    from benchmarks.claim.stats import judge
+
+    assert judge([0.9], [0.5, 0.6], True) == "inconclusive (fewer than 2 seeds)"
+    assert judge([0.5, 0.5], [0.5, 0.5], True) == "no significant difference"  # the interval is exactly [0, 0]
+    assert judge([0.9, 0.91], [0.5, 0.52], True) == "better" and judge([0.9, 0.91], [0.5, 0.52], False) == "worse"
+
+
+def _margin_between(a: list[float], b: list[float], inner: float, outer: float) -> float:
+    """A margin above the upper end of the ``inner`` interval and below that of the ``outer`` one."""
+    return (welch(a, b, inner)[2] + welch(a, b, outer)[2]) / 2
+
+
+def test_equivalence_uses_the_90_percent_interval_at_level_5_percent() -> None:
+    from benchmarks.claim.stats import equivalent
+
+    a, b = [0.52, 0.55, 0.50, 0.53], [0.50, 0.51, 0.49, 0.50]  # a small positive difference
+    assert equivalent(a, b, _margin_between(a, b, 0.90, 0.95))  # the 90% interval fits, the 95% one would not
+    assert not equivalent(a, b, _margin_between(a, b, 0.85, 0.90))  # nor does a narrower one count
+    assert equivalent(a, b, _margin_between(a, b, 0.80, 0.85), alpha=0.10)  # level 10%: the 80% interval
+    assert not equivalent([0.5, 0.5], [0.75, 0.75], 0.25)  # a difference of exactly -margin is not inside
+    assert not equivalent([0.5], [0.5, 0.5], 1.0)  # no interval from one seed
+
+
+def test_detectable_difference_is_where_the_power_reaches_80_percent() -> None:
+    from benchmarks.claim.stats import detectable_difference, power
+
+    assert detectable_difference(3, 3, 0.0) == 0.0 and math.isnan(detectable_difference(3, 3, float("nan")))
+    for sd, alpha in ((1e-9, 0.05), (0.3, 0.05), (0.3, 0.01), (250.0, 0.05)):
+        d = detectable_difference(3, 4, sd, alpha=alpha)
+        assert abs(power(d, 3, 4, sd, alpha) - 0.8) < 1e-9, (sd, alpha)
+
+
+def test_seeds_needed_for_no_spread_is_two() -> None:
+    assert seeds_needed(0.1, 0.0) == 2 and seeds_needed(0.1, float("nan")) is None

@@ -378,3 +378,42 @@ def test_a_rerun_seed_overwrites_its_files_and_any_checkpoint_loads(tmp_path: Pa
     assert (out / "seeds" / "seed_0" / "samples" / "samples.txt").read_text() == "run 1\n"
     saved = torch.load(out / "seeds" / "seed_0" / "best.ckpt", weights_only=False)
     assert saved == {"hyper_parameters": {"ratio": Fraction(1, 3)}, "epoch": 1}
+
+
+def test_the_ledger_keeps_each_seeds_provenance_and_marks_a_truncated_run(project: Path) -> None:
+    from benchmarks.report.ledger import publish
+
+    params = _publishable(project, (0, 1, 2), VALUES)
+    seeds = project / "results" / "hello_lstm" / "seeds"
+    (seeds / "seed_0" / "provenance.json").write_text(json.dumps({"run_id": "r0", "experiment_id": "7"}))
+    (seeds / "seed_1" / "provenance.json").write_text(json.dumps({"git_commit": "abc"}))  # no MLflow run
+    (seeds / "seed_2" / "provenance.json").unlink()
+    result = json.loads((seeds / "seed_2" / "result.json").read_text())
+    (seeds / "seed_2" / "result.json").write_text(json.dumps(result | {"stopped_by": "max_time"}))
+    result = json.loads((seeds / "seed_0" / "result.json").read_text())  # the first seed, read for budget/settings
+    (seeds / "seed_0" / "result.json").write_text(json.dumps({k: v for k, v in result.items()
+                                                              if k not in ("budget", "settings")}))
+    record = json.loads(publish(params, "hello_lstm", project / "results").read_text())
+    assert [record["seeds"][s]["provenance"] for s in ("0", "1", "2")] == [
+        {"run_id": "r0", "experiment_id": "7"}, {"git_commit": "abc"}, {}]
+    assert record["truncated"] is True and record["seeds"]["2"]["stopped_by"] == "max_time"
+    assert (record["budget"], record["settings"]) == ({}, {})
+
+
+def test_merging_without_a_code_hash_uses_the_experiments_own(tmp_path: Path) -> None:
+    from benchmarks.core.provenance import code_hash
+
+    exp = experiment((0, 1))
+    for seed in (0, 1):
+        write_seed(tmp_path, exp, seed, VALUES[seed], code_hash=code_hash(exp))
+    assert merge_seeds(exp, tmp_path)["seeds"] == [0, 1]
+
+
+def test_every_stale_seed_is_named_when_none_is_left(tmp_path: Path) -> None:
+    exp = experiment((0, 1))
+    for seed in (0, 1):
+        write_seed(tmp_path, exp, seed, VALUES[seed], code_hash=f"old{seed}")
+    with pytest.raises(ArchbenchError) as err:
+        merge_seeds(exp, tmp_path, code=CODE)
+    assert str(err.value) == (f"hello_lstm: no finished seed to merge (seed 0: made by other code (old0, now {CODE}); "
+                              f"seed 1: made by other code (old1, now {CODE})); run `archbench train hello_lstm` first")

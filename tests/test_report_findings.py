@@ -98,6 +98,7 @@ def test_rows_show_their_recipe_who_tuned_them_and_the_claim_that_tests_them(fre
     section = re.search(r'id="task-sequence_classification-long_lag".*?</section>', index, re.S).group(0)
     assert 'href="claims.html#claim-long_lag"' in section and "<b>Supported</b>" in section
     assert '{"model_args": {"cell": "lstm", "forget_bias": 5.0}}' in section.replace("&quot;", '"')
+    assert "Claim long_lag_full (defined in params.yaml, no verdict published yet" in section  # not run: named anyway
     words = re.search(r'data-exp="words_lstm">(.*?)</tr>', index, re.S).group(1)
     assert 'href="studies.html#study-lstm_depth"' in words and "tuned by lstm_depth" in words
     assert "Compute behind the published ledger" in index

@@ -121,7 +121,7 @@ def _row(row: dict[str, Any], table: dict[str, Any], keys: list[str], rank: int,
     if row["kind"] == "anchor":
         return (f'<tr class="row-anchor"><td class="rank"></td><td>{esc(row["model"])} <span class="badge anchor">'
                 f'published anchor</span></td><td>{esc(row["source"])}</td><td></td><td></td>{cells}'
-                f'<td class="pub">{esc(row["protocol"])}</td><td colspan="5"></td></tr>')
+                f'<td class="pub" title="{esc(row["protocol"])}">protocol below</td><td colspan="5"></td></tr>')
     if row["kind"] == "baseline":
         command = f"; run by `{row['command']}`" if row.get("command") else ""
         return (f'<tr class="row-baseline" title="{esc(row["how"] + command)}"><td class="rank"></td><td>{esc(row["name"])} '
@@ -151,13 +151,16 @@ def _claim_notes(table: dict[str, Any], claims: list[dict[str, Any]]) -> str:
             continue
         arms = "; ".join(f"{arm} {json.dumps(over, sort_keys=True)}" for arm, over in (claim.get("arm_overrides") or {}).items())
         sweep = claim.get("sweep") or {}
-        seeds = len((claim.get("table") or [{}])[0].get("seeds", []))
+        seeds = len((claim.get("table") or [{}])[0].get("seeds", [])) or len(claim.get("seeds") or [])
         over = f" over {sweep['path']} = {sweep.get('values')}" if sweep.get("path") else ""
-        notes.append(f'<li>Claim <a href="claims.html#claim-{esc(claim["claim"])}">{esc(claim["claim"])}</a> '
-                     f'(<b>{esc(claim.get("outcome") or "not judged")}</b>, {seeds} seeds per cell): '
-                     f'{esc(claim.get("statement"))} It compares {esc(arms or ", ".join(claim.get("arms", [])))}{esc(over)}. '
-                     f'The rows above ran the recipe their row shows; where it differs from the claim\'s arms, the '
-                     f'claim is the test of the statement.</li>')
+        if claim.get("source") == "params":  # defined, not run or published yet
+            name, state = esc(claim["claim"]), "defined in params.yaml, no verdict published yet"
+        else:
+            name = f'<a href="claims.html#claim-{esc(claim["claim"])}">{esc(claim["claim"])}</a>'
+            state = f'<b>{esc(claim.get("outcome") or "not judged")}</b>'
+        notes.append(f'<li>Claim {name} ({state}, {seeds} seeds per cell): {esc(claim.get("statement"))} It compares '
+                     f'{esc(arms or ", ".join(claim.get("arms", [])))}{esc(over)}. The rows above ran the recipe their row '
+                     f'shows; where it differs from the claim\'s arms, the claim is the test of the statement.</li>')
     return f'<ul class="claims-here">{"".join(notes)}</ul>' if notes else ""
 
 

@@ -14,7 +14,8 @@ from benchmarks.report.site.assets import write_assets
 from benchmarks.report.site.boards import index_page
 from benchmarks.report.site.collect import attach_config, entry_from_ledger, load_density, load_experiments
 from benchmarks.report.site.findings import claims_page, studies_page
-from benchmarks.report.site.findings_data import baselines_shown, claims_shown, ledger_compute, studies_shown, tuned_by
+from benchmarks.report.site.findings_data import (baselines_shown, claims_shown, claims_to_note, ledger_compute,
+                                                   studies_shown, tuned_by)
 from benchmarks.report.site.pages import experiment_page
 from benchmarks.report.site.views import compare_page, density_page
 
@@ -65,7 +66,8 @@ def gather(results_dir: Path, ledger: dict[str, dict[str, Any]], params: dict[st
     published = {name: entry_from_ledger(rec, mlflow_url) for name, rec in ledger.items()}
     claims, studies = claims_shown(results_dir, folder, params), studies_shown(results_dir, folder)
     return {"entries": entries, "published": published, "ledger": ledger, "claims": claims, "studies": studies,
-            "baselines": baselines_shown(results_dir, folder), "tuned_by": tuned_by(params),
+            "claims_noted": claims_to_note(claims, params), "baselines": baselines_shown(results_dir, folder),
+            "tuned_by": tuned_by(params),
             "compute": ledger_compute(published, claims, studies, folder), "density": load_density(results_dir)}
 
 
@@ -84,7 +86,7 @@ def build_site(model: dict[str, Any], out: Path) -> Path:
     for density in model["density"]:
         images.add(density.get("png"), density["folder"], "kde_vs_dim.png")
     entries, published, ledger = model["entries"], model["published"], model["ledger"]
-    ctx = {"ledger": ledger, "claims": model["claims"], "studies": {s["study"]: s for s in model["studies"]},
+    ctx = {"ledger": ledger, "claims": model["claims_noted"], "studies": {s["study"]: s for s in model["studies"]},
            "tuned_by": model["tuned_by"], "baselines": model["baselines"], "compute_html": compute_html(model["compute"])}
     _write(out / "index.html", index_page(entries, published, ctx))
     _write(out / "compare.html", compare_page(entries, published))

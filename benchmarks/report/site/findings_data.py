@@ -101,3 +101,13 @@ def _sum(parts: list[dict[str, Any]]) -> dict[str, Any]:
     hosts = sorted({h for p in parts for h in (p.get("hosts") or [(p.get("machine") or {}).get("host")]) if h})
     return {"cpu_s": round(sum(p["cpu_s"] for p in known), 3), "entries": len(parts), "how": how, "hosts": hosts,
             "unrecorded": len(parts) - len(known) + sum(int(p.get("unrecorded") or 0) for p in known)}
+
+
+def claims_to_note(shown: list[dict[str, Any]], params: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The claims a leaderboard table names: those shown, then those params.yaml defines that have no verdict yet."""
+    names = {c["claim"] for c in shown}
+    pending = [{"claim": name, "source": "params", "statement": conf.get("statement"), "model": conf.get("model"),
+                "data": conf.get("data"), "arm_overrides": conf.get("arms"), "sweep": conf.get("sweep") or {},
+                "seeds": conf.get("seeds") or []}
+               for name, conf in sorted(_claim_definitions(params).items()) if name not in names]
+    return shown + pending

@@ -69,6 +69,15 @@ def test_study_prunes_continues_and_nests_runs(project: Path, monkeypatch: pytes
     assert len(children) >= len(counted)
     assert {"KILLED", "FINISHED"} <= {r.info.status for r in children}  # pruned trials end KILLED
 
+    # Published: every trial, checked against the code and data hashes its MLflow run logged.
+    from benchmarks.report.publish import publish_all
+
+    publish_all(params, [], {"study": ["lstm_depth"]}, project / "results", project)
+    record = json.loads((project / "ledger" / "studies" / "lstm_depth.json").read_text())
+    assert record["best"]["params"] == study.best_params and record["definition_hash"] == study.user_attrs["definition_hash"]
+    assert [t["number"] for t in record["trials"]] == [t.number for t in study.trials]
+    assert any(t["state"] == "PRUNED" and t["pruned_at_step"] is not None for t in record["trials"])
+
 
 @pytest.mark.slow
 def test_a_repeated_choice_reuses_the_finished_trial(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

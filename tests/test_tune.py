@@ -77,6 +77,8 @@ def test_study_prunes_continues_and_nests_runs(project: Path, monkeypatch: pytes
     assert record["best"]["params"] == study.best_params and record["definition_hash"] == study.user_attrs["definition_hash"]
     assert [t["number"] for t in record["trials"]] == [t.number for t in study.trials]
     assert any(t["state"] == "PRUNED" and t["pruned_at_step"] is not None for t in record["trials"])
+    trained = [t["compute"] for t in record["trials"] if t["state"] == "COMPLETE" and t["repeat_of"] is None]
+    assert trained and all(c["how"] == "process CPU time" and c["cpu_s"] > 0 for c in trained)  # the runs' own clocks
 
 
 @pytest.mark.slow

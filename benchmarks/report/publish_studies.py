@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.errors import ArchbenchError
-from benchmarks.report.compute import ESTIMATED, total
+from benchmarks.report.compute import ESTIMATED, MEASURED, total
 
 SCHEMA = 1
 
@@ -41,12 +41,13 @@ def _load(name: str, url: str) -> Any:
                              f"`archbench tune {name}` first") from None
 
 
-def _check_runs(name: str, trials: list[Any], code: str, data: str, uri: str) -> None:
-    """Each counted trial's MLflow run must carry the current code and data hashes (their params)."""
+def _check_runs(name: str, trials: list[Any], code: str, data: str, uri: str) -> dict[int, float]:
+    """Each counted trial's MLflow run must carry the current code and data hashes (their params); returns the
+    process CPU seconds of the trials whose run recorded them (a trained trial's result.json artifact)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    client, cpu = MlflowClient(tracking_uri=uri), {}
     for trial in trials:
         run_id = trial.user_attrs.get("mlflow_run_id")
         try:
@@ -63,9 +64,27 @@ def _check_runs(name: str, trials: list[Any], code: str, data: str, uri: str) ->
                 raise ArchbenchError(f"cannot publish study {name}: trial {trial.number} is stale: made with other {what} "
                                      f"({str(params.get(key))[:12]}, now {now[:12]}); rename the study and rerun "
                                      f"`archbench tune`, or restore what made it")
+        if "repeat_of" not in trial.user_attrs:  # a repeat reused another trial's run and cost nothing
+            measured = _run_cpu(client, run_id)
+            if measured is not None:
+                cpu[trial.number] = measured
+    return cpu
 
 
-def _trial(t: Any, threads: int) -> dict[str, Any]:
+def _run_cpu(client: Any, run_id: str) -> float | None:
+    """provenance.cpu_s from the run's result.json artifact (written when a trial trains to the end)."""
+    import json
+    import tempfile
+
+    if not any(a.path == "result.json" for a in client.list_artifacts(run_id)):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        found = json.loads(Path(client.download_artifacts(run_id, "result.json", tmp)).read_text())
+    value = (found.get("provenance") or {}).get("cpu_s")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _trial(t: Any, threads: int, measured: float | None) -> dict[str, Any]:
     from optuna.distributions import distribution_to_json
 
     steps = sorted(t.intermediate_values)
@@ -79,9 +98,19 @@ def _trial(t: Any, threads: int) -> dict[str, Any]:
             "mlflow_run_id": t.user_attrs.get("mlflow_run_id") or None,
             "host": str(t.user_attrs.get("worker") or "").split(":")[0] or None,
             "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
-            "compute": {"cpu_s": None if wall is None else round(wall * threads, 3), "wall_s": wall,
-                        "how": ESTIMATED + " (trial start to end)" if wall is not None else "not recorded",
-                        "machine": {"host": str(t.user_attrs.get("worker") or "").split(":")[0] or None, "threads": threads}}}
+            "compute": _compute(t, wall, threads, measured)}
+
+
+def _compute(t: Any, wall: float | None, threads: int, measured: float | None) -> dict[str, Any]:
+    """The run's measured CPU time where it recorded one, else the trial's wall time x threads."""
+    if measured is not None:
+        cpu, how = measured, MEASURED
+    elif wall is not None and "repeat_of" not in t.user_attrs:
+        cpu, how = round(wall * threads, 3), ESTIMATED + " (trial start to end)"
+    else:
+        cpu, how = (0.0, "a repeat: answered by an earlier trial") if "repeat_of" in t.user_attrs else (None, "not recorded")
+    host = str(t.user_attrs.get("worker") or "").split(":")[0] or None
+    return {"cpu_s": cpu, "wall_s": wall, "how": how, "machine": {"host": host, "threads": threads}}
 
 
 def study_record(params: dict[str, Any], name: str, project_dir: Path, data_dir: str | None) -> dict[str, Any]:
@@ -113,9 +142,10 @@ def study_record(params: dict[str, Any], name: str, project_dir: Path, data_dir:
                              f"restore the definition that made it")
     if not any(t.state == TrialState.COMPLETE for t in counted):
         raise ArchbenchError(f"cannot publish study {name}: no trial completed (all were pruned); loosen its pruner")
-    _check_runs(name, counted, code_hash(base), build_datamodule(base, data_dir).content_hash(), tracking_uri(project_dir))
+    measured = _check_runs(name, counted, code_hash(base), build_datamodule(base, data_dir).content_hash(),
+                           tracking_uri(project_dir))
     threads = int(settings(params)["threads"])
-    records = [_trial(t, threads) for t in trials]
+    records = [_trial(t, threads, measured.get(t.number)) for t in trials]
     best = study.best_trial
     return {"schema": SCHEMA, "kind": "study", "study": name, "experiment": conf["experiment"],
             "model": base.model, "data": base.data, "description": conf.get("description", ""),

@@ -25,6 +25,8 @@ class Task:
 
 
 LOSS_BEST = "val/loss_best"
+ENCODER = ("test/mi", "test/active_units", "test/enc_log_var")  # what an autoencoder's encoder kept (diagnostics)
+LATENT = ("model_args.variant", "model_args.objective", "model_args.latent_dim", "model_args.latent_dims")
 TASKS: dict[str, Task] = {t.kind: t for t in (
     Task("char_lm", "Character-level language model",
          ("test/loss", "test/bpc", "test/loss_valtest", LOSS_BEST), "char_unigram",
@@ -40,14 +42,16 @@ TASKS: dict[str, Task] = {t.kind: t for t in (
          ("model_args.attention",)),
     Task("likelihood_binarized", "Likelihood of binarized images",
          (r"test/nll_k500", r"test/nll_k\d+", "test/elbo", "test/recon", "test/kl", r"test/kl_\d+", "test/loss",
-          LOSS_BEST), "bernoulli_pixels"),
+          LOSS_BEST, *ENCODER), "bernoulli_pixels", LATENT),
     Task("likelihood_continuous", "Likelihood of continuous pixels (Gaussian decoder)",
          (r"test/nll_k500", r"test/nll_k\d+", "test/elbo", "test/recon", "test/kl", "test/seed_loss", "test/loss",
-          LOSS_BEST)),
+          LOSS_BEST, *ENCODER), None, LATENT),
     Task("likelihood_8bit", "Likelihood of 8-bit images",
          ("test/bpd", "test/bpd_prior", "test/bpd_diffusion", "test/bpd_decoder"), "categorical_pixels"),
     Task("sample_quality", "Sample quality of image generators (FID in the domain classifier's features)",
-         ("test/fid_ratio", "test/fid", "test/fid_floor", "test/is"), "fid_floor"),
+         ("test/fid_ratio", "test/fid", "test/fid_floor", "test/is"), "fid_floor", ("model_args.g_loss",)),
+    Task("conditional_generation", "Class-conditional generation (the class the domain classifier sees)",
+         ("test/cond_acc", "test/fid_ratio", "test/fid", "test/is")),
     Task("paired_translation", "Paired image translation (edges to images)",
          ("test/fid", "test/fid_floor", "test/l1", "test/ssim"), "fid_floor", ("model_args.lam",)),
     Task("unpaired_translation", "Unpaired image translation",
@@ -56,7 +60,8 @@ TASKS: dict[str, Task] = {t.kind: t for t in (
 )}
 BY_MODEL = {"char_lm": "char_lm", "classifier": "image_classification", "frame_labeller": "frame_labels",
             "sequence_classifier": "sequence_classification", "tagger": "upos", "seq2seq": "translation",
-            "ddpm": "likelihood_8bit", "pix2pix": "paired_translation", "cyclegan": "unpaired_translation"}
+            "ddpm": "likelihood_8bit", "pix2pix": "paired_translation", "cyclegan": "unpaired_translation",
+            "cgan": "conditional_generation"}
 LIKELIHOOD_MODELS = ("vae", "hvae")
 TRANSLATORS = ("pix2pix", "cyclegan")  # their FIDs judge translations, not free samples
 

@@ -16,7 +16,6 @@ from benchmarks.report.site.anchors import anchors_for
 from benchmarks.report.site.vocab import direction, lookup
 from benchmarks.report.tasks import TASKS, binarized, columns_for, task_id, task_kinds, task_of
 
-FID_KEYS = ("fid_extractor_sha256", "fid_n_fake", "fid_reference_split")
 
 
 def unit_of(key: str, settings: dict[str, Any] | None) -> str:
@@ -48,26 +47,34 @@ def rows_of(entries: dict[str, dict[str, Any]], published: dict[str, dict[str, A
     return list(entries.values()) + [e for n, e in published.items() if n not in entries]
 
 
+def _fid_protocol(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two runs' floors the same number: extractor, sample count, reference split, data form."""
+    settings = row.get("settings") or {}
+    n = settings.get("fid_n_fake") or settings.get("fid_samples")
+    form = "binarized" if binarized(settings, row.get("config")) else "8-bit"
+    return settings.get("fid_extractor_sha256"), n, settings.get("fid_reference_split"), form
+
+
 def _fid_floor_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Real training images as a row, per FID protocol (extractor, sample count): the floor each run computed."""
+    """Real training images as a row, per FID protocol: the floor each run computed beside its FID."""
+    from benchmarks.report.site.collect import stats
+
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for e in rows:
         if stat_of(e, "test/fid_floor"):
-            groups[tuple((e.get("settings") or {}).get(k) for k in FID_KEYS)].append(e)
+            groups[_fid_protocol(e)].append(e)
     out = []
     for protocol, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         floors = [v for e in members for v in stat_of(e, "test/fid_floor").get("values", [])]
-        if not floors:
-            continue
-        from benchmarks.report.site.collect import stats
-
         names = ", ".join(e["name"] for e in members)
-        out.append({"kind": "baseline", "name": f"real training images (n = {protocol[1]})", "model": "FID floor",
+        out.append({"kind": "baseline", "name": f"real training images ({protocol[3]}, n = {protocol[1]})",
+                    "model": "FID floor", "recipe": f"the floor of {names}", "command": None,
                     "summary": {"test/fid": stats(floors), "test/fid_floor": stats(floors),
                                 "test/fid_ratio": stats([1.0] * len(floors))},
-                    "settings": dict(zip(FID_KEYS, protocol)), "recipe": f"the floor of {names}",
-                    "how": f"as many real training images as generated ones, against the same test reference, in the "
-                           f"same classifier's features: computed inside each run ({names})", "command": None})
+                    "settings": {"fid_extractor_sha256": protocol[0], "fid_samples": protocol[1],
+                                 "fid_reference_split": protocol[2]},
+                    "how": f"as many real training images ({protocol[3]}) as generated ones, against the same test "
+                           f"reference, in the same classifier's features: computed inside each run ({names})"})
     return out
 
 

@@ -66,10 +66,12 @@ def experiment_page(entry: dict[str, Any], ledger: dict[str, dict[str, Any]], im
                          else f'<span title="MLflow run {esc(s.get("run_id"))}">{text}</span>')
         m = s.get("machine") or {}
         seed_rows.append([str(s["seed"]), *cells, esc(s.get("stopped_by")), esc(s.get("epochs")), esc(s.get("steps")),
-                          esc(s.get("fit_s")), f'<code>{esc(str(s.get("commit"))[:12])}</code>',
+                          esc(s.get("fit_s")), esc(s.get("cpu_s") if s.get("cpu_s") is not None else "–"),
+                          f'<code>{esc(str(s.get("commit"))[:12])}</code>',
                           esc(f"{m.get('host', '?')} ({cpu_label(m)}, {s.get('threads')} threads, "
                               f"{m.get('gpu') or s.get('device') or 'cpu'})"), run_link_cell(s)])
-    seeds_table = table(["seed", *[esc(k) for k in keys], "stopped by", "epochs", "steps", "fit (s)", "commit", "machine",
+    seeds_table = table(["seed", *[esc(k) for k in keys], "stopped by", "epochs", "steps", "fit (s)", "CPU (s)", "commit",
+                         "machine",
                          "MLflow run"], seed_rows, "seeds")
     summary_rows = [[esc(label_with(k, [entry.get("settings") or {}])), esc(mean_ci(entry["summary"][k])), esc(direction(k))] for k in keys]
     pub = (ledger.get(name) or {}).get("summary", {}) if entry["source"] == "results" else {}

@@ -145,9 +145,9 @@ def _row(row: dict[str, Any], table: dict[str, Any], keys: list[str], rank: int,
 def _claim_notes(table: dict[str, Any], claims: list[dict[str, Any]]) -> str:
     """The claims that test this task's model on this data: their verdict, and the arms they compare, so that a row
     run under another recipe (e.g. another forget bias) is not read as the claim's answer."""
-    notes = []
+    notes, models = [], {r["model"] for r in table["runs"]}
     for claim in claims:
-        if claim.get("model") != table["runs"][0]["model"] or claim.get("data") != table["data"]:
+        if claim.get("model") not in models or claim.get("data") != table["data"]:
             continue
         arms = "; ".join(f"{arm} {json.dumps(over, sort_keys=True)}" for arm, over in (claim.get("arm_overrides") or {}).items())
         sweep = claim.get("sweep") or {}

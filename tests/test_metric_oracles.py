@@ -53,6 +53,8 @@ NO_ORACLE_YET: dict[str, str] = {
     "test/fid_ratio": "mean test/fid over mean test/fid_floor recomputed from the per-draw values",
     "test/elbo": "against torch.distributions log-densities of one fixed draw",
     "test/recon": "as test/elbo",
+    "test/bleu_greedy": "as test/bleu, on greedy decodes (no model logs it yet)",
+    "test/loss_valtest": "as the char LM's test/loss, counted over the val and test text together",
 }
 
 

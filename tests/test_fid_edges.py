@@ -121,3 +121,23 @@ def test_a_missing_extractor_checkpoint_names_the_fix(tmp_path: Path) -> None:
 
 def test_image_models_keep_the_lowest_fid_when_they_have_an_extractor() -> None:
     assert MonitorsFID.monitor_mode == "min" and MonitorsFID.fallback_monitor == "val/loss"
+
+
+def test_floor_images_come_from_the_train_split_of_the_asked_class() -> None:
+    from types import SimpleNamespace
+
+    from lightning_modules.metrics.fid import floor_image_sets, floor_images
+
+    images = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1)  # image i holds the value i
+    labels = {"train": torch.tensor([0, 1] * 5), "test": torch.zeros(10, dtype=torch.long)}
+    dm = SimpleNamespace(images=lambda split: images if split == "train" else -images, labels=lambda split: labels[split])
+    trainer = SimpleNamespace(datamodule=dm)
+    assert floor_images(trainer, 2, label=1).flatten().tolist() == [1, 3]
+    assert [s.flatten().tolist() for s in floor_image_sets(trainer, 1, 10)] == [[float(i)] for i in range(10)]
+    assert floor_images(SimpleNamespace(), 3) is None and floor_images(SimpleNamespace(datamodule=None), 3) is None
+    assert floor_image_sets(SimpleNamespace(datamodule=SimpleNamespace()), 3, 2) is None  # no whole splits to give
+
+
+def test_the_fid_moves_its_feature_sums_to_the_asked_device() -> None:
+    fid = DomainFID(Identity(3), "", "")
+    assert fid.to("meta") is fid and fid.metric.real_features_sum.device.type == "meta"

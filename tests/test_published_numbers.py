@@ -417,3 +417,9 @@ def test_every_stale_seed_is_named_when_none_is_left(tmp_path: Path) -> None:
         merge_seeds(exp, tmp_path, code=CODE)
     assert str(err.value) == (f"hello_lstm: no finished seed to merge (seed 0: made by other code (old0, now {CODE}); "
                               f"seed 1: made by other code (old1, now {CODE})); run `archbench train hello_lstm` first")
+
+
+def test_an_empty_curve_thins_to_nothing() -> None:
+    from benchmarks.report.ledger import thin
+
+    assert thin({"epoch": [], "val/loss": []}) == {"epoch": [], "val/loss": []}

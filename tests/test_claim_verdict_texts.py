@@ -285,9 +285,9 @@ def test_detectable_difference_is_where_the_power_reaches_80_percent() -> None:
     from benchmarks.claim.stats import detectable_difference, power
 
     assert detectable_difference(3, 3, 0.0) == 0.0 and math.isnan(detectable_difference(3, 3, float("nan")))
-    for sd, alpha in ((1e-9, 0.05), (0.3, 0.05), (0.3, 0.01), (250.0, 0.05)):
-        d = detectable_difference(3, 4, sd, alpha=alpha)
-        assert abs(power(d, 3, 4, sd, alpha) - 0.8) < 1e-9, (sd, alpha)
+    for n_b, sd, alpha in ((4, 1e-9, 0.05), (4, 0.3, 0.05), (4, 0.3, 0.01), (4, 250.0, 0.05), (3, 0.3, 0.01)):
+        d = detectable_difference(3, n_b, sd, alpha=alpha)  # (3, 3) at 1%: bracketed at 1%, not at 5%
+        assert abs(power(d, 3, n_b, sd, alpha) - 0.8) < 1e-9, (n_b, sd, alpha)
 
 
 def test_seeds_needed_for_no_spread_is_two() -> None:

@@ -29,9 +29,9 @@ def test_seeded_noise_is_the_generators_own_draws_in_the_asked_dtype() -> None:
     assert torch.equal(ints, torch.randint(3, 7, (50,), generator=torch.Generator().manual_seed(1)))
     assert int(ints.min()) == 3 and int(ints.max()) == 6
     torch.manual_seed(2)
-    unseeded = randint(0, 1000, [6], None, "cpu")
+    unseeded = randint(500, 1000, [60], None, "cpu")
     torch.manual_seed(2)
-    assert torch.equal(unseeded, torch.randint(0, 1000, (6,)))
+    assert torch.equal(unseeded, torch.randint(500, 1000, (60,))) and int(unseeded.min()) >= 500
 
 
 def test_bits_per_dimension_divides_by_dims_and_ln_2() -> None:
@@ -44,6 +44,10 @@ def test_log_densities_at_default_arguments_and_broadcast_targets() -> None:
     x, mean = torch.tensor([0.3, -1.2]), torch.tensor([0.0, 0.5])
     assert torch.allclose(normal_log_prob(x, mean), torch.tensor(stats.norm.logpdf([0.3, -1.2], [0.0, 0.5]),
                                                                  dtype=torch.float32))
+    # a Python float log variance is taken at x's precision (float64 here), not rounded to float32 first
+    x64 = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    expected = stats.norm.logpdf([0.3, -1.2], [0.0, 0.5], math.exp(0.15))
+    assert normal_log_prob(x64, mean.double(), 0.3).tolist() == pytest.approx(list(expected), rel=1e-14)
     logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])  # [2 draws, 2 pixels], one target row for both
     bits = torch.tensor([1.0, 0.0])
     expected = torch.log(torch.tensor([[1 / (1 + math.exp(-2.0)), 1 - 1 / (1 + math.exp(1.0))],
@@ -62,6 +66,10 @@ def test_discretised_decoder_edge_bins_reach_to_infinity() -> None:
     assert got.tolist() == pytest.approx(expected, rel=1e-9)
     far = discretized_gaussian_log_prob(torch.tensor([1 / 3], dtype=torch.float64), torch.tensor([-40.0]), 0.0, levels)
     assert float(far) == pytest.approx(math.log(1e-12))  # a middle bin far in the tail: floored, never -inf
+    pixels = torch.linspace(-1, 1, 256, dtype=torch.float64)  # 8-bit images: 256 levels unless told otherwise
+    assert torch.equal(discretized_gaussian_log_prob(pixels, pixels * 0.9, -1.0),
+                       discretized_gaussian_log_prob(pixels, pixels * 0.9, -1.0, levels=256))
+    assert float(discretized_gaussian_log_prob(pixels, torch.zeros(256), -1.0).exp().sum()) == pytest.approx(1.0)
     with pytest.raises(ValueError) as err:
         discretized_gaussian_log_prob(x, mean, 0.0, levels=1)
     assert str(err.value) == "levels must be >= 2, got 1"
@@ -81,6 +89,8 @@ def test_importance_weights_are_drawn_in_chunks_of_the_asked_size() -> None:
     assert log_w[:, 0].tolist() == [0, 1, 2, 3, 4, 5, 6]
     calls.clear()
     assert importance_log_weights(draw, 6, chunk=3).shape == (6, 2) and [n for n, _ in calls] == [3, 3]
+    calls.clear()
+    assert importance_log_weights(draw, 1, chunk=1).shape == (1, 2) and [n for n, _ in calls] == [1]
     for k, chunk in ((0, 3), (3, 0)):
         with pytest.raises(ValueError) as err:
             importance_log_weights(draw, k, chunk)
@@ -96,8 +106,10 @@ def test_the_k_sample_bounds_are_nested_prefixes_of_one_draw() -> None:
         start = sum(draws[:-1])
         return w[start:start + n]
 
-    bounds = importance_weighted_nll(draw, [1, 3, 4], chunk=2)
-    assert sum(draws) == 4  # one pass of max(ks) draws serves every k
+    seen: list[object] = []
+    gen = torch.Generator()
+    bounds = importance_weighted_nll(lambda n, g: (seen.append(g), draw(n, g))[1], [1, 3, 4], chunk=2, generator=gen)
+    assert sum(draws) == 4 and seen == [gen, gen]  # one pass of max(ks) draws, with the caller's generator
     for k in (1, 3, 4):
         direct = [-math.log(sum(math.exp(float(v)) for v in w[:k, b]) / k) for b in range(2)]
         assert bounds[k].tolist() == pytest.approx(direct, rel=1e-12)

@@ -204,7 +204,8 @@ def test_the_ledger_publishes_the_numbers_statistics_and_scipy_give(project: Pat
     exp = experiment_from_params(params, "hello_lstm")
     assert record["config"] == json.loads(json.dumps(exp.as_dict())) and record["config_hash"] == exp.config_hash()
     assert {k: record[k] for k in ("experiment", "model", "data", "profile", "data_hash", "budget", "settings",
-                                   "truncated", "schema")} == {
+                                   "truncated", "schema", "description")} == {
+        "description": exp.description,
         "experiment": "hello_lstm", "model": exp.model, "data": exp.data, "profile": exp.profile, "data_hash": "d0",
         "budget": {"max_epochs": 2}, "settings": {"loss_unit": "nats per character"}, "truncated": False, "schema": 1}
     # the same numbers as metrics.json: one rule for both
@@ -283,11 +284,13 @@ def test_ledger_samples_inline_text_of_every_seed_and_images_of_the_first(projec
         (seeds / f"seed_{seed}" / "samples").mkdir()
         (seeds / f"seed_{seed}" / "samples" / "words.txt").write_text(f"hello {seed}\n")
         (seeds / f"seed_{seed}" / "samples" / "grid.png").write_bytes(b"\x89PNG seed %d" % seed)
+        (seeds / f"seed_{seed}" / "samples" / "more.png").write_bytes(b"\x89PNG more %d" % seed)
     stale = project / "ledger" / "samples" / "hello_lstm" / "seed_7"
     stale.mkdir(parents=True)
     record = json.loads(publish(params, "hello_lstm", project / "results").read_text())
     assert record["samples"] == {
         "0": [{"name": "grid.png", "file": "samples/hello_lstm/seed_0/grid.png"},
+              {"name": "more.png", "file": "samples/hello_lstm/seed_0/more.png"},
               {"name": "words.txt", "text": "hello 0\n"}],
         "1": [{"name": "words.txt", "text": "hello 1\n"}]}
     assert (project / "ledger" / "samples" / "hello_lstm" / "seed_0" / "grid.png").read_bytes() == b"\x89PNG seed 0"
@@ -423,3 +426,12 @@ def test_an_empty_curve_thins_to_nothing() -> None:
     from benchmarks.report.ledger import thin
 
     assert thin({"epoch": [], "val/loss": []}) == {"epoch": [], "val/loss": []}
+
+
+def test_json_files_are_written_whole_with_their_folders_and_plain_values(tmp_path: Path) -> None:
+    from benchmarks.run.results import write_json
+
+    path = tmp_path / "a" / "b" / "c.json"
+    write_json(path, {"where": tmp_path, "n": 1})  # a Path (as in provenance) is written as its string
+    assert path.read_text() == json.dumps({"n": 1, "where": str(tmp_path)}, indent=2, sort_keys=True) + "\n"
+    assert [p.name for p in path.parent.iterdir()] == ["c.json"]

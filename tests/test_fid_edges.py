@@ -5,6 +5,7 @@ tolerances; NaN for non-finite features; the settings every FID carries; and the
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ def test_fid_of_non_finite_features_is_nan_with_a_warning() -> None:
     fake = torch.rand(20, 3, dtype=torch.float64)
     fake[4, 1] = float("nan")
     fid.update_fake(fake)
-    with pytest.warns(UserWarning, match="non-finite features"):
+    message = "FID of non-finite features (NaN or inf images, e.g. from a diverged model): NaN"
+    with pytest.warns(UserWarning, match=f"^{re.escape(message)}$"):
         assert math.isnan(fid.compute())
     real = torch.rand(20, 3, dtype=torch.float64)
     real[0, 0] = float("inf")
@@ -104,6 +106,9 @@ def test_the_extractor_checks_shape_type_and_range_at_its_tolerances(tmp_path: P
         with pytest.raises(ValueError) as err:
             extractor(y)
         assert str(err.value) == range_error
+    exact = torch.full((2, 1, 8, 8), 0.5, dtype=torch.float64)
+    exact[0, 0, 0, 0], exact[1, 0, 0, 0] = -1e-3, 1 + 1e-3  # exactly at the slack: still accepted
+    extractor._check(exact)
     with pytest.raises(ValueError) as err:
         extractor(torch.ones(2, 1, 8, 8, dtype=torch.uint8))
     assert str(err.value) == range_error

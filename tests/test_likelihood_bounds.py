@@ -13,7 +13,8 @@ from scipy import stats
 
 from lightning_modules.likelihood.bounds import (bernoulli_log_prob, bits_per_dim, check_ks,
                                                  discretized_gaussian_log_prob, importance_log_weights,
-                                                 importance_weighted_nll, iw_nll, normal_log_prob, randint, randn)
+                                                 importance_weighted_nll, iw_nll, normal_kl, normal_log_prob,
+                                                 randint, randn)
 
 
 def test_seeded_noise_is_the_generators_own_draws_in_the_asked_dtype() -> None:
@@ -129,3 +130,10 @@ def test_bad_importance_sample_counts_are_one_line(ks: object) -> None:
 
 def test_good_importance_sample_counts_come_back_as_a_list() -> None:
     assert check_ks("k", (1, 50)) == [1, 50] and check_ks("k", [5000]) == [5000] and check_ks("k", [1]) == [1]
+
+
+def test_float_log_variances_are_taken_at_the_means_precision() -> None:
+    mq = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    lq, lp, mp = 0.3, -0.2, 0.1  # Python floats, as the models pass fixed variances
+    expected = [0.5 * (lp - lq + (math.exp(lq) + (m - mp) ** 2) / math.exp(lp) - 1) for m in (0.3, -0.7)]
+    assert normal_kl(mq, lq, mp, lp).tolist() == pytest.approx(expected, rel=1e-14)

@@ -435,3 +435,11 @@ def test_json_files_are_written_whole_with_their_folders_and_plain_values(tmp_pa
     write_json(path, {"where": tmp_path, "n": 1})  # a Path (as in provenance) is written as its string
     assert path.read_text() == json.dumps({"n": 1, "where": str(tmp_path)}, indent=2, sort_keys=True) + "\n"
     assert [p.name for p in path.parent.iterdir()] == ["c.json"]
+
+
+def test_a_seed_on_disk_outside_the_experiments_seeds_is_skipped_not_the_end(tmp_path: Path) -> None:
+    exp = experiment((0, 5))
+    for seed in (0, 3, 5):  # seed_3 sorts between the two listed seeds
+        write_seed(tmp_path, exp, seed, VALUES[seed % 3])
+    kept, stale = current_seeds(exp, tmp_path / exp.name, CODE)
+    assert sorted(kept) == [0, 5] and stale == []

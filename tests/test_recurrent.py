@@ -17,7 +17,7 @@ from lightning_modules.recurrent.cells import detach_state
 from lightning_modules.recurrent.stack import StackedRNN
 from tests.conftest import copy_from_torch
 
-TOL = dict(atol=1e-10, rtol=1e-9)  # float64: the paths differ only in the order of additions
+TOL = {"atol": 1e-10, "rtol": 1e-9}  # float64: the paths differ only in the order of additions
 B, T, IN, H = 3, 7, 5, 4
 LENGTHS = torch.tensor([7, 3, 5])  # unsorted, so packing has to reorder the rows
 IMPLS = ["equations", "torch"]
@@ -27,7 +27,7 @@ SHAPES = [(1, False, None), (3, False, None), (2, False, LENGTHS), (1, True, Non
 
 def _torch_rnn(cell: str, num_layers: int, bidirectional: bool = False, bias: bool = True) -> nn.RNNBase:
     """The oracle, named here rather than taken from the cell's declaration."""
-    kw = dict(num_layers=num_layers, bias=bias, batch_first=True, bidirectional=bidirectional)
+    kw = {"num_layers": num_layers, "bias": bias, "batch_first": True, "bidirectional": bidirectional}
     rnn = nn.RNN(IN, H, nonlinearity="tanh", **kw) if cell == "elman" else nn.LSTM(IN, H, **kw)
     return rnn.double()
 
@@ -254,7 +254,7 @@ def test_peephole_truncated_bptt_matches_its_equations() -> None:
     torch.manual_seed(0)
     rnn = StackedRNN("peephole", IN, H, 2).double()
     x = torch.randn(B, 10, IN, dtype=torch.float64)
-    y1, st = rnn(x[:, :4])
+    _, st = rnn(x[:, :4])
     y2, _ = rnn(x[:, 4:], detach_state(st))
     grads = torch.autograd.grad(_loss(y2, []), list(rnn.parameters()))
     zero = [(torch.zeros(H, dtype=torch.float64),) * 2] * 2

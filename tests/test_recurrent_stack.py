@@ -10,8 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules import MODELS
-from lightning_modules.recurrent.cells import (CELLS, ElmanCell, LSTMCell, PeepholeLSTMCell, RecurrentCell, State,
-                                               detach_state)
+from lightning_modules.recurrent.cells import (
+    CELLS,
+    ElmanCell,
+    LSTMCell,
+    PeepholeLSTMCell,
+    RecurrentCell,
+    State,
+    detach_state,
+)
 from lightning_modules.recurrent.stack import ElmanNet, StackedRNN, resolve_impl
 
 B, T, IN, H = 3, 7, 5, 4
@@ -216,7 +223,7 @@ def test_elman_net_outputs() -> None:
         (lambda: PeepholeLSTMCell(IN, H, peephole_scale=-1.0), "peephole_scale"),
     ],
 )
-def test_bad_args(make, word: str) -> None:  # noqa: ANN001
+def test_bad_args(make, word: str) -> None:
     with pytest.raises(ValueError, match=word):
         make()
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 # A cell's state: one tensor (Elman, as torch's RNN hx) or a pair (y, s) (LSTMs, as torch's LSTM (h, c)).
-State = Union[Tensor, tuple[Tensor, Tensor]]
+State = Tensor | tuple[Tensor, Tensor]
 
 __all__ = ["CELLS", "ElmanCell", "LSTMCell", "PeepholeLSTMCell", "RecurrentCell", "State", "TorchKernel",
            "check_positive_int", "detach_state"]

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.recurrent.cells import detach_state
+from lightning_modules.recurrent.cells import CELLS, RecurrentCell, TorchKernel, detach_state
 from lightning_modules.recurrent.stack import StackedRNN
 from tests.conftest import copy_from_torch
 
@@ -41,10 +42,10 @@ def _pair(cell: str, impl: str, num_layers: int, bidirectional: bool = False, **
     return ours, ref
 
 
-def _random_hx(cell: str, count: int, seed: int = 5) -> list[Tensor]:
+def _random_hx(n_state: int, count: int, seed: int = 5) -> list[Tensor]:
     """torch's initial state: h0 (and c0), each [layers*directions, B, H]."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(count, B, H, dtype=torch.float64, generator=g) for _ in range(1 if cell == "elman" else 2)]
+    return [torch.randn(count, B, H, dtype=torch.float64, generator=g) for _ in range(n_state)]
 
 
 def _as_list(hx: list[Tensor]) -> list:
@@ -94,14 +95,14 @@ def _assert_all_close(ours: list[Tensor], theirs: list[Tensor], names: list[str]
         torch.testing.assert_close(a, b, **TOL, msg=name)
 
 
-def _compare(ours: StackedRNN, ref: nn.RNNBase, cell: str, lengths: Tensor | None, given_state: bool) -> None:
+def _compare(ours: StackedRNN, ref: nn.RNNBase, lengths: Tensor | None, given_state: bool) -> None:
     x = torch.randn(B, T, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x1, x2 = (x.clone().requires_grad_(True) for _ in range(2))
     count = ours.num_layers * ours.directions
     hx1 = hx2 = None
     if given_state:
-        hx1 = [h.requires_grad_(True) for h in _random_hx(cell, count)]
-        hx2 = [h.requires_grad_(True) for h in _random_hx(cell, count)]
+        hx1 = [h.requires_grad_(True) for h in _random_hx(ours.cell_cls.n_state, count)]
+        hx2 = [h.requires_grad_(True) for h in _random_hx(ours.cell_cls.n_state, count)]
     y, final = ours(x1, None if hx1 is None else _as_list(hx1), lengths=lengths)
     y_ref, hn = _torch_run(ref, x2, hx2, lengths)
     final_ref = _flat_torch(hn)
@@ -119,7 +120,7 @@ def _compare(ours: StackedRNN, ref: nn.RNNBase, cell: str, lengths: Tensor | Non
 @pytest.mark.parametrize("cell", ["elman", "lstm"])
 def test_matches_torch(cell: str, impl: str, num_layers: int, bidirectional: bool, lengths: Tensor | None) -> None:
     ours, ref = _pair(cell, impl, num_layers, bidirectional)
-    _compare(ours, ref, cell, lengths, given_state=True)
+    _compare(ours, ref, lengths, given_state=True)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -127,7 +128,37 @@ def test_matches_torch(cell: str, impl: str, num_layers: int, bidirectional: boo
 def test_matches_torch_zero_state_and_no_bias(cell: str, impl: str) -> None:
     for bias in (True, False):
         ours, ref = _pair(cell, impl, 2, bias=bias)
-        _compare(ours, ref, cell, None, given_state=False)
+        _compare(ours, ref, None, given_state=False)
+
+
+class GRUCell(RecurrentCell):
+    """torch's GRU from its documented equations (gates r, z, n), as a user would add a cell that has a kernel."""
+
+    n_gates = 3
+    n_state = 1
+    kernel = TorchKernel(nn.GRU)
+
+    def project_input(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_ih, self.bias_ih)  # b_hn stays inside r ⊙ (W_hn h + b_hn)
+
+    def step(self, xw_t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        xr, xz, xn = xw_t.chunk(3, dim=1)
+        hr, hz, hn = F.linear(h, self.weight_hh, self.bias_hh).chunk(3, dim=1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+        return h, h
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_new_cell_declaring_its_kernel_runs_either_path(impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GRU (one state tensor, but not Elman) declared with nn.GRU: both paths equal nn.GRU, nothing guessed."""
+    monkeypatch.setitem(CELLS, "gru", GRUCell)
+    torch.manual_seed(0)
+    ref = nn.GRU(IN, H, num_layers=2, bidirectional=True, batch_first=True).double()
+    ours = StackedRNN("gru", IN, H, 2, bidirectional=True, impl=impl).double()
+    assert isinstance(ours.kernel, nn.GRU) if impl == "torch" else isinstance(ours.layers[0], GRUCell)
+    copy_from_torch(ours, ref)
+    _compare(ours, ref, LENGTHS, given_state=True)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -233,7 +264,7 @@ def test_peephole_matches_its_equations(num_layers: int, bidirectional: bool, le
     count = num_layers * rnn.directions
     x = torch.randn(B, T, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x1, x2 = (x.clone().requires_grad_(True) for _ in range(2))
-    hx1, hx2 = ([h.requires_grad_(True) for h in _random_hx("lstm", count)] for _ in range(2))
+    hx1, hx2 = ([h.requires_grad_(True) for h in _random_hx(2, count)] for _ in range(2))
     y, final = rnn(x1, _as_list(hx1), lengths=lengths)
     params = list(rnn.parameters())
     grads = torch.autograd.grad(_loss(y, _flat(final)), [x1, *hx1, *params])

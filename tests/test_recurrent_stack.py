@@ -34,8 +34,9 @@ def test_each_cell_declares_its_path() -> None:
     assert StackedRNN("lstm", IN, H, impl="equations").kernel is None
 
 
-def test_a_new_cell_without_a_kernel_runs_its_equations() -> None:
-    """A one-state cell that is not Elman (a minimal GRU-like cell) is run from its own step, never routed elsewhere."""
+def test_a_new_cell_without_a_kernel_runs_its_equations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-state cell that is not Elman and declares no kernel runs its own step (never routed elsewhere), and
+    asking for torch's kernel is one line."""
 
     class MinimalGated(RecurrentCell):  # s_t = z ⊙ s_{t-1} + (1 - z) ⊙ tanh(U^h x_t + W^h s_{t-1} + b^h)
         n_gates: ClassVar[int] = 2
@@ -47,23 +48,20 @@ def test_a_new_cell_without_a_kernel_runs_its_equations() -> None:
             s = z * state + (1 - z) * torch.tanh(pre_h)
             return s, s
 
-    CELLS["minimal"] = MinimalGated
-    try:
-        rnn = StackedRNN("minimal", IN, H, 2)
-        assert rnn.impl == "equations"
-        x = torch.randn(B, T, IN)
-        y, final = rnn(x)
-        cell0, cell1 = rnn.layers
-        s0 = s1 = torch.zeros(B, H)
-        for t in range(T):
-            y0, s0 = cell0(x[:, t], s0)
-            y1, s1 = cell1(y0, s1)
-        torch.testing.assert_close(y[:, -1], y1)
-        torch.testing.assert_close(final[1], s1)
-        with pytest.raises(ValueError, match="no torch kernel"):
-            StackedRNN("minimal", IN, H, impl="torch")
-    finally:
-        del CELLS["minimal"]
+    monkeypatch.setitem(CELLS, "minimal", MinimalGated)
+    rnn = StackedRNN("minimal", IN, H, 2)
+    assert rnn.impl == "equations"
+    x = torch.randn(B, T, IN)
+    y, final = rnn(x)
+    cell0, cell1 = rnn.layers
+    s0 = s1 = torch.zeros(B, H)
+    for t in range(T):
+        y0, s0 = cell0(x[:, t], s0)
+        y1, s1 = cell1(y0, s1)
+    torch.testing.assert_close(y[:, -1], y1)
+    torch.testing.assert_close(final[1], s1)
+    with pytest.raises(ValueError, match="no torch kernel"):
+        StackedRNN("minimal", IN, H, impl="torch")
 
 
 @pytest.mark.parametrize(("cell", "impl"), [("lstm", "equations"), ("lstm", "torch"), ("peephole", "equations")])

@@ -69,6 +69,17 @@ def test_study_prunes_continues_and_nests_runs(project: Path, monkeypatch: pytes
     assert len(children) >= len(counted)
     assert {"KILLED", "FINISHED"} <= {r.info.status for r in children}  # pruned trials end KILLED
 
+    # Published: every trial, checked against the code and data hashes its MLflow run logged.
+    from benchmarks.report.publish import publish_all
+
+    publish_all(params, [], {"study": ["lstm_depth"]}, project / "results", project)
+    record = json.loads((project / "ledger" / "studies" / "lstm_depth.json").read_text())
+    assert record["best"]["params"] == study.best_params and record["definition_hash"] == study.user_attrs["definition_hash"]
+    assert [t["number"] for t in record["trials"]] == [t.number for t in study.trials]
+    assert any(t["state"] == "PRUNED" and t["pruned_at_step"] is not None for t in record["trials"])
+    trained = [t["compute"] for t in record["trials"] if t["state"] == "COMPLETE" and t["repeat_of"] is None]
+    assert trained and all(c["how"] == "process CPU time" and c["cpu_s"] > 0 for c in trained)  # the runs' own clocks
+
 
 @pytest.mark.slow
 def test_a_repeated_choice_reuses_the_finished_trial(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,6 +49,9 @@ METRIC_KEYS: tuple[MetricKey, ...] = (
              "smoothing or KL warm-up); unit: the model's loss_unit setting"),
     # --- char LM ----------------------------------------------------------------------------------
     *_stages("val test", "bpc", "bits/char", "min", "next-character cross-entropy in bits: loss / ln 2"),
+    MetricKey("test/loss_valtest", "nats/char", "min",
+              "next-character cross-entropy over the val and test text together (one text, as nanoGPT's validation "
+              "split is): the figure to set beside nanoGPT's validation loss"),
     # --- classifiers and taggers ------------------------------------------------------------------
     *_stages("val test", "acc", "fraction", "max", "top-1 accuracy over all labelled items (micro)"),
     MetricKey("test/grad_norm_first", "", "none", "mean ||d loss_i / d x_0||: the error signal reaching the first step"),
@@ -56,6 +59,8 @@ METRIC_KEYS: tuple[MetricKey, ...] = (
     # --- translation ------------------------------------------------------------------------------
     *_stages("val test", "ppl", "", "min", "perplexity per target token: exp(loss)"),
     *_stages("val test", "bleu", "BLEU", "max", "sacrebleu corpus BLEU (greedy at val, beam search at test)"),
+    MetricKey("test/bleu_greedy", "BLEU", "max", "sacrebleu corpus BLEU of greedy decoding on test: the figure to set "
+              "beside greedy anchors"),
     # --- adversarial models -----------------------------------------------------------------------
     *_stages("train val test", "d_loss", "", "min",
              "what the discriminator(s) minimise: the seed's R = mean[-1/2 log D(x) - 1/2 log(1 - D(G(z)))] in "

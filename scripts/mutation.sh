@@ -6,7 +6,7 @@
 # in a copy of this tree and runs the tests of [tool.mutmut] in pyproject.toml that call the changed function;
 # a mutant no test notices is a survivor. Prints the kill rate over SCOPE and each survivor's diff.
 #
-# Usage: bash scripts/mutation.sh          (about 20 minutes on 2 cores; outside CI's time)
+# Usage: bash scripts/mutation.sh          (about 15 minutes on 2 busy cores; outside CI's time)
 #        MUTATION_DIR=/tmp/m bash scripts/mutation.sh   (keep the copy, e.g. for `mutmut show NAME` there)
 # Runs under nice -n 10 with one worker and one thread. Exit 1 only when the tool itself could not run.
 set -euo pipefail

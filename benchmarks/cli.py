@@ -310,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/code", help="folder for the per-experiment and per-claim files")
     p.set_defaults(func=cmd_code_hash)
 
+    from benchmarks.use.commands import add_parsers as add_use_parsers  # sample, translate, tag, score, evaluate
+
+    add_use_parsers(sub, _seed)
+
     # add_help=False: `archbench speed --help` reaches the benchmark's own parser.
     p = sub.add_parser("speed", help="time the suite's cells against torch.nn.LSTM / nn.RNN", add_help=False)
     p.set_defaults(func=cmd_speed)

@@ -47,6 +47,9 @@ EWT_FILES: dict[str, tuple[str, str]] = {  # split -> (sha256 of .conllu.gz copy
              "e266e515a0a7547657ed3d90d9ba46487d6bd251f27ad4269d4e8a427c8555cd"),
 }
 SPLIT_FILES = {"train": "train", "val": "dev", "test": "test"}  # our split name -> UD's
+# Raw text -> tokens close to EWT's own: negation and the clitics 's 're 've 'll 'd 'm split off ("don't" -> do n't),
+# hyphenated words and decimals kept whole, any other punctuation mark its own token.
+TOKEN_PATTERN = r"\w+(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|\d+(?:[.,]\d+)+|\w+(?:-\w+)*|[^\w\s]"
 # The 17 universal POS tags (https://universaldependencies.org/u/pos/), sorted: full EWT train has all of
 # them. Fixed rather than read from train, so a ``limit``-ed subset keeps the same tag ids and num_tags.
 UPOS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
@@ -137,7 +140,8 @@ class UDPOSDataModule(SplitLoaders, pl.LightningDataModule):
     and the vocabulary then comes from those N train sentences (a tiny, self-consistent preset).
     """
 
-    MODEL_ARGS = ("vocab_size", "num_tags", "tag_names")
+    # The word list, its case rule and the tokenizer go into the model too, so its checkpoint tags raw text alone.
+    MODEL_ARGS = ("vocab_size", "num_tags", "tag_names", "words", "lowercase", "token_pattern")
 
     def __init__(self, batch_size: int = 32, min_freq: int = 2, lowercase: bool = True, data_dir: str | None = None,
                  limit: int | None = None, num_workers: int | None = None, download: bool = True) -> None:
@@ -200,7 +204,8 @@ class UDPOSDataModule(SplitLoaders, pl.LightningDataModule):
 
     def model_args(self) -> dict[str, Any]:
         self.setup()
-        return {"vocab_size": len(self.words), "num_tags": len(self.tag_names), "tag_names": list(self.tag_names)}
+        return {"vocab_size": len(self.words), "num_tags": len(self.tag_names), "tag_names": list(self.tag_names),
+                "words": list(self.words), "lowercase": self.lowercase, "token_pattern": TOKEN_PATTERN}
 
     def sentences(self, split: str) -> list[Sentence]:
         return list(self._load()[split])

@@ -194,6 +194,32 @@ class CharLM(pl.LightningModule):
         texts = ["".join(self.hparams.vocab[i] for i in row) for row in ids]
         return [t.split(self.hparams.end_symbol)[0] for t in texts] if end is not None else texts
 
+    @torch.no_grad()
+    def continue_text(self, prime: str, length: int, temperature: float = 1.0, seed: int = 0) -> str:
+        """``prime`` followed by up to ``length`` sampled characters (fewer when the end symbol comes first),
+        read after the start symbol as in training; its own CPU generator, so a seed gives the same text."""
+        unknown = sorted(set(prime) - self.stoi.keys())
+        if unknown:
+            raise ValueError(f"the prime has characters outside this model's vocabulary: {unknown!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        x = torch.tensor([[self._start()] + [self.stoi[c] for c in prime]], device=self.device)  # [1, time]
+        end = self.stoi.get(self.hparams.end_symbol) if self.hparams.end_symbol else None
+        state, out = None, []
+        for _ in range(length):
+            logits, state = self(x, state)
+            probs = (logits[0, -1] / temperature).softmax(-1).cpu()  # [vocab]
+            nxt = int(torch.multinomial(probs, 1, generator=gen))
+            if nxt == end:
+                break
+            out.append(self.hparams.vocab[nxt])
+            x = torch.tensor([[nxt]], device=self.device)
+        self.train(was_training)
+        return prime + "".join(out)
+
     def make_samples(self) -> dict[str, str]:
         if not self.hparams.sample_count:
             return {}

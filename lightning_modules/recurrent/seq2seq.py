@@ -17,6 +17,7 @@ The networks are in seq2seq_nets.py; this file holds the system: losses, decodin
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_modules.recurrent.decoding import (PAD, SPECIALS, beam_search, bleu_signature, corpus_bleu, detokenize,
-                                        greedy_decode, ids_to_tokens)
+from lightning_modules.recurrent.decoding import (EOS, PAD, SPECIALS, UNK, beam_search, bleu_signature, corpus_bleu,
+                                                  detokenize, greedy_decode, ids_to_tokens)
 # Re-exported: the networks live in seq2seq_nets.py, the tests and older imports reach them from here.
 from lightning_modules.recurrent.seq2seq_nets import ATTENTIONS, Seq2SeqNet, run_masked  # noqa: F401
 
@@ -66,6 +67,8 @@ class Seq2Seq(pl.LightningModule):
         length_penalty: float = 0.6,
         max_decode_len: int = 60,
         sample_count: int = 10,
+        src_itos: list[str] | None = None,
+        token_pattern: str = "",
     ) -> None:
         super().__init__()
         for name, value, low in (("src_vocab_size", src_vocab_size, len(SPECIALS) + 1),
@@ -77,6 +80,9 @@ class Seq2Seq(pl.LightningModule):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if len(tgt_itos) != tgt_vocab_size or tuple(tgt_itos[: len(SPECIALS)]) != SPECIALS:
             raise ValueError(f"tgt_itos must hold tgt_vocab_size={tgt_vocab_size} tokens starting with {list(SPECIALS)}")
+        # What translating new text needs, carried in the checkpoint: the source vocabulary and the tokenizer.
+        if src_itos is not None and (len(src_itos) != src_vocab_size or tuple(src_itos[: len(SPECIALS)]) != SPECIALS):
+            raise ValueError(f"src_itos must hold src_vocab_size={src_vocab_size} tokens starting with {list(SPECIALS)}")
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {list(ATTENTIONS)}, got {attention!r}")
         for name, value, ok, valid in (
@@ -123,6 +129,25 @@ class Seq2Seq(pl.LightningModule):
 
     def detok(self, ids: list[int]) -> str:
         return detokenize(ids_to_tokens(ids, self.hparams.tgt_itos))
+
+    def encode_source(self, sentence: str) -> tuple[list[int], list[str]]:
+        """Raw source text -> ids (words + <eos>) by the checkpoint's own tokenizer and vocabulary, and the
+        tokens it maps to <unk> (reported, not hidden)."""
+        if not self.hparams.src_itos or not self.hparams.token_pattern:
+            raise ValueError("this checkpoint has no source vocabulary or tokenizer (trained before they were "
+                             "saved); train it again to translate raw text")
+        stoi = {w: i for i, w in enumerate(self.hparams.src_itos)}
+        tokens = re.findall(self.hparams.token_pattern, sentence.lower())
+        return [stoi.get(t, UNK) for t in tokens] + [EOS], [t for t in tokens if t not in stoi]
+
+    def translate_text(self, sentences: list[str], beam_size: int | None = None) -> list[str]:
+        """Translations of raw source sentences (beam search at the model's beam_size unless given)."""
+        ids = [self.encode_source(s)[0] for s in sentences]
+        src = torch.nn.utils.rnn.pad_sequence([torch.tensor(i) for i in ids], batch_first=True,
+                                              padding_value=PAD).to(self.device)  # [batch, S]
+        src_len = torch.tensor([len(i) for i in ids], device=self.device)  # [batch]
+        with torch.no_grad():
+            return self.translate(src, src_len, beam_size)
 
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:

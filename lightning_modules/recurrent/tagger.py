@@ -8,6 +8,8 @@ reversed *within its own length*, so the padding of a batch never enters the bac
 
 from __future__ import annotations
 
+import re
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from lightning_modules.recurrent.cells import StackedRNN
 
 IGNORE = -100  # padded tags, cross_entropy's ignore_index
 PAD_ID = 0  # the datamodule's <pad> word id
+UNK_ID = 1  # and its <unk>
 
 
 def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
@@ -103,6 +106,9 @@ class Tagger(pl.LightningModule):
         dropout: float = 0.3,
         lr: float = 2e-3,
         forget_bias: float = 1.0,
+        words: list[str] | None = None,
+        lowercase: bool = True,
+        token_pattern: str = "",
     ) -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("num_tags", num_tags), ("embed_dim", embed_dim),
@@ -111,6 +117,10 @@ class Tagger(pl.LightningModule):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if len(tag_names) != num_tags:
             raise ValueError(f"tag_names must list num_tags={num_tags} names, got {len(tag_names)}")
+        # What tagging new text needs, carried in the checkpoint: the word list (id = position), its case rule and
+        # the tokenizer that splits raw text the way the treebank does.
+        if words is not None and (len(words) != vocab_size or words[PAD_ID] != "<pad>"):
+            raise ValueError(f"words must list vocab_size={vocab_size} words starting with <pad>, got {len(words)}")
         if not isinstance(bidirectional, bool):
             raise ValueError(f"bidirectional must be true or false, got {bidirectional!r}")
         if not lr > 0:
@@ -126,6 +136,26 @@ class Tagger(pl.LightningModule):
 
     def forward(self, words: Tensor, lengths: Tensor) -> Tensor:
         return self.net(words, lengths)
+
+    def tokenize(self, text: str) -> list[str]:
+        """Raw text -> tokens by the checkpoint's tokenizer (whitespace when it has none)."""
+        return re.findall(self.hparams.token_pattern, text) if self.hparams.token_pattern else text.split()
+
+    @torch.no_grad()
+    def tag_tokens(self, sentences: list[list[str]]) -> list[list[str]]:
+        """One UPOS tag per token of each sentence; unknown words go through <unk>, as in training."""
+        if not self.hparams.words:
+            raise ValueError("this checkpoint has no word list (trained before it was saved); train it again to tag text")
+        stoi = {w: i for i, w in enumerate(self.hparams.words)}
+        norm = str.lower if self.hparams.lowercase else str
+        ids = [torch.tensor([stoi.get(norm(w), UNK_ID) for w in sent] or [PAD_ID]) for sent in sentences]
+        lengths = torch.tensor([len(s) for s in sentences])  # [batch]
+        words = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=PAD_ID)  # [batch, T]
+        was_training = self.training
+        self.eval()
+        best = self(words.to(self.device), lengths).argmax(-1).tolist()  # [batch, T]
+        self.train(was_training)
+        return [[self.hparams.tag_names[t] for t in row[: len(sent)]] for row, sent in zip(best, sentences)]
 
     def _loss(self, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, int]:
         words, tags, lengths = batch  # [batch, T], [batch, T], [batch]

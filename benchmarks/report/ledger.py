@@ -137,10 +137,11 @@ def publish(params: dict[str, Any], name: str, results_dir: Path, ledger_dir: Pa
     """Write ledger/<name>.json and ledger/metrics/<name>.json; returns the first."""
     from benchmarks.core.params import experiment_from_params
     from benchmarks.core.provenance import code_hash
+    from benchmarks.run.model_logging import publish_model
     from benchmarks.run.results import write_json
 
     exp = experiment_from_params(params, name)
-    record = build_record(exp, results_dir, code_hash(exp))
+    record = publish_model(exp, build_record(exp, results_dir, code_hash(exp)), results_dir)  # registry; no local paths
     ledger = ledger_dir or ledger_dir_for(results_dir)
     copy_sample_files(record, results_dir / name, ledger)
     write_json(ledger / f"{name}.json", record)

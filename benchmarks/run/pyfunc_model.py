@@ -1,12 +1,24 @@
-"""The pyfunc face of a suite checkpoint (logged by model_logging.py): what ``mlflow.pyfunc.load_model`` returns."""
+"""The pyfunc face of a suite checkpoint (logged by model_logging.py): what ``mlflow.pyfunc.load_model`` returns.
+
+Logged as MLflow's "model from code": this file is copied into the model and run on load, and its last line
+hands MLflow the model object, so nothing is pickled. Loading needs the suite importable (run it in the project,
+or `pip install` it).
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import mlflow.models
 import mlflow.pyfunc
 
 from benchmarks.run.model_logging import CHECKPOINT, generate_images, model_kind
+
+
+# MLflow warns, when a PythonModel subclass is defined, that predict has no type hints: its signature is given at
+# log time instead (model_logging.signature), one per kind of model.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class ArchbenchModel(mlflow.pyfunc.PythonModel):
@@ -24,7 +36,8 @@ class ArchbenchModel(mlflow.pyfunc.PythonModel):
             context.artifacts[CHECKPOINT], map_location="cpu", weights_only=False)
         self.model.eval()
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # No type hints here: MLflow reads predict's hints as a signature of their own, and ours is given at log time.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import numpy as np
         import torch
 
@@ -42,3 +55,6 @@ class ArchbenchModel(mlflow.pyfunc.PythonModel):
         images = [generate_images(model, 1, int(s), None if lab is None else torch.tensor([int(lab)]))[0]
                   for s, lab in zip(model_input["seed"], labels)]
         return np.stack([img.cpu().numpy().astype(np.float32) for img in images])  # [rows, C, H, W]
+
+
+mlflow.models.set_model(ArchbenchModel())

@@ -8,7 +8,6 @@ e.g. the lowest ``val/loss``), ``--seed N`` a given one, and ``models:/archbench
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,25 +36,17 @@ def seed_checkpoint(results_dir: Path, experiment: str, seed: int) -> Path:
 
 
 def best_seed(exp: Any, results_dir: Path) -> tuple[int, str]:
-    """The finished seed with the best monitored validation value, and how it was chosen."""
+    """The trained seed with the best monitored validation value, and how it was chosen."""
+    from benchmarks.run.model_logging import best_seed as best_of
     from benchmarks.run.results import load_seed_results
-    from lightning_modules import MODELS
 
-    cls = MODELS[exp.model]
-    monitor, mode = getattr(cls, "monitor", "val/loss"), getattr(cls, "monitor_mode", "min")
-    finished = {s: r for s, r in load_seed_results(results_dir / exp.name).items()
+    finished = {s: r["metrics"] for s, r in load_seed_results(results_dir / exp.name).items()
                 if s in exp.seeds and seed_checkpoint(results_dir, exp.name, s).is_file()}
-    if not finished:
+    best = best_of(exp.model, finished)
+    if best is None:
         raise ArchbenchError(f"{exp.name} has no trained seed (no {results_dir / exp.name / 'seeds'}/seed_N/best.ckpt); "
                              f"train it first: archbench train {exp.name}")
-    sign = 1.0 if mode == "min" else -1.0
-
-    def score(seed: int) -> float:
-        value = finished[seed]["metrics"].get(f"{monitor}_best")
-        return sign * float(value) if value is not None and math.isfinite(float(value)) else math.inf
-
-    best = min(sorted(finished), key=score)
-    return best, f"best of {len(finished)} by {monitor}" if len(finished) > 1 else "its only trained seed"
+    return best, "its only trained seed" if len(finished) == 1 else f"the best of {len(finished)} by validation"
 
 
 def load_checkpoint(model_name: str, path: Path) -> Any:

@@ -23,13 +23,21 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-_STORE = re.compile(r"^(sqlite|file):/*(?=/)")  # sqlite:////abs/x.db, file:///abs/mlruns
+_STORES = {"sqlite": "sqlite:///", "file": "file://"}  # sqlite:////abs/x.db (sqlite:///x.db is relative), file:///abs
 _WINDOWS = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _store(value: str) -> tuple[str | None, str]:
+    """(the store kind, the path in it) of a local store URI; (None, value) for anything else."""
+    for kind, prefix in _STORES.items():
+        if value.startswith(prefix):
+            return kind, value.removeprefix(prefix)
+    return None, value
 
 
 def is_absolute_path(value: str) -> bool:
     """True for a string that names a file by an absolute path (or a local store URI holding one)."""
-    text = _STORE.sub("", value)
+    text = _store(value)[1]
     return text.startswith(("/", "~")) or bool(_WINDOWS.match(text))
 
 
@@ -45,13 +53,13 @@ def portable_path(path: str, root: Path) -> str:
 def portable_value(value: str, root: Path) -> str:
     if not is_absolute_path(value):
         return value
-    match = _STORE.match(value)
-    if match and match.group(1) == "sqlite":
-        db = Path(_STORE.sub("", value))
+    kind, path = _store(value)
+    if kind == "sqlite":
+        db = Path(path)
         inside = db.is_relative_to(root)
-        return f"sqlite ({'project ' if inside else ''}{portable_path(str(db), root) if inside else db.name})"
-    if match:
-        return f"{match.group(1)} ({portable_path(_STORE.sub('', value), root)})"
+        return f"sqlite ({'project ' if inside else ''}{portable_path(path, root) if inside else db.name})"
+    if kind:
+        return f"{kind} ({portable_path(path, root)})"
     return portable_path(value, root)
 
 

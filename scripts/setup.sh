@@ -29,4 +29,6 @@ if [ -n "$extras" ]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
+# Vega for `dvc plots show`'s offline page (npm registry; see scripts/vega.sh).
+bash scripts/vega.sh
 echo "archbench set up in .venv (activate with: source .venv/bin/activate)"

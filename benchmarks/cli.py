@@ -149,7 +149,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     import time
 
-    from benchmarks.report.ledger import compare_rows, format_compare, ledger_dir_for, load_ledger_at
+    from benchmarks.report.ledger import (compare_rows, format_compare, ledger_dir_for, load_ledger_at,
+                                          nothing_to_compare)
 
     params = load_params(args.params)
     results_dir = Path(settings(params)["results_dir"])
@@ -161,7 +162,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         from benchmarks.report.site.build import gather
 
         ours = gather(results_dir, {}, None, None)["entries"]
-        print(format_compare(compare_rows(ours, ledger or {}), args.compare))
+        rows = compare_rows(ours, ledger or {})
+        if not rows:  # the site is written, but there is no comparison to show
+            raise ArchbenchError(nothing_to_compare(ours, ledger or {}, args.compare))
+        print(format_compare(rows, args.compare))
     return 0
 
 

@@ -194,6 +194,19 @@ def compare_rows(ours: dict[str, dict[str, Any]], ledger: dict[str, dict[str, An
     return rows
 
 
+def nothing_to_compare(ours: dict[str, Any], ledger: dict[str, Any], rev: str) -> str:
+    """Why ``report --compare`` found no pair: which side lacks what, and what would make one."""
+    if not ours:
+        return (f"nothing to compare: you have no finished experiment under results/ (the ledger at {rev} has "
+                f"{len(ledger)}: {', '.join(sorted(ledger)[:6]) or 'none'}); run one of them, e.g. "
+                f"`archbench train {min(ledger) if ledger else 'EXP'}`, then compare again")
+    if not ledger:
+        return f"nothing to compare: the ledger at {rev} is empty; publish an experiment there first (archbench publish EXP)"
+    return (f"nothing to compare: your runs ({', '.join(sorted(ours)[:6])}) are not in the ledger at {rev} "
+            f"({', '.join(sorted(ledger)[:6])}); train one of the ledger's experiments, e.g. "
+            f"`archbench train {min(ledger)}`, or publish yours and commit ledger/")
+
+
 def format_compare(rows: list[dict[str, Any]], rev: str) -> str:
     """The CLI's compare table, one line per experiment and metric."""
     if not rows:

@@ -23,7 +23,8 @@ from benchmarks.core.errors import ArchbenchError
 PARAMS_ENV = "ARCHBENCH_PARAMS"
 EXPERIMENT_SECTIONS = ("experiments", "full_experiments")
 SECTIONS = {"settings", "experiments", "full_experiments", "studies", "full_studies", "claims", "full_claims", "density"}
-EXPERIMENT_KEYS = {"model", "data", "model_args", "data_args", "trainer", "seeds", "description", "extends", "continues"}
+EXPERIMENT_KEYS = {"model", "data", "model_args", "data_args", "trainer", "seeds", "description", "extends", "continues",
+                   "tuned_by"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Experiment:
     profile: str = "default"
     description: str = ""
     continues: str | None = None  # the experiment whose best checkpoint (same seed) this one goes on from
+    tuned_by: str | None = None  # the study whose best parameters it uses (shown in the report; not in the hash)
 
     def as_dict(self) -> dict[str, Any]:
         # "continues" only when set, so every other experiment keeps its config hash.
@@ -153,6 +155,9 @@ def experiment_from_params(params: dict[str, Any], name: str) -> Experiment:
     if continues is not None and (not isinstance(continues, str) or continues not in table or continues == name):
         raise ArchbenchError(f"experiment '{name}': 'continues' must name another experiment in params.yaml, "
                              f"got {continues!r}")
+    tuned_by = raw.get("tuned_by")
+    if tuned_by is not None and tuned_by not in (params.get("studies") or {}) | (params.get("full_studies") or {}):
+        raise ArchbenchError(f"experiment '{name}': 'tuned_by' must name a study in params.yaml, got {tuned_by!r}")
     data_args = dict(raw.get("data_args") or {})
     return Experiment(
         name=name,
@@ -165,6 +170,7 @@ def experiment_from_params(params: dict[str, Any], name: str) -> Experiment:
         profile=table[name][0],
         description=str(raw.get("description", "")),
         continues=continues,
+        tuned_by=tuned_by,
     )
 
 

@@ -158,9 +158,11 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
     import torch
 
     from benchmarks.core.provenance import code_hash, git_commit, lock_state, machine
+    from benchmarks.run.compute import CpuClock
     from benchmarks.run.fit import fit_and_test, seed_and_build
     from benchmarks.run.tracking import ensure_tracking_store, flatten, package_versions, set_status, tracking_uri
 
+    cpu_started = time.process_time()  # data and model building count too
     args = validate_run(exp, opts)
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -199,8 +201,9 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
         extra = {f"exp.{k}": v for k, v in flatten(exp.as_dict()).items() if not k.startswith("model_args.")}
         logger.log_hyperparams(extra | {"seed": seed, "data_hash": data_hash, "git_commit": commit, "code_hash": fp.code_hash,
                                         "config_hash": exp.config_hash(), "parameters": n_params} | package_versions())
+        clock = CpuClock(state, resumed=resume_from is not None and opts.continue_from is None, started=cpu_started)
         fitted = fit_and_test(exp, seed, model, dm, args, state, logger, resume_from,
-                              extra_callbacks=opts.extra_callbacks, monitor=opts.monitor, progress_bar=opts.progress_bar,
+                              extra_callbacks=[clock, *opts.extra_callbacks], monitor=opts.monitor, progress_bar=opts.progress_bar,
                               divergence_ratio=opts.divergence_ratio, skip_test=opts.skip_test)
         stop, fit_s = fitted.stopped_by, fitted.fit_s
         budget = {k: args.get(k) for k in ("max_epochs", "max_steps", "max_time")}
@@ -213,7 +216,7 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
         }
         provenance = {"run_id": run_id, "tracking_uri": tracking_uri(opts.project_dir), "git_commit": commit,
                       "dvc_lock": lock_state(opts.project_dir), "machine": machine(torch.get_num_threads()),
-                      "device": str(model.device), "fit_s": fit_s, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                      "device": str(model.device), "fit_s": fit_s, "cpu_s": clock.total(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if rank0:
             client = logger.experiment
             client.set_tag(run_id, "stopped_by", stop)

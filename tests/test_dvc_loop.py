@@ -82,7 +82,7 @@ def test_the_dvc_experiment_loop_as_the_readme_runs_it(repo: Path, tmp_path: Pat
     # It ran, and reran only the experiment it names (and the report): no other training, no study, no claim.
     trains = re.findall(r"Running stage 'train@(\w+)'", out)
     assert trains == [key.split(".")[1]], out[-3000:]
-    assert "Running stage 'tune@" not in out and "Running stage 'claim@" not in out and "'density'" not in out
+    assert "Running stage 'tune@" not in out and "Running stage 'claim@" not in out and "Running stage 'density'" not in out
     assert "Running stage 'report'" in out
     # params.yaml changed in that value alone.
     params_after = yaml.safe_load((repo / "params.yaml").read_text())

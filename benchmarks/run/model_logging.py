@@ -42,15 +42,15 @@ def model_kind(model: Any) -> str:
     return "none"
 
 
-def generate_images(model: Any, n: int, seed: int, labels: Any = None) -> Any:
+def generate_images(model: Any, n: int, seed: int, label: int | None = None) -> Any:
     """n images [n, C, H, W] in [0, 1] from any of the suite's generators, from a seeded CPU generator.
 
     The GAN has ``generate(n, seed)``; the VAEs and DDPM ``sample(n, generator=...)``. A class-conditional
-    generator has ``generate(n, seed, labels=LongTensor [n])`` and ``num_classes`` in its hparams."""
+    generator (the cgan) has ``generate(n, seed, label=K)`` and ``num_classes`` in its hparams."""
     import torch
 
-    if labels is not None:
-        return model.generate(n, seed, labels=labels)
+    if label is not None:
+        return model.generate(n, seed, label=label)
     if hasattr(model, "generate"):
         return model.generate(n, seed)
     was_training = model.training
@@ -95,7 +95,7 @@ def _conditional(model: Any) -> bool:
     import inspect
 
     generate = getattr(model, "generate", None)
-    return generate is not None and "labels" in inspect.signature(generate).parameters
+    return generate is not None and "label" in inspect.signature(generate).parameters
 
 
 @contextmanager

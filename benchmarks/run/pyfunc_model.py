@@ -57,7 +57,7 @@ with warnings.catch_warnings():  # the same warning for this class, whose predic
                 sentences = [model.tokenize(str(t)) for t in model_input["text"]]
                 return [" ".join(f"{w}/{t}" for w, t in zip(s, tags)) for s, tags in zip(sentences, model.tag_tokens(sentences))]
             labels = model_input["label"] if "label" in model_input else [None] * len(model_input)
-            images = [generate_images(model, 1, int(s), None if lab is None else torch.tensor([int(lab)]))[0]
+            images = [generate_images(model, 1, int(s), None if lab is None else int(lab))[0]
                       for s, lab in zip(model_input["seed"], labels)]
             return np.stack([img.cpu().numpy().astype(np.float32) for img in images])  # [rows, C, H, W]
 

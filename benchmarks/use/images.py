@@ -4,8 +4,8 @@ The grid is the images tiled as the report's figures tile them (lightning_module
 pixel of white between images), written pixel for pixel with Pillow, each image pixel ``scale`` x ``scale``:
 16 images of 28x28 at scale 2 make a (4 * 29 + 1) * 2 = 234 pixel square.
 
-A class-conditional generator is any model whose ``generate`` takes ``labels``:
-``generate(n: int, seed: int, labels: LongTensor [n]) -> images [n, C, H, W] in [0, 1]``, with the number of
+A class-conditional generator is any model whose ``generate`` takes a ``label`` (the cgan):
+``generate(n: int, seed: int, label: int | None = None) -> images [n, C, H, W] in [0, 1]``, with the number of
 classes in ``hparams.num_classes``. ``--label K`` draws every image of the grid from class K.
 """
 
@@ -21,13 +21,11 @@ from benchmarks.core.errors import ArchbenchError
 
 def is_conditional(model: Any) -> bool:
     generate = getattr(model, "generate", None)
-    return generate is not None and "labels" in inspect.signature(generate).parameters
+    return generate is not None and "label" in inspect.signature(generate).parameters
 
 
 def draw(model: Any, count: int, seed: int, label: int | None, name: str) -> Any:
     """``count`` images [count, C, H, W] in [0, 1], of class ``label`` when given (conditional models only)."""
-    import torch
-
     from benchmarks.run.model_logging import generate_images
 
     if count < 1:
@@ -35,12 +33,12 @@ def draw(model: Any, count: int, seed: int, label: int | None, name: str) -> Any
     if label is None:
         return generate_images(model, count, seed)
     if not is_conditional(model):
-        raise ArchbenchError(f"{name} is not class-conditional: drop --label (a conditional generator takes "
-                             f"generate(n, seed, labels=...))")
+        raise ArchbenchError(f"{name} is not class-conditional: drop --label (a conditional generator, e.g. the "
+                             f"cgan, takes generate(n, seed, label=K))")
     classes = int(model.hparams.num_classes)
     if not 0 <= label < classes:
         raise ArchbenchError(f"--label {label}: {name} has classes 0..{classes - 1}")
-    return generate_images(model, count, seed, torch.full((count,), label, dtype=torch.long))
+    return generate_images(model, count, seed, label)
 
 
 def grid_size(count: int, height: int, width: int, scale: int) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-MACHINE_FIELDS = ("host", "cpu_model", "cpu_capability", "cores", "threads", "gpu", "torch", "lstm_step")
+MACHINE_FIELDS = ("host", "cpu_model", "cpu_capability", "cores", "threads", "gpu", "cudnn", "torch")
 MEASURED = "process CPU time"
 ESTIMATED = "wall time x torch threads (an upper bound)"
 

@@ -125,14 +125,27 @@ class CharLM(pl.LightningModule):
         self.log("train/loss", mean, on_step=False, on_epoch=True, prog_bar=True, batch_size=total)
         return mean
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        x, y = batch
+    def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> None:
+        x, y = batch[0], batch[1]  # [batch, time] each
         logits, _ = self(x)
-        n = int((y != IGNORE).sum())
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-        # Weighted by target count so the epoch value is the per-character mean, not a mean of batch means.
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
-        self.log(f"{stage}/bpc", loss / math.log(2), on_epoch=True, batch_size=n, sync_dist=True)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="none").view_as(y)
+        counted = y != IGNORE  # [batch, time]
+        if len(batch) == 3:  # test windows (tag 1) with val windows (tag 0): also val + test as one text
+            self._log_mean(f"{stage}/loss_valtest", losses, counted)
+            counted = counted & (batch[2] == 1)[:, None]
+        loss = self._log_mean(f"{stage}/loss", losses, counted, prog_bar=stage == "val")
+        if loss is not None:
+            self.log(f"{stage}/bpc", loss / math.log(2), on_epoch=True, batch_size=int(counted.sum()), sync_dist=True)
+
+    def _log_mean(self, key: str, losses: Tensor, counted: Tensor, prog_bar: bool = False) -> Tensor | None:
+        """Logs the mean loss over the counted targets; weighted by their number, so the epoch value is the
+        per-character mean over the split, not a mean of batch means. None when the batch counts none."""
+        n = int(counted.sum())
+        if not n:
+            return None
+        loss = (losses * counted).sum() / n
+        self.log(key, loss, on_epoch=True, prog_bar=prog_bar, batch_size=n, sync_dist=True)
+        return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -144,7 +157,10 @@ class CharLM(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def metric_settings(self) -> dict[str, str]:
-        return {"loss_unit": "nats per character", "bpc": "loss / ln 2"}
+        return {"loss_unit": "nats per character", "bpc": "loss / ln 2",
+                "eval_context": "windows scored from a zero state, each target seeing only its window's earlier chars",
+                "loss_valtest": "test pass on tiny-shakespeare: the per-character loss over the val and test windows "
+                                "together (the text's last 10%, nanoGPT's validation split)"}
 
     # ---- sampling -------------------------------------------------------------------------------
     def _start(self) -> int:

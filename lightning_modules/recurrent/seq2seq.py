@@ -40,7 +40,11 @@ class Seq2Seq(pl.LightningModule):
     ``val/loss`` and ``test/loss`` are the teacher-forced NLL in nats per target token (<eos> included,
     no label smoothing, whatever ``label_smoothing`` trains with); ``*/ppl`` is exp of that epoch mean.
     BLEU: sacrebleu on detokenized hypotheses against the datamodule's raw references
-    (``references(split)``), greedy at validation, beam search (``beam_size`` > 1) at test.
+    (``references(split)``), greedy at validation; at test both, ``test/bleu`` with beam search (``beam_size``)
+    and ``test/bleu_greedy``, the figure that sits beside greedy anchors.
+
+    ``early_stopping_patience``: the budget stays ``max_epochs``, and Lightning's EarlyStopping ends the fit once
+    val/loss has not improved for that many epochs (recorded as ``stopped_by: early_stopping``).
     """
 
     monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
@@ -70,13 +74,16 @@ class Seq2Seq(pl.LightningModule):
         impl: str = "auto",
         src_itos: list[str] | None = None,
         token_pattern: str = "",
+        early_stopping_patience: int | None = None,
     ) -> None:
         super().__init__()
         for name, value, low in (("src_vocab_size", src_vocab_size, len(SPECIALS) + 1),
                                  ("tgt_vocab_size", tgt_vocab_size, len(SPECIALS) + 1), ("embed_dim", embed_dim, 1),
                                  ("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1),
                                  ("beam_size", beam_size, 1), ("max_decode_len", max_decode_len, 1),
-                                 ("sample_count", sample_count, 0)):
+                                 ("sample_count", sample_count, 0),
+                                 *((("early_stopping_patience", early_stopping_patience, 1),)
+                                   if early_stopping_patience is not None else ())):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if len(tgt_itos) != tgt_vocab_size or tuple(tgt_itos[: len(SPECIALS)]) != SPECIALS:
@@ -170,10 +177,19 @@ class Seq2Seq(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        patience = self.hparams.early_stopping_patience
+        if patience is None:
+            return []
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        return [EarlyStopping(monitor="val/loss", mode="min", patience=patience)]
+
     # ---- evaluation -----------------------------------------------------------------------------
     def _reset_eval(self) -> None:
         self._nll, self._tokens = 0.0, 0
         self._hyps: list[str] = []
+        self._greedy: list[str] = []  # greedy decodes beside beam search at test, for the greedy anchors
         self._tgt_refs: list[str] = []  # detokenized targets: the fallback references without a datamodule
 
     def _eval_step(self, batch: tuple[Tensor, Tensor, Tensor], beam_size: int) -> None:
@@ -183,23 +199,26 @@ class Seq2Seq(pl.LightningModule):
         self._nll += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD, reduction="sum"))
         self._tokens += int((target != PAD).sum())
         self._hyps += self.translate(src, src_len, beam_size)
+        if self._trainer is not None and self.trainer.testing:
+            self._greedy += self._hyps[-len(src):] if beam_size == 1 else self.translate(src, src_len, 1)
         self._tgt_refs += [self.detok(row) for row in tgt.tolist()]
 
-    def _gathered(self) -> tuple[float, int, list[str], list[str]]:
-        """The summed NLL, token count, hypotheses and target references: this rank's, or under DDP all
-        ranks' (each decoded its own shard), so every rank logs the same corpus-level numbers."""
+    def _gathered(self) -> tuple[float, int, list[str], list[str], list[str]]:
+        """The summed NLL, token count, hypotheses, greedy hypotheses (test) and target references: this rank's,
+        or under DDP all ranks' (each decoded its own shard), so every rank logs the same corpus-level numbers."""
         if self._trainer is None or self.trainer.world_size == 1:
-            return self._nll, self._tokens, self._hyps, self._tgt_refs
+            return self._nll, self._tokens, self._hyps, self._greedy, self._tgt_refs
         import torch.distributed as dist
 
         sums = torch.tensor([self._nll, float(self._tokens)], dtype=torch.float64, device=self.device)
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         parts: list[Any] = [None] * self.trainer.world_size
-        dist.all_gather_object(parts, (self._hyps, self._tgt_refs))
-        return float(sums[0]), int(sums[1]), [h for p in parts for h in p[0]], [r for p in parts for r in p[1]]
+        dist.all_gather_object(parts, (self._hyps, self._greedy, self._tgt_refs))
+        return (float(sums[0]), int(sums[1]), [h for p in parts for h in p[0]], [g for p in parts for g in p[1]],
+                [r for p in parts for r in p[2]])
 
     def _eval_end(self, stage: str) -> None:
-        nll, tokens, hyps, tgt_refs = self._gathered()
+        nll, tokens, hyps, greedy, tgt_refs = self._gathered()
         if not tokens:
             return
         loss = nll / tokens
@@ -208,6 +227,8 @@ class Seq2Seq(pl.LightningModule):
         self.log(f"{stage}/ppl", math.exp(min(loss, 50.0)), sync_dist=True)
         refs, kind = self._references(stage, len(hyps), tgt_refs)
         self.log(f"{stage}/bleu", corpus_bleu(hyps, refs), prog_bar=stage == "val", sync_dist=True)
+        if greedy:
+            self.log(f"{stage}/bleu_greedy", corpus_bleu(greedy, refs), sync_dist=True)
         if stage == "test":
             self._bleu_info = {"bleu_references": kind, "bleu_sentences": len(hyps)}
         self._reset_eval()
@@ -260,6 +281,9 @@ class Seq2Seq(pl.LightningModule):
             "length_penalty": f"GNMT ((5+|y|)/6)**alpha, alpha={self.hparams.length_penalty}",
             "max_decode_len": self.hparams.max_decode_len,
             "val_bleu_decoding": "greedy",
+            "bleu_greedy": "test BLEU of greedy decodes, the same references and tokenizer",
+            "early_stopping": (f"val/loss, patience {self.hparams.early_stopping_patience} epochs"
+                               if self.hparams.early_stopping_patience else "none"),
             "loss_unit": "nats per target token incl. <eos>, teacher forced, no label smoothing",
             "ppl": "exp(loss)",
         } | self._bleu_info

@@ -169,6 +169,7 @@ def run_claim(params: dict[str, Any], name: str, opts: Any, worker: bool = False
     last worker to finish writes the table.
     """
     from benchmarks.run.build import check_experiment
+    from benchmarks.run.run_groups import claim_parent_tags
 
     profile, conf = claim_config(params, name)
     cells = cell_experiments(name, profile, conf)
@@ -176,6 +177,7 @@ def run_claim(params: dict[str, Any], name: str, opts: Any, worker: bool = False
         check_experiment(exp)
     out = opts.results_dir / "claims" / name
     _drop_stale_table(out, conf)
+    opts = dataclasses.replace(opts, tags=opts.tags | claim_parent_tags(name, conf.get("statement", ""), opts))
     if not _work(name, list(cells.values()), out / "runs", dataclasses.replace(opts, results_dir=out / "runs"),
                  opts.results_dir / "claims" / ".leases" / name, worker, stale_after_s):
         return None

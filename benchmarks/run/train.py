@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmarks.core.errors import ArchbenchError
 from benchmarks.run.build import check_experiment, trainer_args
+from benchmarks.run.model_logging import log_seed_model
 from benchmarks.core.params import Experiment
 from benchmarks.run.results import load_seed_results, merge_seeds, seed_results_dir, write_seed_results
 from benchmarks.run.run_state import Fingerprint, check_checkpoint, discard_checkpoints, resume_point, write_fingerprint
@@ -72,11 +73,11 @@ def _is_global_zero() -> bool:
 
 def validate_run(exp: Experiment, opts: RunOptions) -> dict[str, Any]:
     """Every check that needs no data, before anything is written; returns the Trainer arguments."""
-    from benchmarks.run.validate import check_budget, check_trainer, check_values, check_writable
+    from benchmarks.run.validate import check_budget, check_trainer, check_values, check_writable, resolve_strategy
 
     check_experiment(exp)
     check_values(exp)
-    args = trainer_args(exp, opts.trainer_overrides)
+    args = resolve_strategy(exp, trainer_args(exp, opts.trainer_overrides))
     check_budget(exp, args)
     if opts.results_dir is not None:
         check_writable(opts.results_dir, "results_dir")
@@ -222,6 +223,7 @@ def run_seed(exp: Experiment, seed: int, opts: RunOptions) -> dict[str, Any]:
             for path in (fitted.best_path, fitted.last_path):
                 if path:
                     client.log_artifact(run_id, path, "checkpoints")
+            log_seed_model(exp, seed, fitted.best_path, run_id, tracking_uri(opts.project_dir), opts.tags)
             client.log_dict(run_id, result | {"provenance": provenance}, "result.json")
             (state / "done.json").write_text(json.dumps(result, indent=2, default=str))
             if opts.results_dir is not None:

@@ -42,6 +42,8 @@ ORACLES: dict[str, tuple[str, ...]] = {
     "test/d_loss": ("test_gan.py::test_objective_matches_a_hand_computation",),
     "test/cycle_l1": ("test_pix2pix_cyclegan.py::test_cycle_loss_is_zero_for_identity_generators",),
     "test/cond_acc": ("test_cgan.py::test_conditional_accuracy_matches_a_direct_count",),
+    "test/bleu_greedy": ("test_metric_oracles.py::test_seq2seq_logs_the_bleu_of_its_hypotheses_against_the_references",),
+    "test/loss_valtest": ("test_metric_oracles.py::test_char_lm_loss_over_val_and_test_together_is_a_count_by_hand",),
 }
 NO_ORACLE_YET: dict[str, str] = {
     "test/l1": "pix2pix's L1 against a numpy mean |G(x) - y| on fixed images",
@@ -53,8 +55,6 @@ NO_ORACLE_YET: dict[str, str] = {
     "test/fid_ratio": "mean test/fid over mean test/fid_floor recomputed from the per-draw values",
     "test/elbo": "against torch.distributions log-densities of one fixed draw",
     "test/recon": "as test/elbo",
-    "test/bleu_greedy": "as test/bleu, on greedy decodes (no model logs it yet)",
-    "test/loss_valtest": "as the char LM's test/loss, counted over the val and test text together",
 }
 
 
@@ -88,6 +88,10 @@ def test_every_ranked_metric_names_its_oracle() -> None:
 HYPS = ["The cat sat on the mat", "Two dogs play in the snow"]
 REFS = ["the cat sat on a mat", "two dogs are playing in the snow"]
 HAND_BLEU = 100 * math.exp(-1 / 12) * 2 ** (-5 / 4)  # 38.683...
+# The first hypothesis right, the second as above: 1: 6+5 / 12, 2: 5+3 / 10, 3: 4+1 / 8, 4: 3+0 / 6, lengths 12
+# and 13: BLEU = 100 * exp(-1/12) * (11/12 * 8/10 * 5/8 * 3/6) ** (1/4) = 100 * exp(-1/12) * (11/48) ** (1/4).
+HYPS_2 = ["The cat sat on a mat", "Two dogs play in the snow"]
+HAND_BLEU_2 = 100 * math.exp(-1 / 12) * (11 / 48) ** (1 / 4)  # 63.4...
 
 
 def test_bleu_is_sacrebleus_on_a_hand_counted_corpus() -> None:
@@ -101,6 +105,9 @@ def test_bleu_is_sacrebleus_on_a_hand_counted_corpus() -> None:
     assert direct.counts == [10, 6, 3, 1] and direct.totals == [12, 10, 8, 6]
     assert (direct.sys_len, direct.ref_len) == (12, 13) and direct.score == pytest.approx(HAND_BLEU, rel=1e-12)
     assert corpus_bleu(REFS, REFS) == pytest.approx(100.0) and corpus_bleu(HYPS[::-1], REFS) < 5
+    second = sacrebleu.corpus_bleu(HYPS_2, [REFS], lowercase=True)
+    assert second.counts == [11, 8, 5, 3] and second.totals == [12, 10, 8, 6]
+    assert corpus_bleu(HYPS_2, REFS) == pytest.approx(HAND_BLEU_2, rel=1e-12)
     assert bleu_signature() == f"nrefs:1|case:lc|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}"
 
 
@@ -139,12 +146,16 @@ def test_seq2seq_logs_the_bleu_of_its_hypotheses_against_the_references(monkeypa
     src = torch.tensor([[5, 6, 7, EOS], [8, 9, EOS, PAD]])  # [batch, S]
     src_len = torch.tensor([4, 3])
     tgt = torch.tensor([[BOS, 4, 5, 6, 7, EOS], [BOS, 8, 9, EOS, PAD, PAD]])  # [batch, T]
-    monkeypatch.setattr(model, "translate", lambda s, sl, beam_size=None: list(HYPS[: s.size(0)]))
+    # greedy decodes (beam width 1: val, and test's bleu_greedy) say HYPS, beam search (test) says HYPS_2
+    monkeypatch.setattr(model, "translate", lambda s, sl, beam_size=None: list((HYPS if beam_size == 1 else HYPS_2)
+                                                                               [: s.size(0)]))
     dm = _PairsData((src, src_len, tgt), REFS)
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     val = trainer.validate(model, datamodule=dm, verbose=False)[0]
     test = trainer.test(model, datamodule=dm, verbose=False)[0]
-    assert val["val/bleu"] == pytest.approx(HAND_BLEU, rel=1e-6) and test["test/bleu"] == pytest.approx(HAND_BLEU, rel=1e-6)
+    assert val["val/bleu"] == pytest.approx(HAND_BLEU, rel=1e-6) and "val/bleu_greedy" not in val
+    assert test["test/bleu"] == pytest.approx(HAND_BLEU_2, rel=1e-6)
+    assert test["test/bleu_greedy"] == pytest.approx(HAND_BLEU, rel=1e-6)
     settings = model.metric_settings()
     assert settings["bleu_sentences"] == 2 and settings["bleu_references"] == "raw references (cased, untokenized)"
 
@@ -193,7 +204,35 @@ def test_char_lm_loss_is_a_count_by_hand_of_the_text(one_thread: None) -> None:
     test = _trainer().test(model, datamodule=dm, verbose=False)[0]
     assert test["test/loss"] == pytest.approx(hand, rel=1e-6)
     assert test["test/bpc"] == pytest.approx(hand / math.log(2), rel=1e-6)
-    assert model.metric_settings() == {"loss_unit": "nats per character", "bpc": "loss / ln 2"}
+    settings = model.metric_settings()
+    assert (settings["loss_unit"], settings["bpc"]) == ("nats per character", "loss / ln 2")
+
+
+def test_char_lm_loss_over_val_and_test_together_is_a_count_by_hand(one_thread: None) -> None:
+    """tiny-shakespeare's test pass tags each window val (0) or test (1): test/loss counts the test windows,
+    test/loss_valtest both. Three windows of a tiny text, one padded, counted by hand."""
+    from lightning_modules.recurrent.char_lm import IGNORE
+
+    vocab = "\nehlo"
+    probs = {"h": 0.1, "e": 0.3, "l": 0.25, "o": 0.15, "\n": 0.2}
+    model = _fixed_distribution_lm(vocab, probs)
+    ids = {c: i for i, c in enumerate(vocab)}
+    targets = ["hell", "eel\n", "oh"]  # val window; test windows (the last one padded)
+    y = torch.full((3, 4), IGNORE)  # [batch, time]
+    for row, text in enumerate(targets):
+        y[row, : len(text)] = torch.tensor([ids[c] for c in text])
+    x = torch.zeros(3, 4, dtype=torch.long)  # what the model reads does not matter to it
+    batch = (x, y, torch.tensor([0, 1, 1]))
+    # all three: h 2, e 3, l 3, o 1, "\n" 1 (10 characters); the test windows alone: h 1, e 2, l 1, o 1, "\n" 1 (6)
+    both = {"h": 2, "e": 3, "l": 3, "o": 1, "\n": 1}
+    test_only = {"h": 1, "e": 2, "l": 1, "o": 1, "\n": 1}
+    assert Counter("".join(targets)) == both and Counter("".join(targets[1:])) == test_only
+    hand = {name: -sum(n * math.log(probs[c]) for c, n in counts.items()) / sum(counts.values())
+            for name, counts in (("both", both), ("test", test_only))}
+    test = _trainer().test(model, dataloaders=DataLoader([batch], batch_size=None), verbose=False)[0]
+    assert test["test/loss_valtest"] == pytest.approx(hand["both"], rel=1e-6)
+    assert test["test/loss"] == pytest.approx(hand["test"], rel=1e-6)
+    assert test["test/bpc"] == pytest.approx(hand["test"] / math.log(2), rel=1e-6)
 
 
 def test_char_lm_loss_is_the_per_character_mean_over_padded_batches(one_thread: None) -> None:

@@ -443,3 +443,21 @@ def test_a_seed_on_disk_outside_the_experiments_seeds_is_skipped_not_the_end(tmp
         write_seed(tmp_path, exp, seed, VALUES[seed % 3])
     kept, stale = current_seeds(exp, tmp_path / exp.name, CODE)
     assert sorted(kept) == [0, 5] and stale == []
+
+
+def test_the_headline_file_holds_the_ranked_test_means_to_five_digits(tmp_path: Path) -> None:
+    """results/headline/<exp>.json, the training stage's DVC metrics: seed means of the test metrics that rank
+    models (not val/, not diagnostics, not spreads), to 5 significant digits, and the seed count."""
+    exp = experiment()
+    per_seed = {0: {"test/loss": 1.234567, "test/acc": 0.5, "val/loss": 1.1, "test/grad_norm_first": 3.0,
+                    "test/fid_std": 0.2},
+                1: {"test/loss": 1.345678, "test/acc": 0.75, "val/loss": 1.2, "test/grad_norm_first": 4.0,
+                    "test/fid_std": 0.3},
+                2: {"test/loss": 1.111111, "test/acc": 0.625}}
+    for seed, metrics in per_seed.items():
+        write_seed(tmp_path, exp, seed, metrics)
+    merge_seeds(exp, tmp_path, code=CODE)
+    headline = json.loads((tmp_path / "headline" / "hello_lstm.json").read_text())
+    loss = statistics.mean(m["test/loss"] for m in per_seed.values())
+    assert headline == {"test/loss": float(f"{loss:.5g}"), "test/acc": 0.625, "seeds": 3}
+    assert headline["test/loss"] == 1.2305 and loss != 1.2305  # rounded, not the raw mean 1.230452

@@ -450,7 +450,7 @@ def test_the_headline_file_holds_the_ranked_test_means_to_five_digits(tmp_path: 
     models (not val/, not diagnostics, not spreads), to 5 significant digits, and the seed count."""
     exp = experiment()
     per_seed = {0: {"test/loss": 1.234567, "test/acc": 0.5, "val/loss": 1.1, "test/grad_norm_first": 3.0,
-                    "test/fid_std": 0.2},
+                    "test/fid_std": 0.2, "test/loss_std": 0.1},  # a spread of a ranked key is still a spread
                 1: {"test/loss": 1.345678, "test/acc": 0.75, "val/loss": 1.2, "test/grad_norm_first": 4.0,
                     "test/fid_std": 0.3},
                 2: {"test/loss": 1.111111, "test/acc": 0.625}}

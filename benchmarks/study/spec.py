@@ -106,11 +106,29 @@ def check_metric(study: str, metric: Any, direction: str) -> None:
         raise ArchbenchError(f"study '{study}': {metric} is better when {known.direction}imised; set direction: {wanted}")
 
 
+_DEFINING = ("metric", "direction", "seed", "pruner", "search_space", "trainer")
+
+
+def _digest(parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def definition_hash(conf: dict[str, Any], base: Experiment) -> str:
-    """What a trial's value depends on; n_trials, description and worker settings may change as a study goes on."""
-    keys = ("metric", "direction", "seed", "pruner", "search_space", "trainer")
-    return hashlib.sha256(json.dumps([{k: conf.get(k) for k in keys}, base.as_dict()], sort_keys=True, default=str)
-                          .encode()).hexdigest()[:12]
+    """What a trial's value depends on; n_trials, description and worker settings may change as a study goes on.
+
+    The base experiment counts without the values of the searched keys (every trial sets its own) and without its
+    seeds (a trial runs the study's seed): applying a study's best to its base experiment leaves the study current.
+    """
+    searched = set(conf.get("search_space") or {})
+    shown = base.as_dict() | {"seeds": None,
+                              "model_args": {k: v for k, v in base.model_args.items() if k not in searched}}
+    return _digest([{k: conf.get(k) for k in _DEFINING}, shown])
+
+
+def legacy_definition_hash(conf: dict[str, Any], base: Experiment) -> str:
+    """The stamp studies carried before the base's searched keys and seeds were left out: a study stamped so is
+    restamped where its definition is unchanged (see study.parent and ``archbench tune --restamp-from``)."""
+    return _digest([{k: conf.get(k) for k in _DEFINING}, base.as_dict()])
 
 
 def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:

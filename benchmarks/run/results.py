@@ -18,15 +18,15 @@ its experiment config and code match the current ones: nothing stale is publishe
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
 from benchmarks.core.errors import ArchbenchError
+from benchmarks.core.files import atomic_copy, atomic_write_bytes, atomic_write_json
 from benchmarks.core.params import Experiment
 
 RESULT_FILE = "result.json"
@@ -38,24 +38,22 @@ def seed_results_dir(out: Path, seed: int) -> Path:
     return out / "seeds" / f"seed_{seed}"
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomic: a reader (another worker, the report) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+def write_json(path: Path, data: Any, hint: str = "") -> None:
+    """Atomic: a reader (another worker, the report) never sees half a file; a full disk is one line."""
+    atomic_write_json(path, data, hint)
 
 
-def portable_checkpoint(src: str | Path, dst: Path) -> None:
+def portable_checkpoint(src: str | Path, dst: Path, hint: str = "") -> None:
     """Copy a Lightning checkpoint without its callbacks' state, which holds absolute paths of this machine
-    (and so would change DVC's hash of the output between two clones)."""
+    (and so would change DVC's hash of the output between two clones). Serialised in memory first, so its
+    size is known and a full disk is one line (torch's own file writer reports it as "unexpected pos")."""
     import torch
 
     ckpt = torch.load(src, map_location="cpu", weights_only=False)
     ckpt.pop("callbacks", None)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(dst)
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    atomic_write_bytes(dst, buffer.getvalue(), hint)
 
 
 def write_seed_results(out: Path, state: Path, best_ckpt: str, result: dict[str, Any], provenance: dict[str, Any]
@@ -66,16 +64,18 @@ def write_seed_results(out: Path, state: Path, best_ckpt: str, result: dict[str,
     """
     seed = result["seed"]
     seed_dir = seed_results_dir(out, seed)
-    seed_dir.mkdir(parents=True, exist_ok=True)
+    hint = (f"the trained seed is safe in {state}: `archbench train {result['experiment']} --seed {seed}` "
+            f"writes its results without training it again")
+    (seed_dir / RESULT_FILE).unlink(missing_ok=True)  # first: until the new one is whole, the seed is not complete
     if (state / "curve.csv").is_file():
-        (out / "curves").mkdir(parents=True, exist_ok=True)
-        shutil.copy(state / "curve.csv", out / "curves" / f"seed_{seed}.csv")
+        atomic_copy(state / "curve.csv", out / "curves" / f"seed_{seed}.csv", hint)
     if (state / "samples").is_dir():
-        shutil.copytree(state / "samples", seed_dir / "samples", dirs_exist_ok=True)
+        for sample in sorted(p for p in (state / "samples").rglob("*") if p.is_file()):
+            atomic_copy(sample, seed_dir / "samples" / sample.relative_to(state / "samples"), hint)
     if best_ckpt:
-        portable_checkpoint(best_ckpt, seed_dir / "best.ckpt")
-    write_json(seed_dir / PROVENANCE_FILE, provenance)
-    write_json(seed_dir / RESULT_FILE, result)  # last: its presence means the seed is complete
+        portable_checkpoint(best_ckpt, seed_dir / "best.ckpt", hint)
+    write_json(seed_dir / PROVENANCE_FILE, provenance, hint)
+    write_json(seed_dir / RESULT_FILE, result, hint)  # last: its presence means the seed is complete
 
 
 def load_seed_results(exp_dir: Path) -> dict[int, dict[str, Any]]:

@@ -84,8 +84,9 @@ def check_trainer(exp: Experiment, args: dict[str, Any]) -> None:
     strategy = args.get("strategy")
     if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         from lightning_modules import MODELS
+        from lightning_modules.contracts import declared
 
-        if getattr(MODELS.get(exp.model), "alternates_networks", False):
+        if declared(MODELS[exp.model], "alternates_networks"):
             raise ArchbenchError(f"experiment '{exp.name}': model {exp.model} updates its networks in turn, so each "
                                  f"step leaves one without gradients, which plain DDP refuses; use trainer.strategy: "
                                  f"{strategy}_find_unused_parameters_true")

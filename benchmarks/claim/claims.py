@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.claim.stats import CONFIDENCE, judge, mean_ci, summarise, welch_interval
 from benchmarks.core.errors import ArchbenchError, DivergedError
+from benchmarks.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from benchmarks.core.params import Experiment, deep_merge
 
 __all__ = ["CONFIDENCE", "cell_experiments", "claim_config", "claims_section", "judge", "mean_ci", "run_claim",
@@ -208,11 +209,8 @@ def _settled(exp: Experiment, runs_dir: Path) -> set[int]:
 
 
 def _note_divergence(exp: Experiment, seed: int, runs_dir: Path, reason: str) -> None:
-    path = runs_dir / exp.name / DIVERGED_DIR / f"seed_{seed}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"seed": seed, "config_hash": exp.config_hash(), "reason": reason}) + "\n")
-    tmp.replace(path)
+    atomic_write_json(runs_dir / exp.name / DIVERGED_DIR / f"seed_{seed}.json",
+                      {"seed": seed, "config_hash": exp.config_hash(), "reason": reason})
 
 
 def _conf_hash(conf: dict[str, Any]) -> str:
@@ -290,11 +288,8 @@ def write_table(name: str, conf: dict[str, Any], cells: dict[tuple[str, Any], Ex
     first = next(iter(finished_seeds(next(iter(cells.values())), runs).values()))
     result = summarise(name, conf, per_seed) | {"unit": _unit(conf["metric"], first.get("settings", {})),
                                                 "config_hash": _conf_hash(conf)}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".claim.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
     plot_claim(result, out / "claim.png")
-    tmp.replace(out / "claim.json")  # last: a claim.json means its plot is there too
+    atomic_write_text(out / "claim.json", json.dumps(result, indent=2) + "\n")  # last: a claim.json means its plot is there
     return result
 
 
@@ -323,10 +318,10 @@ def plot_claim(result: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(f"{result['claim']}: {result['outcome'] or 'not judged'}", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # workers may write it at once: each its own file
-    fig.savefig(tmp, dpi=110, format="png")
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, image.getvalue())  # workers may write it at once: each its own temporary file
 
 
 def _unit(metric: str, settings: dict[str, Any]) -> str:
@@ -346,7 +341,7 @@ def _margin(verdict: dict[str, Any], claim: dict[str, Any]) -> str:
 
 def claims_section(results_dir: Path, out: Path) -> str:
     """The report's claims section: statement, outcome, each verdict with its margin, the table and plot."""
-    import shutil
+    from benchmarks.core.files import atomic_copy
 
     paths = sorted((results_dir / "claims").glob("*/claim.json"))
     if not paths:
@@ -368,7 +363,7 @@ def claims_section(results_dir: Path, out: Path) -> str:
             md.append(f"| {row['arm']} | {row['value'] if row['value'] is not None else ''} | {len(row['seeds'])} | "
                       + " | ".join(cells) + " |")
         if path.with_name("claim.png").is_file():
-            shutil.copy(path.with_name("claim.png"), out / f"claim_{claim['claim']}.png")
+            atomic_copy(path.with_name("claim.png"), out / f"claim_{claim['claim']}.png")
             md += ["", f"![{claim['claim']}](claim_{claim['claim']}.png)"]
         md.append("")
     return "\n".join(md) + "\n"

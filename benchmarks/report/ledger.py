@@ -89,22 +89,23 @@ def sample_index(name: str, exp_dir: Path, seeds: list[int]) -> dict[str, list[d
 
 
 def copy_sample_files(record: dict[str, Any], exp_dir: Path, ledger: Path) -> None:
-    """Replace ledger/samples/<exp>/ with the images the record names (atomically per file)."""
+    """Replace ledger/samples/<exp>/ with the images the record names: built beside it and swapped in whole, so
+    a full disk leaves the old folder as it was (and no temporary file)."""
     import shutil
 
+    from benchmarks.core.files import atomic_copy, swapped_in
     from benchmarks.run.results import seed_results_dir
 
     folder = ledger / "samples" / record["experiment"]
-    if folder.exists():
-        shutil.rmtree(folder)
-    for seed, items in record.get("samples", {}).items():
-        for item in items:
-            if "file" in item:
-                dst = ledger / item["file"]
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dst.with_name(f".{dst.name}.tmp")
-                shutil.copyfile(seed_results_dir(exp_dir, int(seed)) / "samples" / item["name"], tmp)
-                tmp.replace(dst)
+    files = [(seed, item) for seed, items in record.get("samples", {}).items() for item in items if "file" in item]
+    if not files and not folder.exists():
+        return
+    with swapped_in(folder, "the ledger is left as it was") as build:
+        shutil.rmtree(build)
+        build.mkdir(parents=True)
+        for seed, item in files:
+            atomic_copy(seed_results_dir(exp_dir, int(seed)) / "samples" / item["name"],
+                        build / Path(item["file"]).relative_to(Path("samples") / record["experiment"]))
 
 
 def thin(curve: dict[str, list[float | None]]) -> dict[str, list[float | None]]:

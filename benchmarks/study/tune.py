@@ -12,7 +12,7 @@ that finished the last counted trial closes it and writes ``best_params.json``.
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
 import math
 import os
 import socket
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.errors import ArchbenchError, DivergedError
+from benchmarks.core.files import atomic_write_bytes, atomic_write_json
 from benchmarks.core.params import Experiment, experiment_from_params
 from benchmarks.study.spec import (check_positive, definition_hash, make_pruner, make_sampler, metric_check, study_config,
                                    suggest)
@@ -347,10 +348,7 @@ def _finish(study: Any, name: str, conf: dict[str, Any], target: int, parent: st
     client.log_dict(parent, summary, "best_params.json")
     if opts.results_dir is not None:
         out = opts.results_dir / "tune" / name
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".best_params.json.{os.getpid()}"
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, out / "best_params.json")  # atomic: a reader never sees half a file
+        atomic_write_json(out / "best_params.json", summary)  # a reader never sees half a file
         _plot_history(study, out / "history.png")
     client.set_terminated(parent, "FINISHED")
     return summary
@@ -372,7 +370,7 @@ def _plot_history(study: Any, path: Path) -> None:
     ax.set(xlabel="trial", ylabel="objective", title=study.study_name)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, image.getvalue())

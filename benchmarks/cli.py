@@ -54,6 +54,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     exp = experiment_from_params(params, args.experiment)
     opts = _options(params, progress=not args.no_progress)
     opts.resume = not args.restart
+    if not args.stale_after > 0:
+        raise ArchbenchError(f"--stale-after {args.stale_after:g}: give a positive number of seconds (default 120)")
+    opts.stale_after_s = args.stale_after
     if args.continue_from is not None:
         if args.seed is None and len(exp.seeds) > 1:
             raise ArchbenchError(f"--continue-from holds one seed's checkpoint but {exp.name} has seeds "
@@ -88,7 +91,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
                                  if (Path(settings(params)["results_dir"]) / n / "seeds").is_dir()]
     exps = [experiment_from_params(params, n) for n in names]
     for exp in exps:
-        _print_summary(exp.name, merge_seeds(exp, Path(settings(params)["results_dir"])))
+        _print_summary(exp.name, merge_seeds(exp, Path(settings(params)["results_dir"]),
+                                             data_dir=settings(params)["data_dir"]))
     return 0
 
 
@@ -171,7 +175,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     params = load_params(args.params)
     for name in args.experiments:
-        path = publish(params, name, Path(settings(params)["results_dir"]))
+        path = publish(params, name, Path(settings(params)["results_dir"]), allow_missing=args.allow_missing)
         print(f"published {name} -> {path} (and {path.parent / 'metrics' / path.name}); commit ledger/ to share it")
     return 0
 
@@ -251,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continue-from", metavar="CKPT", default=None,
                    help="go on from another run's checkpoint (e.g. a finished run under a longer max_time): "
                         "weights, optimiser states, epoch and elapsed time come from it, in a new MLflow run")
+    p.add_argument("--stale-after", type=float, default=120.0, metavar="SECONDS",
+                   help="another worker may take over a seed whose lease heartbeat is this old")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -297,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="copy finished experiments' per-seed results and provenance into ledger/")
     p.add_argument("experiments", nargs="+", help="experiment names; every seed must be finished and current")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="publish the current seeds although some are missing or stale (named, left out, and "
+                        "recorded in the ledger)")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("density", help="parametric MLE vs KDE held-out likelihood against the dimension")

@@ -255,7 +255,8 @@ def _work(name: str, cells: list[Experiment], runs_dir: Path, opts: Any, leases:
                 # It may have finished (or diverged) between our look and the lease.
                 if seed not in _settled(exp, runs_dir):
                     try:
-                        run_seed(exp, seed, opts)
+                        # Fenced by the lease: a worker frozen past stale_after stops before its next write.
+                        run_seed(exp, seed, dataclasses.replace(opts, lease=lease))
                         print(f"claim {name}: trained {exp.name} seed {seed}", flush=True)
                     except DivergedError as exc:  # a result of the recipe, not of this worker: nobody retries it
                         _note_divergence(exp, seed, runs_dir, str(exc).split(";")[0])

@@ -110,6 +110,8 @@ class Lease:
     def release(self) -> None:
         self._stop.set()
         self._thread.join()
+        if not self.held():
+            return  # broken and re-leased while this worker was frozen: the file is the new holder's, left alone
         grave = _take(self.path)
         if grave is None:
             return

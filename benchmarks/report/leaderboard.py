@@ -15,6 +15,7 @@ from typing import Any
 
 from benchmarks.claim.claims import claims_section
 from benchmarks.core.files import atomic_copy, atomic_write_text, check_writable, swapped_in
+from benchmarks.report.current import leave_out_stale
 
 
 def write_report(results_dir: Path, params: dict[str, Any] | None = None, *, ledger_dir: Path | None = None,
@@ -28,6 +29,7 @@ def write_report(results_dir: Path, params: dict[str, Any] | None = None, *, led
     if ledger is None:
         ledger = load_ledger(ledger_dir or ledger_dir_for(results_dir))
     model = gather(results_dir, ledger, params, mlflow_url)
+    leave_out_stale(model, results_dir, params)
     with swapped_in(out, "the previous report is left as it was") as build:
         build_site(model, build)
         atomic_write_text(build / "leaderboard.md", leaderboard_markdown(model) + claims_section(results_dir, build)

@@ -11,8 +11,9 @@
 - ``ledger/samples/<exp>/seed_N/``: the sample images of the first seed (a few tens of KB each), so a
   fresh clone's report shows what the model makes; text samples of every seed go in the record itself.
 
-Nothing diverged or stale is published: every seed on disk must have been made by the current config
-and code (the same rule as ``archbench collect``).
+Nothing diverged or stale is published: every seed must be finished and made by the current config, code
+and data (the same rule as ``archbench collect``). ``--allow-missing`` publishes the current seeds alone; the
+missing and stale ones are named, left out, and the record says so (``allow_missing``, ``stale_seeds``).
 """
 
 from __future__ import annotations
@@ -36,16 +37,15 @@ def ledger_dir_for(results_dir: Path) -> Path:
     return results_dir.parent / "ledger"
 
 
-def build_record(exp: Any, results_dir: Path, code: str) -> dict[str, Any]:
+def build_record(exp: Any, results_dir: Path, code: str, data: str | None = None,
+                 allow_missing: bool = False) -> dict[str, Any]:
     """The ledger record of ``exp`` from its finished seeds, or one line saying why it cannot be published."""
     from benchmarks.run.results import PROVENANCE_FILE, current_seeds, seed_results_dir
     from benchmarks.report.site.collect import mlflow_experiment_id, read_curves, read_json
 
     exp_dir = results_dir / exp.name
-    kept, stale = current_seeds(exp, exp_dir, code)
-    if stale:
-        raise ArchbenchError(f"cannot publish {exp.name}: {stale[0]}; rerun it with `archbench train {exp.name}` "
-                             f"(or restore the code that made it)")
+    kept, stale = current_seeds(exp, exp_dir, code, data)
+    completeness = check_complete(exp, kept, stale, allow_missing)
     if not kept:
         raise ArchbenchError(f"cannot publish {exp.name}: no finished seed under {exp_dir / 'seeds'}; "
                              f"run `archbench train {exp.name}` first")
@@ -70,7 +70,23 @@ def build_record(exp: Any, results_dir: Path, code: str) -> dict[str, Any]:
         "truncated": any(r.get("stopped_by") == "max_time" for r in kept.values()),
         "summary": numbers(record_values(seeds)), "curves": curves,
         "samples": sample_index(exp.name, exp_dir, sorted(kept)),
-    }
+    } | completeness
+
+
+def check_complete(exp: Any, kept: dict[int, Any], stale: dict[int, str], allow_missing: bool) -> dict[str, Any]:
+    """Every seed of ``exp`` finished and current, or (``--allow-missing``) the ones that are not named and left
+    out; the record says which rule it was published under."""
+    missing = [s for s in exp.seeds if s not in kept]
+    if missing and (kept or stale) and not allow_missing:
+        unfinished = [s for s in missing if s not in stale]
+        why = "; ".join([*stale.values()] + ([f"seed{'s' * (len(unfinished) > 1)} {unfinished} not finished"]
+                                              if unfinished else []))
+        raise ArchbenchError(f"cannot publish {exp.name}: {why}; run `archbench train {exp.name}` for "
+                             f"{'them' if len(missing) > 1 else 'it'} (or publish the current seeds alone with "
+                             f"--allow-missing, which the ledger records)")
+    for line in stale.values():
+        print(f"publish {exp.name}: left out {line}")
+    return {"allow_missing": allow_missing, "stale_seeds": sorted(stale)}
 
 
 def sample_index(name: str, exp_dir: Path, seeds: list[int]) -> dict[str, list[dict[str, str]]]:
@@ -134,14 +150,15 @@ def numbers(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def publish(params: dict[str, Any], name: str, results_dir: Path, ledger_dir: Path | None = None) -> Path:
+def publish(params: dict[str, Any], name: str, results_dir: Path, ledger_dir: Path | None = None,
+            allow_missing: bool = False) -> Path:
     """Write ledger/<name>.json and ledger/metrics/<name>.json; returns the first."""
-    from benchmarks.core.params import experiment_from_params
+    from benchmarks.core.params import experiment_from_params, settings
     from benchmarks.core.provenance import code_hash
-    from benchmarks.run.results import write_json
+    from benchmarks.run.results import data_hash, write_json
 
     exp = experiment_from_params(params, name)
-    record = build_record(exp, results_dir, code_hash(exp))
+    record = build_record(exp, results_dir, code_hash(exp), data_hash(exp, settings(params)["data_dir"]), allow_missing)
     ledger = ledger_dir or ledger_dir_for(results_dir)
     copy_sample_files(record, results_dir / name, ledger)
     write_json(ledger / f"{name}.json", record)

@@ -13,7 +13,7 @@ clone reproduces dvc.lock byte for byte; what varies between machines lives in p
 
 The summary is always rebuilt from the seed files, never from whichever seed ran last, so seeds can run as
 separate jobs on separate machines and be merged (``archbench collect EXP``). A seed file counts only when
-its experiment config and code match the current ones: nothing stale is published.
+its experiment config, code and data match the current ones: nothing stale is merged or published.
 """
 
 from __future__ import annotations
@@ -90,23 +90,56 @@ def load_seed_results(exp_dir: Path) -> dict[int, dict[str, Any]]:
     return found
 
 
-def current_seeds(exp: Experiment, exp_dir: Path, code: str) -> tuple[dict[int, dict[str, Any]], list[str]]:
-    """The finished seeds of ``exp`` made by this config and code, and a line for each one left out as stale."""
-    kept, stale = {}, []
+def current_seeds(exp: Experiment, exp_dir: Path, code: str, data: str | None = None
+                  ) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+    """The finished seeds of ``exp`` made by this config, code and data (``data``: the current data's hash, see
+    ``data_hash``), and for each one left out as stale, a line saying why."""
+    kept: dict[int, dict[str, Any]] = {}
+    stale: dict[int, str] = {}
     for seed, result in load_seed_results(exp_dir).items():
         if seed not in exp.seeds:
             continue
-        if result.get("config_hash") != exp.config_hash():
-            stale.append(f"seed {seed}: made by another config of {exp.name} ({result.get('config_hash')})")
-        elif result.get("code_hash") != code:
-            stale.append(f"seed {seed}: made by other code ({result.get('code_hash')}, now {code})")
+        why = stale_reason(exp, result, code, data)
+        if why:
+            stale[seed] = f"seed {seed}: {why}"
         else:
             kept[seed] = result
-    data = {r.get("data_hash") for r in kept.values()}
-    if len(data) > 1:
-        raise ArchbenchError(f"{exp.name}: finished seeds saw different data ({', '.join(sorted(map(str, data)))}); "
+    seen = {r.get("data_hash") for r in kept.values()}
+    if len(seen) > 1:
+        raise ArchbenchError(f"{exp.name}: finished seeds saw different data ({', '.join(sorted(map(str, seen)))}); "
                              f"rerun them with `archbench train {exp.name} --restart`")
     return kept, stale
+
+
+def stale_reason(exp: Experiment, result: dict[str, Any], code: str, data: str | None) -> str | None:
+    """Why a finished seed's result is not current (another config, code or data made it); None when it is."""
+    if result.get("config_hash") != exp.config_hash():
+        return f"made by another config of {exp.name} ({result.get('config_hash')})"
+    if result.get("code_hash") != code:
+        return f"made by other code ({result.get('code_hash')}, now {code})"
+    if data is not None and result.get("data_hash") != data:
+        return f"made from other data ({str(result.get('data_hash'))[:12]}, now {data[:12]})"
+    return None
+
+
+_DATA_HASHES: dict[str, str] = {}
+
+
+def data_hash(exp: Experiment, data_dir: str | None) -> str:
+    """The content hash of the data ``exp`` would train on now (its datamodule built as training builds it; once
+    per process and setting). A dataset that cannot be found is one line naming where it was looked for."""
+    import os
+
+    key = json.dumps([exp.data, exp.data_args, data_dir, os.environ.get("ARCHBENCH_DATA_DIR")], sort_keys=True,
+                     default=str)
+    if key not in _DATA_HASHES:
+        import lightning.pytorch as pl
+
+        from benchmarks.run.build import build_datamodule
+
+        pl.seed_everything(0, workers=True, verbose=False)  # as a run seeds before it builds its data
+        _DATA_HASHES[key] = build_datamodule(exp, data_dir).content_hash()
+    return _DATA_HASHES[key]
 
 
 def mean_std_ci(values: list[float]) -> dict[str, float]:
@@ -129,14 +162,16 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def merge_seeds(exp: Experiment, results_dir: Path, code: str | None = None) -> dict[str, Any]:
-    """Rebuild results/<exp>/metrics.json and summary.json from every current finished seed."""
+def merge_seeds(exp: Experiment, results_dir: Path, code: str | None = None, data: str | None = None,
+                data_dir: str | None = None) -> dict[str, Any]:
+    """Rebuild results/<exp>/metrics.json and summary.json from every current finished seed (config, code and
+    data as they are now; ``data`` is computed from ``data_dir`` when not given)."""
     from benchmarks.core.provenance import code_hash
 
     out = results_dir / exp.name
-    kept, stale = current_seeds(exp, out, code or code_hash(exp))
+    kept, stale = current_seeds(exp, out, code or code_hash(exp), data or data_hash(exp, data_dir))
     if not kept:
-        why = f" ({'; '.join(stale)})" if stale else ""
+        why = f" ({'; '.join(stale.values())})" if stale else ""
         raise ArchbenchError(f"{exp.name}: no finished seed to merge{why}; run `archbench train {exp.name}` first")
     results = [kept[s] for s in sorted(kept)]
     stats = aggregate(results)
@@ -155,6 +190,6 @@ def merge_seeds(exp: Experiment, results_dir: Path, code: str | None = None) -> 
                                for key, s in stats.items()}
     write_json(out / "summary.json", summary)
     write_json(out / "metrics.json", numbers | {"n_seeds": len(results)})
-    for line in stale:
+    for line in stale.values():
         print(f"{exp.name}: left out {line}")
     return summary

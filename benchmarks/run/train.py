@@ -135,4 +135,4 @@ def run_experiment(exp: Experiment, opts: RunOptions, seeds: list[int] | None = 
     if opts.results_dir is None:
         return {"experiment": exp.name, "seeds": chosen, "summary": aggregate(results),
                 "per_seed": {str(r["seed"]): r["metrics"] for r in results}}
-    return merge_seeds(exp, opts.results_dir)
+    return merge_seeds(exp, opts.results_dir, data=results[-1]["data_hash"])  # the data these seeds just saw

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.errors import ArchbenchError
+from benchmarks.core.files import FULL, READ_ONLY, check_writable
 
 
 def _options(params: dict[str, Any], progress: bool = True) -> Any:
@@ -116,6 +117,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from benchmarks.run.prepare import prepare
 
     params = load_params(args.params)
+    check_writable(Path(args.out), "--out")
     prepare(params, args.profile, Path(args.out))
     return 0
 
@@ -192,6 +194,7 @@ def cmd_density(args: argparse.Namespace) -> int:
         raise ArchbenchError(f"density.{args.profile}: " + (f"unknown key '{bad[0]}' (allowed: {', '.join(sorted(allowed))})"
                              if bad else "missing; define datasets and dims under density.<profile> in params.yaml"))
     out = Path(settings(params)["results_dir"]) / ("density" if args.profile == "default" else f"density_{args.profile}")
+    check_writable(out, "results_dir")
     report = run_density_study(
         conf["datasets"], sorted(set(conf["dims"])), conf.get("n_train"), conf.get("n_test"), int(conf.get("seed", 0)),
         int(conf.get("gmm_components", 4)), out, cv_folds=int(conf.get("cv_folds", 5)), progress=not args.no_progress,
@@ -344,6 +347,14 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except ArchbenchError as exc:
         print(f"archbench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A place the suite checks before writing can still change under it (a disk fills, a mount turns
+        # read-only): still one line, naming the file.
+        if exc.errno not in FULL + READ_ONLY:
+            raise
+        what = "no space left on its disk" if exc.errno in FULL else "it is not writable (read-only?)"
+        print(f"archbench: error: cannot write {exc.filename or 'a file'}: {what}; fix that and rerun", file=sys.stderr)
         return 2
     _fast_exit(code)
     return code

@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from typing import Any
 from benchmarks.claim.stats import CONFIDENCE, judge, mean_ci, summarise, welch_interval
 from benchmarks.core.errors import ArchbenchError, DivergedError
 from benchmarks.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from benchmarks.core.params import Experiment, deep_merge
+from benchmarks.core.params import Experiment, check_name, deep_merge
 
 __all__ = ["CONFIDENCE", "cell_experiments", "claim_config", "claims_section", "judge", "mean_ci", "run_claim",
            "summarise", "welch_interval"]
@@ -55,6 +56,7 @@ CLAIM_KEYS = {"statement", "model", "data", "model_args", "data_args", "trainer"
 SWEEP_ROOTS = ("model_args", "data_args", "trainer")
 VERDICT_TYPES = {"better": {"arm", "than", "margin"}, "plateau": {"arm", "after", "margin"}, "compare": {"arm", "than"}}
 STALE_AFTER_S = 120.0  # a lease whose heartbeat is older than this belongs to a dead (or hung) worker
+SWEEP_VALUE = re.compile(r"[A-Za-z0-9_.+-]+\Z")
 
 
 # ---- definitions ----------------------------------------------------------------------------------------
@@ -70,6 +72,7 @@ def claim_config(params: dict[str, Any], name: str) -> tuple[str, dict[str, Any]
     if name not in found:
         raise ArchbenchError(f"unknown claim '{name}' (known: {', '.join(sorted(found)) or 'none'}); add it under claims:")
     profile, conf = found[name]
+    check_name("claim", name)
     if not isinstance(conf, dict):
         raise ArchbenchError(f"claim '{name}' must be a mapping (statement, model, data, arms, sweep, metric, verdict)")
     unknown = sorted(set(conf) - CLAIM_KEYS)
@@ -81,6 +84,8 @@ def claim_config(params: dict[str, Any], name: str) -> tuple[str, dict[str, Any]
     arms = conf.get("arms")
     if not isinstance(arms, dict) or not arms or not all(isinstance(v, dict) for v in arms.values()):
         raise ArchbenchError(f"claim '{name}': 'arms' must map arm names to overrides, e.g. {{lstm: {{model_args: {{cell: lstm}}}}}}")
+    for arm in arms:
+        check_name(f"claim '{name}': arm", arm)
     seeds = conf.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or len(seeds) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ArchbenchError(f"claim '{name}': 'seeds' must list at least 2 integers (a CI needs them), got {seeds!r}")
@@ -90,6 +95,10 @@ def claim_config(params: dict[str, Any], name: str) -> tuple[str, dict[str, Any]
         raise ArchbenchError(f"claim '{name}': sweep.path must be <{'|'.join(SWEEP_ROOTS)}>.<key>, got {path!r}")
     if not isinstance(values, list) or not values:
         raise ArchbenchError(f"claim '{name}': sweep.values must be a non-empty list")
+    if path is not None and not all(isinstance(v, (int, float, bool)) or (isinstance(v, str) and SWEEP_VALUE.match(v))
+                                    for v in values):
+        raise ArchbenchError(f"claim '{name}': sweep.values must be numbers or plain words (they become part of "
+                             f"folder names), got {values!r}")
     mode = conf.get("mode", "min")
     if mode not in ("min", "max"):
         raise ArchbenchError(f"claim '{name}': mode must be min or max, got {mode!r}")
@@ -171,10 +180,16 @@ def run_claim(params: dict[str, Any], name: str, opts: Any, worker: bool = False
     """
     from benchmarks.run.build import check_experiment
 
+    from benchmarks.core.files import check_writable
+    from benchmarks.run.tracking import check_tracking_uri, tracking_uri
+
     profile, conf = claim_config(params, name)
     cells = cell_experiments(name, profile, conf)
     for exp in cells.values():  # validate every cell before training any
         check_experiment(exp)
+    for folder, what in ((opts.results_dir, "results_dir"), (opts.state_dir, "state_dir")):
+        check_writable(folder, what)  # a read-only checkout: one line before any lease or run
+    check_tracking_uri(tracking_uri(opts.project_dir))
     out = opts.results_dir / "claims" / name
     _drop_stale_table(out, conf)
     if not _work(name, list(cells.values()), out / "runs", dataclasses.replace(opts, results_dir=out / "runs"),

@@ -167,10 +167,9 @@ def publish(params: dict[str, Any], name: str, results_dir: Path, ledger_dir: Pa
 
 
 def load_ledger(ledger_dir: Path) -> dict[str, dict[str, Any]]:
-    """experiment -> record of every ledger/<exp>.json in the working tree."""
-    from benchmarks.report.site.collect import read_json
-
-    records = {p.stem: read_json(p) for p in sorted(ledger_dir.glob("*.json")) if p.is_file()}
+    """experiment -> record of every ledger/<exp>.json in the working tree (each checked by read_record)."""
+    records = {p.stem: read_record(str(p), p.stem, p.read_bytes()) for p in sorted(ledger_dir.glob("*.json"))
+               if p.is_file()}
     for record in records.values():  # sample images as paths on this disk, for the report
         for items in record.get("samples", {}).values():
             for item in items:
@@ -187,14 +186,72 @@ def load_ledger_at(rev: str, ledger_dir: Path) -> dict[str, dict[str, Any]]:
     records = {}
     for name in sorted(listing.split()):
         if name.endswith(".json"):
-            records[name.removesuffix(".json")] = json.loads(_git(Path(root), "show", f"{rev}:{rel}/{name}"))
+            blob = _git_bytes(Path(root), "show", f"{rev}:{rel}/{name}")
+            records[name.removesuffix(".json")] = read_record(f"{rev}:{rel}/{name}", name.removesuffix(".json"), blob)
     return records
+
+
+# ---- reading a ledger file: a schema this archbench knows, or one line --------------------------------------
+KNOWN_SCHEMAS = (SCHEMA,)
+
+
+def read_record(where: str, stem: str, blob: bytes) -> dict[str, Any]:
+    """A ledger record from its bytes, checked: JSON text holding an object of a schema version this archbench
+    reads, for the experiment its file is named after, with seeds that hold metrics. Every problem is one line
+    naming the file and the fix."""
+    fix = f"restore it (`git checkout -- {where}` or an older revision) or republish it (`archbench publish {stem}`)"
+    try:
+        record = json.loads(blob.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ArchbenchError(f"ledger file {where} is not text (binary bytes); {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise ArchbenchError(f"ledger file {where} is not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
+    if not isinstance(record, dict):
+        raise ArchbenchError(f"ledger file {where} holds a JSON {type(record).__name__}, not a published experiment "
+                             f"(an object); {fix}")
+    schema = record.get("schema")
+    if schema not in KNOWN_SCHEMAS:
+        known = ", ".join(map(str, KNOWN_SCHEMAS))
+        what = f"schema {schema!r}" if "schema" in record else "no schema version"
+        raise ArchbenchError(f"ledger file {where} has {what}; this archbench reads schema {known}: update archbench "
+                             f"if a newer one wrote it, else {fix}")
+    problem = _record_problem(record, stem)
+    if problem:
+        raise ArchbenchError(f"ledger file {where}: {problem}; {fix}")
+    return record
+
+
+def _record_problem(record: dict[str, Any], stem: str) -> str | None:
+    if record.get("experiment") != stem:
+        return f"it names experiment {record.get('experiment')!r}, not {stem!r} (its file name)"
+    seeds = record.get("seeds")
+    if not isinstance(seeds, dict):
+        return "'seeds' must map seed numbers to their results"
+    for seed, entry in seeds.items():
+        if not str(seed).isdigit() or not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+            return f"seeds.{seed} must be a seed number holding a 'metrics' mapping"
+        bad = [k for k, v in entry["metrics"].items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if bad:
+            return f"seeds.{seed}.metrics.{bad[0]} is not a number"
+    for key in ("summary", "settings", "budget", "curves", "samples"):
+        if key in record and not isinstance(record[key], dict):
+            return f"'{key}' must be a mapping"
+    return None
 
 
 def _git(cwd: Path, *args: str, what: str = "") -> str:
     out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         problem = what or (out.stderr.strip().splitlines() or ["git failed"])[-1]
+        raise ArchbenchError(f"git {' '.join(args[:2])}: {problem}; pass a revision of this repository (e.g. HEAD~1)")
+    return out.stdout
+
+
+def _git_bytes(cwd: Path, *args: str) -> bytes:
+    """A file's bytes at a revision (a ledger file may not be text; read_record says so in one line)."""
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
+    if out.returncode != 0:
+        problem = (out.stderr.decode(errors="replace").strip().splitlines() or ["git failed"])[-1]
         raise ArchbenchError(f"git {' '.join(args[:2])}: {problem}; pass a revision of this repository (e.g. HEAD~1)")
     return out.stdout
 

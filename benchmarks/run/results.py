@@ -79,15 +79,38 @@ def write_seed_results(out: Path, state: Path, best_ckpt: str, result: dict[str,
 
 
 def load_seed_results(exp_dir: Path) -> dict[int, dict[str, Any]]:
-    """seed -> result of every finished seed under results/<exp>/seeds/ (any config; see current_seeds)."""
+    """seed -> result of every finished seed under results/<exp>/seeds/ (any config; see current_seeds).
+
+    A result file must be one seed's result of this experiment, in its own folder: a file copied into another
+    seed's folder (or another experiment's) would silently stand in for that seed's real result."""
     found: dict[int, dict[str, Any]] = {}
     for path in sorted((exp_dir / "seeds").glob(f"seed_*/{RESULT_FILE}")):
-        try:
-            result = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise ArchbenchError(f"{path} is corrupt; delete it and rerun that seed") from None
-        found[int(result["seed"])] = result
+        found[_folder_seed(path)] = read_result(path, exp_dir.name)
     return found
+
+
+def _folder_seed(path: Path) -> int:
+    text = path.parent.name.removeprefix("seed_")
+    if not text.isdigit():
+        raise ArchbenchError(f"{path.parent} is not a seed folder (seed_<N>); move it out of {path.parent.parent}")
+    return int(text)
+
+
+def read_result(path: Path, experiment: str) -> dict[str, Any]:
+    """One seed's result.json, checked against the folder it lies in; every problem is one line."""
+    seed = _folder_seed(path)
+    fix = f"delete it and rerun that seed (`archbench train {experiment} --seed {seed}`)"
+    try:
+        result = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ArchbenchError(f"{path} is corrupt (not JSON text); {fix}") from None
+    if not isinstance(result, dict) or not isinstance(result.get("metrics"), dict):
+        raise ArchbenchError(f"{path} is not a seed result (a JSON object with experiment, seed and metrics); {fix}")
+    if result.get("seed") != seed:
+        raise ArchbenchError(f"{path} says seed {result.get('seed')!r} but lies in seed_{seed}/; {fix}")
+    if result.get("experiment") != experiment:
+        raise ArchbenchError(f"{path} is a result of experiment {result.get('experiment')!r}, not {experiment!r}; {fix}")
+    return result
 
 
 def current_seeds(exp: Experiment, exp_dir: Path, code: str, data: str | None = None

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from benchmarks.core.errors import ArchbenchError
 from benchmarks.core.params import settings
 
 STORAGE_ENV = "OPTUNA_STORAGE"
@@ -42,6 +43,75 @@ def shown_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+class StorageUnreachable(ArchbenchError):
+    """The study's database stopped answering while workers ran."""
+
+
+def storage_down(exc: BaseException) -> BaseException | None:
+    """The database error in ``exc``'s cause/context chain when the storage stopped answering (a connection lost
+    or refused; Optuna wraps SQLAlchemy's OperationalError in its StorageInternalError), else None."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, (OperationalError, InterfaceError)):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def check_storage(url: str) -> None:
+    """Before anything is created: a database URL of a kind SQLAlchemy knows, its driver installed, a SQLite file
+    in an existing writable folder (never made as a side effect of a typo), a server that answers."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    where = f"the Optuna storage {url!r} ({STORAGE_ENV} or settings.optuna_storage)"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ArchbenchError(f"{where} is not a database URL; use sqlite:///optuna.db or "
+                             f"postgresql+psycopg2://user@host/db") from None
+    where = f"the Optuna storage {shown_url(url)} ({STORAGE_ENV} or settings.optuna_storage)"
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ArchbenchError(f"{where}: '{parsed.drivername}' is not a database SQLAlchemy knows; Optuna stores "
+                             f"studies in sqlite:///, postgresql+psycopg2:// or mysql+pymysql://") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ArchbenchError(f"{where}: its driver ({exc.name or parsed.drivername}) is not installed; for PostgreSQL "
+                             f"write postgresql+psycopg2:// and install it with pip install -e '.[scale]'") from None
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite_file(parsed.database, where)
+        return
+    engine = create_engine(url, connect_args={"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {})
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise ArchbenchError(f"{where} does not answer ({reason}); start the database server or fix the URL") from None
+    finally:
+        engine.dispose()
+
+
+def _check_sqlite_file(database: str | None, where: str) -> None:
+    from benchmarks.core.files import check_writable
+
+    if not database or database == ":memory:":
+        return
+    folder = Path(database).parent
+    if not folder.is_dir():
+        raise ArchbenchError(f"{where}: the folder {folder} does not exist; create it, or fix the path (three slashes "
+                             f"for a path in the project, four for an absolute one)")
+    check_writable(folder, "the folder of the Optuna storage")
 
 
 def open_storage(url: str, heartbeat_s: int, on_stale: Any) -> Any:

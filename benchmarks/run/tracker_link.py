@@ -63,16 +63,19 @@ def retry_window() -> float:
 
 
 def unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the server did not answer (as opposed to answering no): a connection or timeout
-    error anywhere in its chain (MLflow wraps them in MlflowException), or an HTTP 5xx answer."""
+    """Whether ``exc`` means the store did not answer (as opposed to answering no): a connection or timeout
+    error anywhere in its chain (MLflow wraps them in MlflowException), an HTTP 5xx answer, or, for a database
+    store, an operational error (its server gone, or a SQLite file locked by a frozen process)."""
     import requests
+    import sqlalchemy.exc
     from mlflow.exceptions import RestException
 
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
+        if isinstance(cur, (requests.exceptions.RequestException, ConnectionError, TimeoutError,
+                            sqlalchemy.exc.OperationalError)):
             return True
         if isinstance(cur, RestException) and cur.get_http_status_code() >= 500:
             return True

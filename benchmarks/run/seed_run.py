@@ -48,6 +48,7 @@ class SeedRun:
         self.link: TrackerLink | None = None
         self.logger: Any = None
         self.run_id: str | None = None
+        self.fitting = False  # True once fit has begun: a failure from there on is one of the numbers
         self.safe = False  # True once done.json holds the numbers
 
     @property
@@ -65,8 +66,8 @@ class SeedRun:
         if done is not None:
             return self.finish_again(done)
         self.choose_start()
-        self.open_tracking()
         try:
+            self.open_tracking()  # from the moment its run exists, a failure closes it (see stopped)
             fitted = self.fit()
             done = self.record(fitted)
             self.publish(done)
@@ -135,7 +136,7 @@ class SeedRun:
             # A killed run that will not be resumed (killed before its first checkpoint, or its state no longer
             # matches) is closed as KILLED, never left RUNNING.
             LinkedClient(self.link).end_run(self.previous_run, "KILLED")
-        ensure_tracking_store(self.uri)  # two jobs on a fresh checkout race to create it
+        self.link.retried(ensure_tracking_store, self.uri)  # two jobs on a fresh checkout race to create it
         own = self.previous_run if self.resumes_own else None
         self.logger = make_logger(self.exp, self.seed, self.opts, own, self.commit, self.link)
         self.run_id = self.logger.run_id
@@ -163,6 +164,7 @@ class SeedRun:
         from benchmarks.run.watch import RunWatch
 
         watch = RunWatch(self.fence if self.opts.lease else None, self.link)
+        self.fitting = True
         return fit_and_test(self.exp, self.seed, self.model, self.dm, self.args, self.state, self.logger,
                             self.resume_from, extra_callbacks=[*self.opts.extra_callbacks, watch],
                             monitor=self.opts.monitor, progress_bar=self.opts.progress_bar,
@@ -209,13 +211,18 @@ class SeedRun:
         if not self.rank0 or self.link is None:
             return
         client, run_id = LinkedClient(self.link), done["run_id"]
-        client.set_tag(run_id, "stopped_by", done["result"]["stopped_by"])
-        for path in (done["checkpoints"]["best"], done["checkpoints"]["last"]):
-            if path:
-                client.log_artifact(run_id, path, "checkpoints")
-        client.log_dict(run_id, done["result"] | {"provenance": done["provenance"]}, "result.json")
-        client.set_terminated(run_id, "FINISHED")
-        self.link.finish(hint=f"the results are safe on disk; {self.again} sends the rest once the server answers")
+        self.link.holding = True  # the whole closing sequence goes out, or waits in the outbox, in one piece
+        try:
+            client.set_tag(run_id, "stopped_by", done["result"]["stopped_by"])
+            for path in (done["checkpoints"]["best"], done["checkpoints"]["last"]):
+                if path:
+                    client.log_artifact(run_id, path, "checkpoints")
+            client.log_dict(run_id, done["result"] | {"provenance": done["provenance"]}, "result.json")
+            client.set_terminated(run_id, "FINISHED")
+        finally:
+            self.link.holding = False
+        self.link.finish(hint="the results are safe on disk; the next archbench run sends the rest (and closes the "
+                              "MLflow run) once the server answers")
         write_done(self.state, done | {"tracked": True})
 
     def finish_again(self, done: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +255,7 @@ class SeedRun:
         | anything after done.json              | KILLED          | kept        |
         | a pruned trial                        | KILLED          | dropped     |
         | anything else (divergence, a bug)     | FAILED          | dropped     |
+        | ... before fit began                  | FAILED          | kept        |
         """
         if not self.rank0:
             return None
@@ -256,10 +264,10 @@ class SeedRun:
         remove_temporaries(self.state)
         full = errno_in_chain(exc, FULL)
         if isinstance(exc, TrackerUnreachable) and self.link is not None:
+            if self.safe:
+                return None  # the closing sequence (FINISHED last) waits in the outbox
             self.link.drop_after_checkpoint()
             self._end("KILLED")
-            if self.safe:
-                return None
             return self.link.give_up(f"checkpoints kept in {self.state / 'ckpt'}; {self.again} resumes in the same "
                                      f"MLflow run once the server answers, and sends what waits")
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) or full is not None or self.safe:
@@ -273,7 +281,8 @@ class SeedRun:
                 return DiskFullError(where, self._checkpoint_size(), f"checkpoints kept; {self.again} resumes")
             return None
         self._end("KILLED" if is_pruned(exc) else "FAILED")
-        discard_checkpoints(self.state)  # a failed run leaves nothing that a later run would resume
+        if self.fitting:
+            discard_checkpoints(self.state)  # a failed run leaves nothing that a later run would resume
         return None
 
     def _end(self, status: str) -> None:

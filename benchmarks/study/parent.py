@@ -31,10 +31,10 @@ class Tracker:
         from benchmarks.run.tracking import ensure_tracking_store, tracking_uri
 
         self.uri = tracking_uri(opts.project_dir)
-        ensure_tracking_store(self.uri)
-        flush_outboxes(opts.outbox(), self.uri)  # what earlier runs could not send: the next contact is now
         # Through a tracker link, as a seed run: reads retried within the window, writes kept while it is down.
         self.link = TrackerLink(self.uri, opts.outbox(), f"study.{name}")
+        self.link.retried(ensure_tracking_store, self.uri)
+        flush_outboxes(opts.outbox(), self.uri)  # what earlier runs could not send: the next contact is now
         self.client = LinkedClient(self.link)
         self.opts = opts
 

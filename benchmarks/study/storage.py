@@ -64,6 +64,41 @@ def storage_down(exc: BaseException) -> BaseException | None:
     return None
 
 
+class quiet_storage_loss:
+    """While a worker runs: a lost storage is said once, by the worker (StorageUnreachable), not also as the
+    tracebacks that Optuna's trial-failure log and its heartbeat thread would print for the same lost connection;
+    nor is a trial that another worker failed as stale (the worker says that in one line of its own)."""
+
+    def __enter__(self) -> None:
+        import logging
+        import threading
+
+        self.logger = logging.getLogger("optuna")
+        self.logger.addFilter(self._filter)
+        self.hook = threading.excepthook
+        threading.excepthook = self._thread_hook
+
+    def __exit__(self, *exc: object) -> None:
+        import threading
+
+        self.logger.removeFilter(self._filter)
+        threading.excepthook = self.hook
+
+    @staticmethod
+    def _filter(record: Any) -> bool:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and (storage_down(exc) or isinstance(exc, UpdateFinishedTrialError)):
+            record.exc_info = None  # the warning line stays; its traceback goes
+        return True
+
+    def _thread_hook(self, args: Any) -> None:
+        if args.exc_value is not None and storage_down(args.exc_value):
+            return  # a heartbeat that could not reach the database: the worker itself reports the loss
+        self.hook(args)
+
+
 def check_storage(url: str) -> None:
     """Before anything is created: a database URL of a kind SQLAlchemy knows, its driver installed, a SQLite file
     in an existing writable folder (never made as a side effect of a typo), a server that answers."""

@@ -30,7 +30,8 @@ from benchmarks.run.train import RunOptions, run_seed
 from benchmarks.study.parent import Tracker, finish, open_study, summarize
 from benchmarks.study.spec import check_positive, definition_hash, make_sampler, metric_check, study_config, suggest
 from benchmarks.study.storage import (StorageUnreachable, TrialNotNeeded, admit, check_storage, counts, fail_stale,
-                                      more_needed, open_storage, shown_url, storage_down, storage_url)
+                                      more_needed, open_storage, quiet_storage_loss, shown_url, storage_down,
+                                      storage_url)
 
 __all__ = ["StudyWorker", "run_study", "run_seed", "summarize"]
 
@@ -56,7 +57,8 @@ class StudyWorker:
         self.check()
         self.open()
         try:
-            self.optimize()
+            with quiet_storage_loss():
+                self.optimize()
             return self.report()
         except BaseException as exc:
             instead = self.stopped(exc)

@@ -114,3 +114,61 @@ def wait_for(found: Callable[[], object], proc: subprocess.Popen[str] | None = N
             raise AssertionError(f"the process ended before {what}: {err[-3000:]}")
         time.sleep(0.05)
     raise AssertionError(f"never saw {what}")
+
+
+class Postgres:
+    """A PostgreSQL server of the test's own (not the shared one of scripts/services.sh, which other tests use):
+    a test may stop it as a crash would, and start it again on the same data."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        if not bins:
+            pytest.skip("needs PostgreSQL's server binaries (apt install postgresql, or bash scripts/services.sh start)")
+        pytest.importorskip("psycopg2", reason="needs psycopg2: pip install -e '.[scale]'")
+        self.bin = bins[-1].parent
+        # Not under pytest's root-only temp folder: the server runs as the postgres user, which must reach it.
+        self.root = Path(tempfile.mkdtemp(prefix="archbench-pg-", dir="/tmp"))
+        self.root.chmod(0o755)
+        self.data, self.port = self.root / "data", free_port()
+        self.data.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self.data, "postgres", "postgres")
+            shutil.chown(self.root, "postgres", "postgres")
+        self.data.chmod(0o700)
+        self._pg("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-locale", "-E", "UTF8")
+        self.start()
+
+    def _pg(self, tool: str, *args: str) -> None:
+        cmd = [str(self.bin / tool), *args]
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=180)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "120",
+                 "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root}", "start")
+
+    def stop(self) -> None:
+        """As a crash or a lost machine: no shutdown checkpoint, clients cut off at once."""
+        self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def close(self) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"), "-D", str(self.data), "-m",
+                        "immediate", "stop"] if os.geteuid() == 0 else
+                       [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+                       capture_output=True, check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    yield server
+    server.close()

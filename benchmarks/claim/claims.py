@@ -27,7 +27,9 @@ Every cell-seed (arm x sweep value x seed) is an ordinary run of ``run_seed`` (M
 results/claims/<claim>/runs/<cell>/seeds/seed_N/result.json) taken under a lease
 (results/claims/.leases/<claim>/), so any number of workers sharing the results folder can run one claim
 (``archbench claim NAME --worker``), a killed worker's cell-seed is taken again once its lease is stale,
-and a rerun resumes. The table is built only from finished seed files made by each cell's config.
+and a rerun resumes. The run is fenced by its lease: a worker frozen past ``--stale-after`` stops before its
+next write, with one line, and leaves the cell-seed to the worker that took it over. The table is built only
+from finished seed files made by each cell's config.
 """
 
 from __future__ import annotations
@@ -344,7 +346,8 @@ def _unit(metric: str, settings: dict[str, Any]) -> str:
     """The metric's unit; a loss has none of its own, its model records one (e.g. nats per character)."""
     from benchmarks.core.metric_keys import lookup
 
-    unit = getattr(lookup(metric), "unit", "")
+    known = lookup(metric)
+    unit = known.unit if known is not None else ""
     return unit or (str(settings.get("loss_unit", "")) if metric.endswith("loss") else "")
 
 

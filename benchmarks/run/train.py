@@ -71,8 +71,8 @@ def seed_state_dir(exp: Experiment, seed: int, opts: RunOptions) -> Path:
 def is_global_zero() -> bool:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    # rank_zero_only.rank is set by Lightning's launcher; before any launch this process is the only one.
-    return getattr(rank_zero_only, "rank", 0) == 0
+    # Lightning sets rank_zero_only.rank on import (from the launcher's environment, else 0).
+    return rank_zero_only.rank == 0
 
 
 def validate_run(exp: Experiment, opts: RunOptions) -> dict[str, Any]:

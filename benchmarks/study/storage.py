@@ -73,15 +73,19 @@ class quiet_storage_loss:
         import logging
         import threading
 
-        self.logger = logging.getLogger("optuna")
-        self.logger.addFilter(self._filter)
+        # On the handlers: Optuna logs from child loggers (optuna.study._optimize), which a filter on the
+        # "optuna" logger itself would not see.
+        self.handlers = [*logging.getLogger("optuna").handlers, *logging.getLogger().handlers]
+        for handler in self.handlers:
+            handler.addFilter(self._filter)
         self.hook = threading.excepthook
         threading.excepthook = self._thread_hook
 
     def __exit__(self, *exc: object) -> None:
         import threading
 
-        self.logger.removeFilter(self._filter)
+        for handler in self.handlers:
+            handler.removeFilter(self._filter)
         threading.excepthook = self.hook
 
     @staticmethod

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,6 @@ from typing import Any
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.core import files
 from tests.conftest import mlflow_runs, tiny_params, write_params
 
 pytestmark = pytest.mark.faults
@@ -40,7 +40,7 @@ def tmpfs(path: Path, size: str = "600k") -> Iterator[Path]:
 
 def fill(folder: Path, leave: int) -> Path:
     """A filler file that leaves ``leave`` bytes free on the disk of ``folder``."""
-    free = files.free_bytes(folder) or 0
+    free = shutil.disk_usage(folder).free
     filler = folder / "filler"
     with open(filler, "wb") as handle:
         handle.write(b"\0" * max(0, free - leave))
@@ -50,6 +50,8 @@ def fill(folder: Path, leave: int) -> Path:
 def full_under(root: Path) -> Callable[..., None]:
     """An injected full disk for every file the suite writes under ``root`` (a partial file is written first,
     as a real full disk leaves it)."""
+    from benchmarks.core import files
+
     real_write, real_copy = files._write_file, files._copy_file
 
     def write(path: Path, data: bytes) -> None:
@@ -227,6 +229,8 @@ def test_a_full_disk_during_report_on_a_tmpfs(project: Path, capsys: pytest.Capt
 
 def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue case 8 (leaderboard files): a write cut short keeps the old bytes and no temporary file."""
+    from benchmarks.core import files
+
     target = tmp_path / "leaderboard.json"
     files.atomic_write_text(target, "old\n")
     full_under(tmp_path)(monkeypatch)

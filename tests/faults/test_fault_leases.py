@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import pytest
 
 from benchmarks.core.params import experiment_from_params, load_params
-from benchmarks.run.leases import SUFFIX, LeaseLost, acquire
+from benchmarks.run.leases import SUFFIX, acquire
 from benchmarks.run.train import run_seed, seed_state_dir
 from tests.conftest import env_for_subprocess, mlflow_client, mlflow_runs, run_options, tiny_params, write_params
 from tests.faults.conftest import MlflowServer, archbench, one_error_line, start_archbench, wait_for
@@ -36,6 +36,8 @@ class TakeOver(pl.Callback):
 
 
 def test_a_lease_taken_over_mid_run_stops_it_before_its_next_write(project: Path) -> None:
+    from benchmarks.run.leases import LeaseLost
+
     hello = experiment_from_params(load_params(), "hello_lstm")
     exp = hello.__class__(**{**hello.__dict__, "trainer": hello.trainer | {"max_epochs": 3}})
     opts = run_options(project)

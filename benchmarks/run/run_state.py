@@ -132,7 +132,7 @@ def discard_checkpoints(state: Path) -> None:
 
 def remove_temporaries(state: Path) -> None:
     """Temporary files a write cut short (a full disk, a kill) may leave in the state folder."""
-    for pattern in ("*.tmp", ".*.tmp", "ckpt/*.tmp*", "ckpt/.*.tmp*", "ckpt/tmp*"):
+    for pattern in ("*.tmp", ".*.tmp", "ckpt/*.tmp*", "ckpt/.*.tmp*"):
         for path in state.glob(pattern):
             if path.is_file():
                 path.unlink(missing_ok=True)

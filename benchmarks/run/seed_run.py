@@ -94,6 +94,8 @@ class SeedRun:
         self.dm, self.model = seed_and_build(self.exp, self.seed, self.opts.data_dir, self.opts.datamodule,
                                              self.opts.model_overrides)
         self.fp = Fingerprint(self.exp.config_hash(), self.dm.content_hash(), code_hash(self.exp))
+        # Trainable parameters, so models of "comparable size" can be checked rather than assumed.
+        self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def choose_start(self) -> None:
         """The checkpoint this seed starts from (its own last one, or another run's), and the options it implies."""
@@ -151,8 +153,6 @@ class SeedRun:
     def log_hyperparams(self) -> None:
         from benchmarks.run.tracking import flatten, package_versions
 
-        # Trainable parameters, so models of "comparable size" can be checked rather than assumed.
-        self.n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         # The model's own arguments reach MLflow through Lightning (save_hyperparameters); these are the rest.
         extra = {f"exp.{k}": v for k, v in flatten(self.exp.as_dict()).items() if not k.startswith("model_args.")}
         self.logger.log_hyperparams(extra | {"seed": self.seed, "data_hash": self.fp.data_hash, "git_commit": self.commit,

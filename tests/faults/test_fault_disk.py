@@ -116,6 +116,7 @@ def _check_full_results(project: Path, capsys: pytest.CaptureFixture[str]) -> No
     return done
 
 
+@pytest.mark.slow
 def test_a_full_results_disk_injected(project: Path, capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     _hello(project)
@@ -143,6 +144,7 @@ def _check_full_state(project: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert run.info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_a_full_state_disk_injected_into_lightnings_checkpoint_write(project: Path, capsys: pytest.CaptureFixture[str],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The second epoch's checkpoint meets a full disk: the first one stays, and the rerun resumes from it to the
@@ -191,6 +193,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_report_and_publish_leaves_the_old_files_whole(
         project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """New case (publish), and the report of issue case 2: the previous report and ledger stay as they were."""

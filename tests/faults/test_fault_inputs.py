@@ -195,6 +195,7 @@ def test_a_bad_result_file_is_one_line(seed: int, body: object, expected: str, p
 
 
 # ---- a checkpoint of another experiment, and a kill between done.json and result.json ---------------------
+@pytest.mark.slow
 def test_continue_from_another_experiments_checkpoint(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "hello_lstm", "--seed", "0", "--no-progress"]) == 0
     (ckpt,) = project.glob(".archbench/runs/hello_lstm/seed0-*/ckpt/last.ckpt")
@@ -204,6 +205,7 @@ def test_continue_from_another_experiments_checkpoint(project: Path, capsys: pyt
     assert [r.data.tags["experiment"] for r in mlflow_runs(project)] == ["hello_lstm"]  # no words_lstm run opened
 
 
+@pytest.mark.slow
 def test_a_kill_between_done_and_result_costs_no_retraining(project: Path, capsys: pytest.CaptureFixture[str],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import benchmarks.run.results as results

@@ -35,6 +35,7 @@ class TakeOver(pl.Callback):
             self.path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "theirs"}))
 
 
+@pytest.mark.slow
 def test_a_lease_taken_over_mid_run_stops_it_before_its_next_write(project: Path) -> None:
     from benchmarks.run.leases import LeaseLost
 

@@ -24,6 +24,7 @@ def _errors(capsys: pytest.CaptureFixture[str]) -> tuple[str, list[str]]:
 
 
 @pytest.mark.skipif(not WORDS.is_file(), reason="needs the system word list (apt install wamerican)")
+@pytest.mark.slow
 def test_seeds_made_from_other_data_are_named_and_left_out(project: Path, capsys: pytest.CaptureFixture[str],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARCHBENCH_DATA_DIR", str(project / "no-data-here"))  # the system word list
@@ -50,6 +51,7 @@ def test_seeds_made_from_other_data_are_named_and_left_out(project: Path, capsys
     assert board["words_lstm"]["source"] == "ledger"  # the stale results are gone; the published ones show
 
 
+@pytest.mark.slow
 def test_publish_refuses_a_missing_seed_unless_allowed_and_says_so(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     params = tiny_params()
     params["experiments"]["hello_lstm"]["seeds"] = [0, 1]
@@ -66,6 +68,7 @@ def test_publish_refuses_a_missing_seed_unless_allowed_and_says_so(project: Path
     assert record["stale_seeds"] == []
 
 
+@pytest.mark.slow
 def test_publish_with_allow_missing_leaves_a_stale_seed_out_and_records_it(project: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     params = tiny_params()

@@ -62,6 +62,7 @@ def _hello(project: Path, epochs: int) -> None:
     write_params(project / "params.yaml", params)
 
 
+@pytest.mark.slow
 def test_an_outage_in_the_middle_of_a_run_is_caught_up(project: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.core.params import experiment_from_params, load_params
@@ -81,6 +82,7 @@ def test_an_outage_in_the_middle_of_a_run_is_caught_up(project: Path, monkeypatc
     assert not list((project / ".archbench" / "outbox").glob("*.jsonl"))
 
 
+@pytest.mark.slow
 def test_a_run_that_ends_in_an_outage_is_closed_on_the_next_contact(project: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """New case: the server goes away as the run ends (its numbers are safe on disk); the run is not left
@@ -133,6 +135,7 @@ def test_a_kill_in_the_middle_of_an_outbox_line_loses_only_that_line(tmp_path: P
     assert [v[0][3] for _, v in store.sent] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_a_killed_report_build_leaves_the_previous_report(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """New case: a report killed while it builds (Ctrl-C, a crash) leaves the previous one whole, and no build
     folder behind."""

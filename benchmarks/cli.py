@@ -172,13 +172,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from benchmarks.report.ledger import publish
     from benchmarks.core.params import load_params, settings
+    from benchmarks.report.publish import publish_all
 
     params = load_params(args.params)
-    for name in args.experiments:
-        path = publish(params, name, Path(settings(params)["results_dir"]), allow_missing=args.allow_missing)
-        print(f"published {name} -> {path} (and {path.parent / 'metrics' / path.name}); commit ledger/ to share it")
+    explicit = {"experiment": args.experiment, "claim": args.claim, "study": args.study}
+    for line in publish_all(params, args.names, explicit, Path(settings(params)["results_dir"]),
+                            allow_missing=args.allow_missing):
+        print(line)
+    return 0
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from benchmarks.core.params import load_params, settings
+    from benchmarks.report.baselines import run_baselines
+    from benchmarks.report.ledger import ledger_dir_for
+
+    params = load_params(args.params)
+    results = Path(settings(params)["results_dir"])
+    run_baselines(params, args.experiments, args.profile, results, ledger_dir_for(results) / "baselines" if args.publish else None)
     return 0
 
 
@@ -304,12 +316,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: MLFLOW_TRACKING_URI when it is an http server)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("publish", help="copy finished experiments' per-seed results and provenance into ledger/")
-    p.add_argument("experiments", nargs="+", help="experiment names; every seed must be finished and current")
+    p = sub.add_parser("publish", help="copy finished experiments, claims and studies (per-seed results, verdicts, "
+                                       "trials, provenance, compute) into ledger/")
+    p.add_argument("names", nargs="*", help="experiment, claim or study names; every seed, cell-seed or trial must be "
+                                            "finished and current")
+    for kind in ("experiment", "claim", "study"):
+        p.add_argument(f"--{kind}", action="append", default=[], metavar="NAME", help=f"publish this {kind} (repeatable)")
     p.add_argument("--allow-missing", action="store_true",
-                   help="publish the current seeds although some are missing or stale (named, left out, and "
-                        "recorded in the ledger)")
+                   help="publish an experiment's current seeds although some are missing or stale (named, left out, "
+                        "and recorded in the ledger)")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("baselines", help="compute each leaderboard task's trivial baseline on the experiments' own "
+                                         "splits into results/baselines/ (--publish: also ledger/baselines/)")
+    p.add_argument("experiments", nargs="*", help="experiment names (default: every experiment of --profile)")
+    p.add_argument("--profile", choices=["default", "full"], default="default")
+    p.add_argument("--publish", action="store_true", help="also write ledger/baselines/ (commit it)")
+    p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("density", help="parametric MLE vs KDE held-out likelihood against the dimension")
     p.add_argument("--profile", choices=["default", "full"], default="default")

@@ -142,12 +142,13 @@ def env_for_subprocess() -> dict[str, str]:
 
 
 def copy_from_torch(ours: Any, ref: torch.nn.RNNBase) -> None:
-    """Load a torch.nn.RNN/LSTM's weights into a StackedRNN (one bias: torch's two biases summed)."""
+    """Load a torch.nn.RNN/LSTM/...'s weights into a StackedRNN of the same shape, either impl: every parameter
+    of layer k (direction d) by its name (weight_ih -> weight_ih_l{k}[_reverse]); a name torch lacks fails."""
     with torch.no_grad():
-        for k, layer in enumerate(ours.layers):
-            layer.weight_ih.copy_(getattr(ref, f"weight_ih_l{k}"))
-            layer.weight_hh.copy_(getattr(ref, f"weight_hh_l{k}"))
-            layer.bias.copy_(getattr(ref, f"bias_ih_l{k}") + getattr(ref, f"bias_hh_l{k}"))
+        for k in range(ours.num_layers):
+            for d in range(ours.directions):
+                for name, p in ours.layer_parameters(k, d).items():
+                    p.copy_(getattr(ref, f"{name}_l{k}" + ("_reverse" if d else "")))
 
 
 @pytest.fixture

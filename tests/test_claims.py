@@ -6,6 +6,7 @@ The statistics and the verdicts' outcomes are tested in test_claim_stats.py."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -82,9 +83,15 @@ def test_tiny_claim_runs_through_the_cli_into_the_report(project: Path, capsys: 
                                                  and r["arm"] == "lstm")["seeds"][1]
     assert main(["report"]) == 0
     board = (project / "results" / "report" / "leaderboard.md").read_text()
-    assert f"### long_lag: {claim['outcome']}" in board and claim["verdicts"][0]["text"] in board
-    assert "margin 0.05 fraction on test/acc" in board
-    assert (project / "results" / "report" / "claim_long_lag.png").is_file()
+    assert f"| long_lag: {claim['statement']} | {claim['outcome']} | lstm over elman at data_args.lag = 6: " in board
+    page = (project / "results" / "report" / "claims.html").read_text()
+    assert claim["verdicts"][0]["text"] in html.unescape(page) and "(margin 0.05 fraction)" in page
+    assert (project / "results" / "report" / "img" / "claims" / "long_lag.png").is_file()
+    # Published, it is the same table and verdict, and a report from the ledger alone shows it.
+    assert main(["publish", "long_lag"]) == 0
+    record = json.loads((project / "ledger" / "claims" / "long_lag.json").read_text())
+    assert record["table"] == claim["table"] and record["outcome"] == claim["outcome"]
+    assert all(s["provenance"]["run_id"] for c in record["cells"] for s in c["seeds"].values())
     # Rerunning trains nothing: every finished seed file is current, the same numbers come back.
     assert main(["claim", "long_lag", "--no-progress"]) == 0
     assert _trained(capsys.readouterr().out) == []

@@ -25,7 +25,7 @@ def test_every_declared_attribute_reads_with_its_type(name: str) -> None:
     for attr in DECLARED:
         value = declared(cls, attr)
         assert isinstance(value, types[attr]), (name, attr, value)
-    assert declared(cls, "alternates_networks") == (name in {"gan", "pix2pix", "cyclegan"})
+    assert declared(cls, "alternates_networks") == (name in {"gan", "cgan", "pix2pix", "cyclegan"})
     # What a model leaves to the defaults is what inheriting SuiteModelDefaults would give it.
     for attr in missing_defaults(cls):
         assert declared(cls, attr) == vars(SuiteModelDefaults)[attr]

@@ -152,7 +152,7 @@ def site(project: Path) -> Path:
 
 
 def _board(index: str, task: str) -> str:
-    return re.search(rf'<section class="task" id="task-{task}">(.*?)</section>', index, re.S).group(1)
+    return re.search(rf'<section class="task" id="task-{task}"[^>]*>(.*?)</section>', index, re.S).group(1)
 
 
 def test_site_files_and_no_remote_reference(site: Path) -> None:
@@ -173,7 +173,7 @@ def test_site_files_and_no_remote_reference(site: Path) -> None:
 
 def test_leaderboard_sorted_by_direction_with_scipy_ci(site: Path) -> None:
     index = (site / "index.html").read_text()
-    hello, digits = _board(index, "hello"), _board(index, "digits")
+    hello, digits = _board(index, "char_lm-hello"), _board(index, "image_classification-digits")
     assert re.findall(r'data-exp="(\w+)"', hello) == ["hello_lstm", "hello_elman"]  # test/loss: lower first
     assert 'data-primary="test/acc"' in digits  # accuracy: higher is better
     assert re.findall(r'data-exp="(\w+)"', digits) == ["digits_wide", "digits_classifier"]
@@ -208,13 +208,14 @@ def test_every_number_links_to_its_run_with_settings(site: Path) -> None:
 
 def test_anchors_claims_studies_density_and_compare(site: Path) -> None:
     index = (site / "index.html").read_text()
-    assert "published" in _board(index, "words") and "exp-words_lstm.html" in index  # ledger-only row
+    assert "published" in _board(index, "char_lm-words") and "exp-words_lstm.html" in index  # ledger-only row
     claims = (site / "claims.html").read_text()
     assert "An LSTM remembers longer" in claims and 'class="badge ok">Supported' in claims
     assert re.search(r'class="badge ?">Comparison</span> compare: Comparison', claims) and "better (margin 0.05)" in claims
     assert "img/claims/long_lag.png" in claims
     studies = (site / "studies.html").read_text()
-    assert "lstm_depth" in studies and "0.4321" in studies and "history.png" in studies
+    assert "lstm_depth" in studies and "0.4321" in studies
+    assert "archbench publish --study lstm_depth" in studies  # only the best is known until it is published
     assert "crossover d = <b>4</b>" in (site / "density.html").read_text()
     data = json.loads(re.search(r'id="page-data">(.*?)</script>', (site / "compare.html").read_text(), re.S).group(1))
     choices = data["compare"]["choices"]
@@ -223,22 +224,24 @@ def test_anchors_claims_studies_density_and_compare(site: Path) -> None:
 
 
 def test_anchor_rows_sit_at_their_rank(project: Path) -> None:
-    from benchmarks.report.site.pages import leaderboard
+    from benchmarks.report.site.board_model import boards
 
     entry = {"name": "shakespeare_lstm", "model": "char_lm", "data": "tinyshakespeare", "source": "results",
-             "seeds": [{"seed": 0, "metrics": {}, "stopped_by": "max_epochs"}], "budget": {}, "settings": {},
-             "summary": {"val/loss_best": {"mean": 1.60, "ci95": float("nan"), "n": 1}}, "truncated": False}
-    board = leaderboard("tinyshakespeare", [entry], {})
-    order = re.findall(r'<tr class="row-(\w+)"', board)
-    assert order == ["anchor", "results", "anchor"]  # 1.47 < 1.60 < 1.88 nats
-    assert "nanoGPT" in board and "1.6 (n=1)" in board
+             "seeds": [{"seed": 0, "metrics": {}, "stopped_by": "max_epochs"}], "budget": {}, "curves": {},
+             "settings": {"loss_unit": "nats per character"}, "truncated": False,
+             "summary": {"test/loss_valtest": {"mean": 1.60, "ci95": float("nan"), "n": 1},
+                         "val/loss_best": {"mean": 1.40, "ci95": float("nan"), "n": 1}}}
+    (board,) = boards({"shakespeare_lstm": entry}, {}, [])
+    # nanoGPT's validation loss is paired with our loss over val+test, not with our (easier) val loss
+    assert board["primary"] == ("test/loss_valtest", "nats/char")
+    assert [r["kind"] for r in board["rows"]] == ["anchor", "run", "anchor"]  # 1.47 < 1.60 < 1.88 nats
 
 
 def test_report_renders_from_the_ledger_alone(project: Path) -> None:
     _ledger_entry(project)
     assert main(["report"]) == 0
     index = (project / "results" / "report" / "index.html").read_text()
-    assert re.findall(r'data-exp="(\w+)"', index) == ["digits_wide", "hello_lstm", "words_lstm"]
+    assert re.findall(r'data-exp="(\w+)"', index) == ["hello_lstm", "words_lstm", "digits_wide"]
     assert "1.23 ± 0.05" in index and "Multi30k" not in index
 
 

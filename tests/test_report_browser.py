@@ -166,9 +166,9 @@ def test_report_in_headless_chromium(project: Path, browser: Browser, tmp_path: 
     page.js("new Promise(r => setTimeout(r, 300))")  # let Plotly finish its first layout
     assert page.js("document.querySelectorAll('table.board').length") == 3  # one per task: digits, hello, words
     assert page.js("document.querySelectorAll('.js-plotly-plot .main-svg').length") >= 1  # a chart was drawn
-    assert page.js("document.querySelector('#task-hello tbody tr').dataset.exp") == "hello_lstm"
-    page.js("document.querySelector('#task-hello th[data-key=\"test/bpc\"]').click()")
-    assert page.js("document.querySelector('#task-hello tbody tr').dataset.exp") == "hello_lstm"
+    assert page.js("document.querySelector('#task-char_lm-hello tbody tr').dataset.exp") == "hello_lstm"
+    page.js("document.querySelector('#task-char_lm-hello th[data-key=\"test/bpc\"]').click()")
+    assert page.js("document.querySelector('#task-char_lm-hello tbody tr').dataset.exp") == "hello_lstm"
     assert page.screenshot(shots / "index.png") > 100.0
 
     page.open((site / "compare.html").as_uri() + "#hello_lstm")
@@ -191,3 +191,64 @@ def test_report_in_headless_chromium(project: Path, browser: Browser, tmp_path: 
     assert urls and all(u.startswith(("file://", "data:")) for u in urls), [u for u in urls if not u.startswith("file")]
     assert page.errors() == []
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+UNITS_JS = """(() => {
+  const bad = [];
+  document.querySelectorAll('table.board').forEach(table => {
+    const heads = [...table.tHead.rows[0].cells];
+    [...table.tBodies[0].rows].forEach(row => [...row.cells].forEach((cell, i) => {
+      const key = cell.getAttribute('data-key');
+      if (key === null) return;
+      const head = heads[i];
+      if (head.getAttribute('data-key') !== key || head.getAttribute('data-unit') !== cell.getAttribute('data-unit'))
+        bad.push(table.closest('section').id + ': ' + key + ' in ' + cell.getAttribute('data-unit'));
+    }));
+  });
+  return bad;
+})()"""
+
+
+@pytest.mark.slow
+def test_claims_studies_and_task_boards_of_a_fresh_clone_in_headless_chromium(
+        tmp_path: Path, browser: Browser, migrated_mlflow_db: Any) -> None:
+    """Built from a published ledger alone: both findings pages name every claim and study and draw their charts;
+    every leaderboard table keeps one unit per column, and the tasks with a baseline show its row."""
+    from tests.test_report_findings import build_fresh
+
+    project = tmp_path / "project"
+    project.mkdir()
+    site = build_fresh(project, migrated_mlflow_db)
+    shots, page = _shots_dir(tmp_path), Page(browser)
+    claims = sorted(p.stem for p in (project / "ledger" / "claims").glob("*.json"))
+    studies = sorted(p.stem for p in (project / "ledger" / "studies").glob("*.json"))
+    assert claims == ["long_lag"] and studies == ["lstm_depth"]
+
+    page.open((site / "claims.html").as_uri())
+    page.js("new Promise(r => setTimeout(r, 300))")
+    summary = page.js("document.querySelector('table.claims-summary').innerText")
+    assert all(name in summary for name in claims) and "Supported" in summary
+    assert page.js("document.querySelectorAll('section.claim .js-plotly-plot').length") == len(claims)
+    assert page.screenshot(shots / "claims.png") > 100.0
+
+    page.open((site / "studies.html").as_uri())
+    page.js("new Promise(r => setTimeout(r, 500))")
+    summary = page.js("document.querySelector('table.studies-summary').innerText")
+    assert all(name in summary for name in studies)
+    for name in studies:
+        drawn = page.js(f"document.querySelectorAll('#study-{name} .js-plotly-plot .main-svg').length")
+        assert drawn >= 5, name  # history, slice, importance, parallel coordinates, intermediate values
+    assert page.screenshot(shots / "studies.png") > 100.0
+
+    page.open((site / "index.html").as_uri())
+    page.js("new Promise(r => setTimeout(r, 300))")
+    assert page.js(UNITS_JS) == []
+    assert page.js("document.querySelectorAll('#task-char_lm-hello tr.row-baseline').length") == 1
+    tasks = page.js("[...document.querySelectorAll('section.task')].map(s => s.id)")
+    assert "task-sequence_classification-long_lag" in tasks and len(tasks) == len(set(tasks))
+    page.js("document.querySelector('#task-char_lm-hello th[data-key=\"test/loss\"]').click()")
+    assert page.js("document.querySelector('#task-char_lm-hello tr.row-baseline td.rank').textContent") == ""
+    assert page.screenshot(shots / "index-tasks.png") > 100.0
+    urls = page.requests()
+    assert urls and all(u.startswith(("file://", "data:")) for u in urls), [u for u in urls if not u.startswith("file")]
+    assert page.errors() == []

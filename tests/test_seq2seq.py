@@ -13,7 +13,7 @@ import torch
 from datamodules.sources import ENV_VAR, DataNotFoundError
 from datamodules.translation import BOS, EOS, PAD, SPECIALS, UNK, Multi30kDataModule, build_vocab, tokenize
 from lightning_modules.recurrent.decoding import beam_search, bleu_signature, corpus_bleu, detokenize, greedy_decode
-from lightning_modules.recurrent.cells import StackedRNN
+from lightning_modules.recurrent.stack import StackedRNN
 from lightning_modules.recurrent.seq2seq import Seq2Seq, run_masked
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"

@@ -12,7 +12,9 @@ from torch import nn
 
 from datamodules.conllu import UPOS, UDPOSDataModule, parse_conllu
 from datamodules.sources import ENV_VAR
-from lightning_modules.recurrent.tagger import Tagger, reverse_padded
+from lightning_modules.recurrent.stack import reverse_padded
+from lightning_modules.recurrent.tagger import Tagger
+from tests.conftest import copy_from_torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 needs_ewt = pytest.mark.skipif(not (SHARED / "ud_ewt").is_dir(), reason="shared UD-EWT copy absent")
@@ -81,20 +83,15 @@ def test_bidirectional_outputs_ignore_appended_padding(cell: str) -> None:
     assert not torch.allclose(other[0, 0], base[0, 0])
 
 
-def test_bilstm_matches_torch_bidirectional_lstm_on_packed_sequences() -> None:
-    model = _tagger(num_layers=2, forget_bias=0.0)
+@pytest.mark.parametrize("impl", ["torch", "equations"])
+def test_bilstm_matches_torch_bidirectional_lstm_on_packed_sequences(impl: str) -> None:
+    model = _tagger(num_layers=2, forget_bias=0.0, impl=impl)
     rnn = model.net.rnn
     ref = nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=True)
-    with torch.no_grad():
-        for k in range(2):
-            for suffix, stack in (("", rnn.forward_layers[k]), ("_reverse", rnn.backward_layers[k])):
-                cell = stack.layers[0]
-                cell.weight_ih.copy_(getattr(ref, f"weight_ih_l{k}{suffix}"))
-                cell.weight_hh.copy_(getattr(ref, f"weight_hh_l{k}{suffix}"))
-                cell.bias.copy_(getattr(ref, f"bias_ih_l{k}{suffix}") + getattr(ref, f"bias_hh_l{k}{suffix}"))
+    copy_from_torch(rnn, ref)
     x = torch.randn(3, 6, 6)  # [batch, T, embed]
     lengths = torch.tensor([6, 2, 4])
-    ours = rnn(x, lengths)  # [batch, T, 10]
+    ours, _ = rnn(x, lengths=lengths)  # [batch, T, 10]
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     theirs, _ = nn.utils.rnn.pad_packed_sequence(ref(packed)[0], batch_first=True)
     for b, n in enumerate(lengths.tolist()):

@@ -24,11 +24,12 @@ from benchmarks.core.errors import ArchbenchError
 PARAMS_ENV = "ARCHBENCH_PARAMS"
 EXPERIMENT_SECTIONS = ("experiments", "full_experiments")
 SECTIONS = {"settings", "experiments", "full_experiments", "studies", "full_studies", "claims", "full_claims", "density"}
-EXPERIMENT_KEYS = {"model", "data", "model_args", "data_args", "trainer", "seeds", "description", "extends", "continues"}
+EXPERIMENT_KEYS = {"model", "data", "model_args", "data_args", "trainer", "seeds", "description", "extends", "continues",
+                   "tuned_by"}
 # Experiment, study and claim names become folder and file names (results/<exp>/, leases, MLflow run names): a
 # plain identifier, and none of the folders the suite keeps beside experiments in results/.
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-RESERVED_NAMES = {"report", "tune", "claims", "data", "code", "density", "density_full"}
+RESERVED_NAMES = {"report", "tune", "claims", "data", "code", "baselines", "density", "density_full"}
 
 
 def check_name(kind: str, name: Any) -> None:
@@ -53,6 +54,7 @@ class Experiment:
     profile: str = "default"
     description: str = ""
     continues: str | None = None  # the experiment whose best checkpoint (same seed) this one goes on from
+    tuned_by: str | None = None  # the study whose best parameters it uses (shown in the report; not in the hash)
 
     def as_dict(self) -> dict[str, Any]:
         # "continues" only when set, so every other experiment keeps its config hash.
@@ -174,6 +176,9 @@ def experiment_from_params(params: dict[str, Any], name: str) -> Experiment:
     if continues is not None and (not isinstance(continues, str) or continues not in table or continues == name):
         raise ArchbenchError(f"experiment '{name}': 'continues' must name another experiment in params.yaml, "
                              f"got {continues!r}")
+    tuned_by = raw.get("tuned_by")
+    if tuned_by is not None and tuned_by not in (params.get("studies") or {}) | (params.get("full_studies") or {}):
+        raise ArchbenchError(f"experiment '{name}': 'tuned_by' must name a study in params.yaml, got {tuned_by!r}")
     data_args = dict(raw.get("data_args") or {})
     return Experiment(
         name=name,
@@ -186,6 +191,7 @@ def experiment_from_params(params: dict[str, Any], name: str) -> Experiment:
         profile=table[name][0],
         description=str(raw.get("description", "")),
         continues=continues,
+        tuned_by=tuned_by,
     )
 
 

@@ -88,6 +88,7 @@ class SeedRun:
         from benchmarks.core.provenance import code_hash
         from benchmarks.run.fit import seed_and_build
 
+        self.cpu_started = time.process_time()  # data and model building count too (run/compute.py)
         self.args = validate_run(self.exp, self.opts)
         if self.opts.threads:
             torch.set_num_threads(self.opts.threads)
@@ -160,13 +161,15 @@ class SeedRun:
                                              "parameters": self.n_params} | package_versions())
 
     def fit(self) -> Any:
+        from benchmarks.run.compute import CpuClock
         from benchmarks.run.fit import fit_and_test
         from benchmarks.run.watch import RunWatch
 
         watch = RunWatch(self.fence if self.opts.lease else None, self.link)
+        self.clock = CpuClock(self.state, resumed=self.resumes_own, started=self.cpu_started)
         self.fitting = True
         return fit_and_test(self.exp, self.seed, self.model, self.dm, self.args, self.state, self.logger,
-                            self.resume_from, extra_callbacks=[*self.opts.extra_callbacks, watch],
+                            self.resume_from, extra_callbacks=[self.clock, *self.opts.extra_callbacks, watch],
                             monitor=self.opts.monitor, progress_bar=self.opts.progress_bar,
                             divergence_ratio=self.opts.divergence_ratio, skip_test=self.opts.skip_test)
 
@@ -187,7 +190,7 @@ class SeedRun:
         }
         provenance = {"run_id": self.run_id, "tracking_uri": self.uri, "git_commit": self.commit,
                       "dvc_lock": lock_state(self.opts.project_dir), "machine": machine(torch.get_num_threads()),
-                      "device": str(self.model.device), "fit_s": fitted.fit_s,
+                      "device": str(self.model.device), "fit_s": fitted.fit_s, "cpu_s": self.clock.total(),
                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         done = {"result": result, "provenance": provenance, "fingerprint": fp.__dict__, "run_id": self.run_id,
                 "checkpoints": {"best": fitted.best_path, "last": fitted.last_path}, "tracked": False}

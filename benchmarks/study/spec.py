@@ -160,14 +160,16 @@ def metric_check(study: str, model: str, metric: str) -> Any:
     import lightning.pytorch as pl
 
     class MetricCheck(pl.Callback):
-        def _check(self, trainer: Any) -> None:
-            if metric not in trainer.callback_metrics:
+        def _check(self, trainer: Any, promised: bool = False) -> None:
+            if metric not in trainer.callback_metrics and not promised:
                 logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/")) or ["none"]
                 raise ArchbenchError(f"study '{study}': model {model} does not log '{metric}' (its validation keys: "
                                      f"{', '.join(logged)}); set the study's metric to one of them")
 
         def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
-            self._check(trainer)
+            # A model's own checkpoint key may be logged only by a real validation pass (a GAN's val/fid skips
+            # the sanity batches): that one is checked at the first validation end instead.
+            self._check(trainer, promised=metric == pl_module.monitor)
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if not trainer.sanity_checking:

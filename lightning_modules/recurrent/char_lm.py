@@ -1,6 +1,6 @@
 """Character-level language model: synchronous many-to-many next-character prediction.
 
-The recurrent core is the suite's own cells (Elman, LSTM, peephole; see recurrent.py). Training is
+The recurrent core is a StackedRNN of the suite's cells (Elman, LSTM, peephole; stack.py, cells.py). Training is
 backpropagation through time on the unrolled net, either full (one backward per sequence) or truncated
 (the sequence is cut into chunks of ``tbptt_steps``; the state flows forward across chunks but the
 gradient stops at each cut). Lightning 2 has no built-in truncated BPTT, so the loop is written here
@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_modules.recurrent.cells import StackedRNN, detach_state
+from lightning_modules.recurrent.cells import detach_state
+from lightning_modules.recurrent.stack import StackedRNN
 
 IGNORE = -100  # padded targets; the datamodules use cross_entropy's ignore_index
 
@@ -27,14 +28,14 @@ class CharNet(nn.Module):
     """Input encoding -> stacked recurrent net -> output projection V (the seed's y_t = f(V s_t), f = softmax)."""
 
     def __init__(self, vocab_size: int, cell: str, hidden_size: int, num_layers: int, embed_dim: int,
-                 dropout: float, forget_bias: float, learn_s0: bool) -> None:
+                 dropout: float, forget_bias: float, learn_s0: bool, impl: str = "auto") -> None:
         super().__init__()
         self.vocab_size = vocab_size
         # embed_dim 0 keeps the seed's one-hot input; otherwise a learned embedding.
         self.embed = nn.Embedding(vocab_size, embed_dim) if embed_dim > 0 else None
         in_size = embed_dim if embed_dim > 0 else vocab_size
         self.rnn = StackedRNN(cell, in_size, hidden_size, num_layers, dropout=dropout,
-                              forget_bias=forget_bias, learn_s0=learn_s0)
+                              forget_bias=forget_bias, learn_s0=learn_s0, impl=impl)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, vocab_size)
 
@@ -84,6 +85,7 @@ class CharLM(pl.LightningModule):
         sample_count: int = 8,
         sample_length: int = 200,
         temperature: float = 1.0,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         if not vocab:
@@ -100,7 +102,7 @@ class CharLM(pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.stoi = {ch: i for i, ch in enumerate(vocab)}
-        self.net = CharNet(len(vocab), cell, hidden_size, num_layers, embed_dim, dropout, forget_bias, learn_s0)
+        self.net = CharNet(len(vocab), cell, hidden_size, num_layers, embed_dim, dropout, forget_bias, learn_s0, impl)
 
     def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list]:
         return self.net(x, state)

@@ -8,7 +8,7 @@ W_a h_s is computed once per sentence, not at every step. The attentional state
 h~_t = tanh(W_c [c_t; h_t]) feeds the output layer, and with ``input_feeding`` the next input too.
 
 Speed (2 CPU cores): with full teacher forcing and no input feeding the decoder does not depend on
-its own outputs, so the whole target runs through StackedRNN at once (hoisted input projections) and
+its own outputs, so the whole target runs through StackedRNN at once (torch's kernel, one call) and
 attention is two batched matmuls over all steps. Otherwise a per-step loop collects the features. In
 both cases the output projection and the loss run once, over all steps, after the recurrence.
 The networks are in seq2seq_nets.py; this file holds the system: losses, decoding, BLEU.
@@ -66,6 +66,7 @@ class Seq2Seq(pl.LightningModule):
         length_penalty: float = 0.6,
         max_decode_len: int = 60,
         sample_count: int = 10,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         for name, value, low in (("src_vocab_size", src_vocab_size, len(SPECIALS) + 1),
@@ -89,7 +90,7 @@ class Seq2Seq(pl.LightningModule):
                 raise ValueError(f"{name} must be {valid}, got {value!r}")
         self.save_hyperparameters()
         self.net = Seq2SeqNet(src_vocab_size, tgt_vocab_size, cell, embed_dim, hidden_size, num_layers, dropout,
-                              attention, input_feeding, reverse_source)
+                              attention, input_feeding, reverse_source, impl)
         self._reset_eval()
         self._sample_src: tuple[Tensor, Tensor] | None = None  # first val sentences, decoded by make_samples
         self._bleu_info: dict[str, Any] = {}

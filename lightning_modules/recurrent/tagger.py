@@ -1,9 +1,10 @@
 """Sequence tagger: synchronous many-to-many, one label per token (UPOS tagging on UD English-EWT).
 
-word embedding -> (bi)directional stack of the suite's recurrent cells -> linear map to tag logits at
+word embedding -> (bi)directional StackedRNN of the suite's recurrent cells -> linear map to tag logits at
 every token (the stacked BiLSTM tagger of Plank et al. 2016, https://arxiv.org/abs/1604.05529, without
-its character model). The backward direction runs the same kind of StackedRNN over each sentence
-reversed *within its own length*, so the padding of a batch never enters the backward pass.
+its character model). As in torch.nn.LSTM(bidirectional=True), layer k+1 reads both directions of layer k,
+and the backward direction reads each sentence from its own last token, so the padding of a batch never
+enters it.
 """
 
 from __future__ import annotations
@@ -14,73 +15,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.recurrent.cells import StackedRNN
+from lightning_modules.recurrent.stack import StackedRNN
 
 IGNORE = -100  # padded tags, cross_entropy's ignore_index
 PAD_ID = 0  # the datamodule's <pad> word id
 
 
-def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
-    """Reverse each sequence of x [batch, T, ...] over its first ``lengths[b]`` steps; padding stays put.
-
-    ``[a, b, c, pad, pad]`` with length 3 becomes ``[c, b, a, pad, pad]``. The map is its own inverse.
-    """
-    batch, steps = x.shape[:2]
-    t = torch.arange(steps, device=x.device).expand(batch, steps)  # [batch, T]
-    lengths = lengths.to(x.device).unsqueeze(1)  # [batch, 1]
-    index = torch.where(t < lengths, lengths - 1 - t, t)  # [batch, T]
-    index = index.view(batch, steps, *([1] * (x.dim() - 2))).expand_as(x)
-    return x.gather(1, index)
-
-
-class BiStackedRNN(nn.Module):
-    """Stacked recurrent layers; with ``bidirectional`` each layer has a forward and a backward pass.
-
-    As in torch.nn.LSTM(bidirectional=True), layer k+1 reads both directions of layer k (concatenated),
-    so deeper layers see the whole sentence. Each direction of each layer is a one-layer StackedRNN.
-    """
-
-    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float,
-                 forget_bias: float, bidirectional: bool) -> None:
-        super().__init__()
-        self.bidirectional = bidirectional
-        dirs = 2 if bidirectional else 1
-        self.output_size = dirs * hidden_size
-
-        def layer(k: int) -> StackedRNN:
-            return StackedRNN(cell, input_size if k == 0 else self.output_size, hidden_size, 1,
-                              forget_bias=forget_bias)
-
-        self.forward_layers = nn.ModuleList(layer(k) for k in range(num_layers))
-        self.backward_layers = nn.ModuleList(layer(k) for k in range(num_layers)) if bidirectional else None
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """x [batch, T, input], lengths [batch] -> [batch, T, dirs * hidden]; outputs past a length are junk."""
-        h = x
-        for k, fwd in enumerate(self.forward_layers):
-            if k > 0:
-                h = self.drop(h)  # between layers, as in StackedRNN
-            out, _ = fwd(h)  # [batch, T, hidden]; causal, so padding after a sentence cannot reach it
-            if self.backward_layers is not None:
-                back, _ = self.backward_layers[k](reverse_padded(h, lengths))  # real tokens first, padding last
-                out = torch.cat([out, reverse_padded(back, lengths)], dim=-1)  # [batch, T, 2 * hidden]
-            h = out
-        return h
-
-
 class TaggerNet(nn.Module):
     def __init__(self, vocab_size: int, num_tags: int, cell: str, embed_dim: int, hidden_size: int,
-                 num_layers: int, dropout: float, forget_bias: float, bidirectional: bool) -> None:
+                 num_layers: int, dropout: float, forget_bias: float, bidirectional: bool, impl: str = "auto") -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
-        self.rnn = BiStackedRNN(cell, embed_dim, hidden_size, num_layers, dropout, forget_bias, bidirectional)
+        self.rnn = StackedRNN(cell, embed_dim, hidden_size, num_layers, dropout=dropout, forget_bias=forget_bias,
+                              bidirectional=bidirectional, impl=impl)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(self.rnn.output_size, num_tags)
 
     def forward(self, words: Tensor, lengths: Tensor) -> Tensor:
         # words [batch, T], lengths [batch]
-        h = self.rnn(self.drop(self.embed(words)), lengths)  # [batch, T, dirs * hidden]
+        h, _ = self.rnn(self.drop(self.embed(words)), lengths=lengths)  # [batch, T, dirs * hidden]
         return self.head(self.drop(h))  # logits [batch, T, num_tags]
 
 
@@ -103,6 +56,7 @@ class Tagger(pl.LightningModule):
         dropout: float = 0.3,
         lr: float = 2e-3,
         forget_bias: float = 1.0,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("num_tags", num_tags), ("embed_dim", embed_dim),
@@ -119,7 +73,7 @@ class Tagger(pl.LightningModule):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.save_hyperparameters()
         self.net = TaggerNet(vocab_size, num_tags, cell, embed_dim, hidden_size, num_layers, dropout, forget_bias,
-                             bidirectional)
+                             bidirectional, impl)
         # micro + ignore_index: the fraction of real tokens tagged right (padding never counts).
         self.val_acc = MulticlassAccuracy(num_tags, average="micro", ignore_index=IGNORE)
         self.test_acc = MulticlassAccuracy(num_tags, average="micro", ignore_index=IGNORE)

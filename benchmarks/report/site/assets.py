@@ -29,6 +29,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 td.rank { color: #6a7385; text-align: right; }
 tr.row-anchor td { background: #fbf8ef; font-style: italic; }
 tr.row-ledger td { background: #f3f7ff; }
+tr.row-baseline td { background: #f1f4ef; color: #3d4a36; }
+td.recipe { font-size: 12px; color: #39435a; max-width: 260px; }
+ul.claims-here { font-size: 13px; color: #39435a; }
 td.pub { font-size: 12px; color: #39435a; }
 a { color: #1a5fc4; } a.run, span.run { font-family: ui-monospace, monospace; font-size: 12px; margin-right: 4px; }
 .badge { display: inline-block; padding: 0 6px; border-radius: 9px; font-size: 11px; font-style: normal;
@@ -36,6 +39,7 @@ a { color: #1a5fc4; } a.run, span.run { font-family: ui-monospace, monospace; fo
 .badge.ok { background: #d9f2e0; color: #17622f; } .badge.bad { background: #fadddd; color: #8a1c1c; }
 .badge.warn { background: #fdeccc; color: #7a4a00; } .badge.anchor { background: #f3e7bf; color: #6b5200; }
 .badge.pubd { background: #dbe7fb; color: #1a4a8a; }
+.badge.base { background: #e3ecd9; color: #35502a; } .badge.tuned { background: #efe1fa; color: #55207a; text-decoration: none; }
 .chart { width: 100%; max-width: 1100px; min-height: 340px; }
 figure { display: inline-block; margin: 8px 16px 8px 0; vertical-align: top; }
 figure img { max-width: 560px; border: 1px solid #dde2ea; }
@@ -84,7 +88,9 @@ JS = r"""
     var rank = 0;
     rows.forEach(function (r) {
       body.appendChild(r);
-      if (!r.classList.contains("row-anchor")) { r.cells[0].textContent = String(++rank); }
+      if (!r.classList.contains("row-anchor") && !r.classList.contains("row-baseline")) {
+        r.cells[0].textContent = String(++rank);
+      }
     });
     table.querySelectorAll("th.sorted").forEach(function (h) { h.classList.remove("sorted"); });
     th.classList.add("sorted");

@@ -108,7 +108,8 @@ def _seed_record(seed: int, result: dict[str, Any], provenance: dict[str, Any], 
             "epochs": result.get("epochs"), "steps": result.get("steps"), "run_id": prov.get("run_id"),
             "link": run_link(prov, server), "commit": prov.get("git_commit"), "machine": machine,
             "threads": machine.get("threads", prov.get("threads")), "device": prov.get("device"),
-            "fit_s": prov.get("fit_s"), "finished_at": prov.get("finished_at"), "tracking_uri": prov.get("tracking_uri")}
+            "fit_s": prov.get("fit_s"), "cpu_s": prov.get("cpu_s"), "finished_at": prov.get("finished_at"),
+            "tracking_uri": prov.get("tracking_uri")}
 
 
 def entry_from_results(exp_dir: Path, server: str | None) -> dict[str, Any] | None:

@@ -155,7 +155,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     import time
 
-    from benchmarks.report.ledger import compare_rows, format_compare, ledger_dir_for, load_ledger_at
+    from benchmarks.report.ledger import (compare_rows, format_compare, ledger_dir_for, load_ledger_at,
+                                          nothing_to_compare)
 
     params = load_params(args.params)
     results_dir = Path(settings(params)["results_dir"])
@@ -167,7 +168,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         from benchmarks.report.site.build import gather
 
         ours = gather(results_dir, {}, None, None)["entries"]
-        print(format_compare(compare_rows(ours, ledger or {}), args.compare))
+        rows = compare_rows(ours, ledger or {})
+        if not rows:  # the site is written, but there is no comparison to show
+            raise ArchbenchError(nothing_to_compare(ours, ledger or {}, args.compare))
+        print(format_compare(rows, args.compare))
     return 0
 
 
@@ -344,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=["default", "full"], default="default")
     p.add_argument("--out", default="results/code", help="folder for the per-experiment and per-claim files")
     p.set_defaults(func=cmd_code_hash)
+
+    from benchmarks.use.commands import add_parsers as add_use_parsers  # sample, translate, tag, score, evaluate
+
+    add_use_parsers(sub, _seed)
 
     # add_help=False: `archbench speed --help` reaches the benchmark's own parser.
     p = sub.add_parser("speed", help="time the suite's cells against torch.nn.LSTM / nn.RNN", add_help=False)

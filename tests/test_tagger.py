@@ -106,9 +106,13 @@ def test_datamodule_batches_from_injected_sentences() -> None:
     args = dm.model_args()
     assert args["tag_names"] == list(UPOS) and args["num_tags"] == 17
     assert dm.words[:2] == ["<pad>", "<unk>"] and args["vocab_size"] == len(dm.words) == 2 + 7
-    words, tags, lengths = next(iter(dm.val_dataloader()))  # eval batches are in length order
+    words, tags, lengths, chars = next(iter(dm.val_dataloader()))  # eval batches are in length order
     assert words.shape == tags.shape == (2, 5) and lengths.tolist() == [2, 5]
     assert tags[0, 2:].eq(-100).all() and words[0, 2:].eq(0).all() and tags[1].ge(0).all()
+    # Characters, case kept: "Go" is G, o then padding; a padded token has none.
+    assert dm.chars[:2] == ["<pad>", "<unk>"] and chars.shape == (2, 5, 4)  # "know" is the longest word
+    assert [dm.chars[i] for i in chars[0, 0].tolist() if i] == list("Go") and chars[0, 2:].eq(0).all()
+    assert [dm.chars[i] for i in chars[1, 3].tolist() if i] == list("know")
     assert json.dumps(dm.describe()) and len(dm.content_hash()) == 64
     Tagger(**args)  # every model arg the data supplies is a constructor argument
 
@@ -143,3 +147,33 @@ def test_tiny_run_on_200_sentences_improves_accuracy() -> None:
     trainer.fit(model, datamodule=dm)
     after = trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"]
     assert after > before + 0.3 and after > 0.5, (before, after)  # measured: 0.04 -> 0.61
+
+
+def test_char_encoder_is_a_bidirectional_rnn_over_each_words_characters() -> None:
+    model = _tagger(chars=["<pad>", "<unk>", "a", "b", "c"], char_dim=4, char_hidden=3, forget_bias=0.0)
+    enc = model.net.chars
+    ref = nn.LSTM(4, 3, bidirectional=True, batch_first=True)
+    copy_from_torch(enc.rnn, ref)
+    chars = torch.tensor([[[2, 3, 4], [3, 0, 0]], [[4, 4, 0], [0, 0, 0]]])  # [batch 2, T 2, L 3]; last token padding
+    out = enc(chars)  # [2, 2, 6]
+    for b, t, word in ((0, 0, [2, 3, 4]), (0, 1, [3]), (1, 0, [4, 4])):
+        _, (h, _) = ref(enc.embed(torch.tensor([word])))  # h [2 directions, 1, 3]
+        torch.testing.assert_close(out[b, t], torch.cat([h[0, 0], h[1, 0]]), atol=1e-6, rtol=1e-6)
+    assert out[1, 1].eq(0).all()  # no characters, no features
+    with pytest.raises(ValueError, match="char_dim"):
+        _tagger(char_dim=4)  # without the datamodule's character list
+
+
+def test_tagger_with_characters_trains_and_tags_raw_tokens() -> None:
+    sents = parse_conllu(CONLLU)
+    dm = UDPOSDataModule.from_sentences({"train": sents * 4, "val": sents, "test": sents}, batch_size=2, min_freq=1)
+    pl.seed_everything(0)
+    model = Tagger(**dm.model_args(), embed_dim=8, hidden_size=8, char_dim=4, char_hidden=4, lr=2e-2, dropout=0.0)
+    trainer = pl.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    tested = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert tested["test/acc"] == 1.0  # memorised: 7 tokens
+    assert model.tag_tokens([["Go", "!"], ["I", "do", "n't", "know", "."]]) == [["VERB", "PUNCT"],
+                                                                             ["PRON", "AUX", "PART", "VERB", "PUNCT"]]
+    assert "bidirectional lstm over each token's characters" in model.metric_settings()["char_features"]

@@ -120,9 +120,11 @@ def test_tinyshakespeare_vocab_and_splits() -> None:
     n = (SHARED / "tinyshakespeare" / "input.txt").stat().st_size
     assert sum(s["characters"] for s in info["splits"].values()) == n
     assert info["splits"]["train"]["characters"] == int(0.9 * n)
-    x, y = next(iter(dm.test_dataloader()))  # [batch, seq_len]
-    assert x.shape == y.shape == (4, 32)
+    x, y, tag = next(iter(dm.test_dataloader()))  # [batch, seq_len], and the split tag of each window
+    assert x.shape == y.shape == (4, 32) and tag.tolist() == [1, 1, 1, 1]  # test windows first, then val's
     assert torch.equal(x[0, 1:], y[0, :-1]) and torch.equal(x[1, 0], y[0, -1])  # stride seq_len
+    windows = dm.test_dataloader().dataset
+    assert len(windows) == len(dm._splits["test"]) + len(dm._splits["val"]) and int(windows[len(windows) - 1][2]) == 0
     assert json.dumps(info)
 
 

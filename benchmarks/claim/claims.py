@@ -180,9 +180,10 @@ def run_claim(params: dict[str, Any], name: str, opts: Any, worker: bool = False
     ``worker`` leaves as soon as nothing is left to take, returning None unless everything is finished; the
     last worker to finish writes the table.
     """
-    from benchmarks.run.build import check_experiment
-
     from benchmarks.core.files import check_writable
+    from benchmarks.run.build import check_experiment
+    from benchmarks.run.run_groups import claim_parent_tags
+    from benchmarks.run.tracker_link import TrackerLink
     from benchmarks.run.tracking import check_tracking_uri, tracking_uri
 
     profile, conf = claim_config(params, name)
@@ -194,6 +195,11 @@ def run_claim(params: dict[str, Any], name: str, opts: Any, worker: bool = False
     check_tracking_uri(tracking_uri(opts.project_dir))
     out = opts.results_dir / "claims" / name
     _drop_stale_table(out, conf)
+    # The parent run is made (or found) on the tracking server within the tracker's retry window, said on stderr.
+    link = TrackerLink(tracking_uri(opts.project_dir), opts.outbox(), f"claim.{name}")
+    parent = link.retried(claim_parent_tags, name, conf.get("statement", ""), opts)
+    link.close()
+    opts = dataclasses.replace(opts, tags=opts.tags | parent)
     if not _work(name, list(cells.values()), out / "runs", dataclasses.replace(opts, results_dir=out / "runs"),
                  opts.results_dir / "claims" / ".leases" / name, worker, stale_after_s):
         return None

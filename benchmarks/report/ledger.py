@@ -155,10 +155,12 @@ def publish(params: dict[str, Any], name: str, results_dir: Path, ledger_dir: Pa
     """Write ledger/<name>.json and ledger/metrics/<name>.json; returns the first."""
     from benchmarks.core.params import experiment_from_params, settings
     from benchmarks.core.provenance import code_hash
+    from benchmarks.run.model_logging import publish_model
     from benchmarks.run.results import data_hash, write_json
 
     exp = experiment_from_params(params, name)
     record = build_record(exp, results_dir, code_hash(exp), data_hash(exp, settings(params)["data_dir"]), allow_missing)
+    record = publish_model(exp, record, results_dir)  # registry; no local paths
     ledger = ledger_dir or ledger_dir_for(results_dir)
     copy_sample_files(record, results_dir / name, ledger)
     write_json(ledger / f"{name}.json", record)
@@ -266,6 +268,19 @@ def compare_rows(ours: dict[str, dict[str, Any]], ledger: dict[str, dict[str, An
                 rows.append({"experiment": name, "metric": key, "ours": stat, "published": published[key],
                              "within": within(stat["mean"], published[key])})
     return rows
+
+
+def nothing_to_compare(ours: dict[str, Any], ledger: dict[str, Any], rev: str) -> str:
+    """Why ``report --compare`` found no pair: which side lacks what, and what would make one."""
+    if not ours:
+        return (f"nothing to compare: you have no finished experiment under results/ (the ledger at {rev} has "
+                f"{len(ledger)}: {', '.join(sorted(ledger)[:6]) or 'none'}); run one of them, e.g. "
+                f"`archbench train {min(ledger) if ledger else 'EXP'}`, then compare again")
+    if not ledger:
+        return f"nothing to compare: the ledger at {rev} is empty; publish an experiment there first (archbench publish EXP)"
+    return (f"nothing to compare: your runs ({', '.join(sorted(ours)[:6])}) are not in the ledger at {rev} "
+            f"({', '.join(sorted(ledger)[:6])}); train one of the ledger's experiments, e.g. "
+            f"`archbench train {min(ledger)}`, or publish yours and commit ledger/")
 
 
 def format_compare(rows: list[dict[str, Any]], rev: str) -> str:

@@ -185,6 +185,22 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return summary
 
 
+def headline_path(results_dir: Path, name: str) -> Path:
+    """results/headline/<exp>.json: one small file per experiment in one folder, DVC's metrics of the training stage
+    (``dvc exp show``, ``dvc metrics diff``), and the report stage's dependency on every experiment at once."""
+    return results_dir / "headline" / f"{name}.json"
+
+
+def headline(stats: dict[str, dict[str, float]], n_seeds: int) -> dict[str, Any]:
+    """The seed means of the test metrics that have a better direction, to 5 significant digits, and the seed count:
+    a few readable columns per experiment. The full table (std, CI, n, diagnostics) stays in metrics.json."""
+    from benchmarks.core.metric_keys import direction
+
+    keep = {k: float(f"{s['mean']:.5g}") for k, s in sorted(stats.items())
+            if k.startswith("test/") and not k.endswith("_std") and direction(k) in ("min", "max")}
+    return keep | {"seeds": n_seeds}
+
+
 def merge_seeds(exp: Experiment, results_dir: Path, code: str | None = None, data: str | None = None,
                 data_dir: str | None = None) -> dict[str, Any]:
     """Rebuild results/<exp>/metrics.json and summary.json from every current finished seed (config, code and
@@ -213,6 +229,7 @@ def merge_seeds(exp: Experiment, results_dir: Path, code: str | None = None, dat
                                for key, s in stats.items()}
     write_json(out / "summary.json", summary)
     write_json(out / "metrics.json", numbers | {"n_seeds": len(results)})
+    write_json(headline_path(results_dir, exp.name), headline(stats, len(results)))
     for line in stale.values():
         print(f"{exp.name}: left out {line}")
     return summary

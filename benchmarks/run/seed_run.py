@@ -224,9 +224,23 @@ class SeedRun:
             client.set_terminated(run_id, "FINISHED")
         finally:
             self.link.holding = False
-        self.link.finish(hint="the results are safe on disk; the next archbench run sends the rest (and closes the "
-                              "MLflow run) once the server answers")
+        hint = ("the results are safe on disk; the next archbench run sends the rest (and closes the MLflow run) once "
+                "the server answers")
+        self.link.finish(hint=hint)
+        self.log_model(done, hint)
         write_done(self.state, done | {"tracked": True})
+
+    def log_model(self, done: dict[str, Any], hint: str) -> None:
+        """The best checkpoint as an MLflow Model (run/model_logging.py), once the run's own writes are sent: it
+        talks to MLflow on its own, so it is retried within the window like a read, and redone by the next run of
+        this seed (done.json's ``tracked`` stays false) when the server stays away."""
+        from benchmarks.run.model_logging import log_seed_model
+
+        try:
+            self.link.retried(log_seed_model, self.exp, self.seed, done["checkpoints"]["best"], done["run_id"],
+                              self.uri, self.opts.tags)
+        except TrackerUnreachable:
+            raise self.link.give_up(hint) from None
 
     def finish_again(self, done: dict[str, Any]) -> dict[str, Any]:
         """A seed that finished training earlier (its results not yet written, or asked for again): its results

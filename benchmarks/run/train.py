@@ -78,11 +78,11 @@ def is_global_zero() -> bool:
 def validate_run(exp: Experiment, opts: RunOptions) -> dict[str, Any]:
     """Every check that needs no data, before anything is written; returns the Trainer arguments."""
     from benchmarks.run.tracking import check_tracking_uri, tracking_uri
-    from benchmarks.run.validate import check_budget, check_trainer, check_values, check_writable
+    from benchmarks.run.validate import check_budget, check_trainer, check_values, check_writable, resolve_strategy
 
     check_experiment(exp)
     check_values(exp)
-    args = trainer_args(exp, opts.trainer_overrides)
+    args = resolve_strategy(exp, trainer_args(exp, opts.trainer_overrides))
     check_budget(exp, args)
     if opts.results_dir is not None:
         check_writable(opts.results_dir, "results_dir")

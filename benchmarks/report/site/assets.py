@@ -50,7 +50,7 @@ fieldset { border: 1px solid #dde2ea; background: #fff; margin: 6px 0; } fieldse
 #compare-table td.best { font-weight: 700; color: #17622f; }
 #compare-table tr.differs td, #compare-table tr.differs th { background: #fff6d8; }
 #compare-table tr.section th { background: #1d2430; color: #fff; }
-#compare-table .delta { color: #6a7385; font-size: 12px; }
+#compare-table .delta { display: block; color: #6a7385; font-size: 12px; }
 #compare-table.only-diff tr.same { display: none; }
 code { font-size: 12px; }
 """
@@ -191,6 +191,8 @@ JS = r"""
   }
   function renderCompare() {
     var cmp = data.compare, ids = picked(), out = document.getElementById("compare-out");
+    // The address names what is ticked, so a link or a reload shows the same comparison.
+    history.replaceState(null, "", "#" + ids.map(encodeURIComponent).join(","));
     out.innerHTML = "";
     if (ids.length < 2) {
       out.appendChild(el("p", "Pick at least two experiments.", "hint"));
@@ -206,7 +208,7 @@ JS = r"""
     table.appendChild(head);
     sectionRow(table, "metrics (mean ± 95% CI)", ids.length); metricRows(table, cmp, ids);
     sectionRow(table, "parameters and settings", ids.length); paramRows(table, cmp, ids);
-    out.appendChild(table);
+    var wrap = el("div", null, "scroll"); wrap.appendChild(table); out.appendChild(wrap);  // wide tables scroll
     drawCompareCurves(cmp, ids);
   }
   function initCompare() {

@@ -107,6 +107,34 @@ class ResumableMLFlowLogger(MLFlowLogger):
         """Left to the seed run, which ends the MLflow run once its numbers are safe (see the module note)."""
 
 
+def make_logger(exp: Any, seed: int, opts: Any, run_id: str | None, commit: str, link: TrackerLink) -> Any:
+    from benchmarks.run.tracking import artifact_location
+
+    tags = {"experiment": exp.name, "seed": str(seed), "model": exp.model, "data": exp.data, "profile": exp.profile,
+            "mlflow.source.git.commit": commit.removesuffix("-dirty"), "git_dirty": str(commit.endswith("-dirty")),
+            "mlflow.note.content": exp.description or f"{exp.model} on {exp.data}"}
+    return ResumableMLFlowLogger(
+        experiment_name=opts.mlflow_experiment, run_name=f"{exp.name}/seed{seed}", tracking_uri=link.uri,
+        artifact_location=artifact_location(opts.project_dir), tags=tags | opts.tags, run_id=run_id, link=link,
+    )
+
+
+def describe_experiment(client: Any, exp_id: str) -> None:
+    """The note the MLflow UI shows on the experiment, set once. Two workers may set it at the same moment:
+    a tracking server then refuses the second insert, which leaves the same note in place."""
+    from mlflow.exceptions import MlflowException
+
+    if "mlflow.note.content" in client.get_experiment(exp_id).tags:
+        return
+    try:
+        from benchmarks.run.train import EXPERIMENT_NOTE
+
+        client.set_experiment_tag(exp_id, "mlflow.note.content", EXPERIMENT_NOTE)
+    except MlflowException:
+        if "mlflow.note.content" not in client.get_experiment(exp_id).tags:
+            raise
+
+
 def _one_line(value: Any) -> str:
     """A param as one line: control characters (a vocabulary's end-of-word newline) are shown escaped."""
     text = str(value)

@@ -136,3 +136,15 @@ def remove_temporaries(state: Path) -> None:
         for path in state.glob(pattern):
             if path.is_file():
                 path.unlink(missing_ok=True)
+
+
+def continued_checkpoint(exp: Any, seed: int, opts: Any) -> Path:
+    """The best checkpoint of the same seed of the experiment ``exp`` continues, which must have been run."""
+    from benchmarks.run.results import seed_results_dir
+
+    results = opts.results_dir if opts.results_dir is not None else opts.project_dir / "results"
+    ckpt = seed_results_dir(results / str(exp.continues), seed) / "best.ckpt"
+    if not ckpt.is_file():
+        raise ArchbenchError(f"experiment '{exp.name}' continues '{exp.continues}', but {ckpt} does not exist; "
+                             f"run `archbench train {exp.continues} --seed {seed}` first")
+    return ckpt

@@ -30,10 +30,12 @@ from benchmarks.core.errors import ArchbenchError
 from benchmarks.core.files import FULL, DiskFullError, atomic_write_text, errno_in_chain
 from benchmarks.core.params import Experiment
 from benchmarks.run.leases import LeaseLost
-from benchmarks.run.run_state import (DONE, Fingerprint, check_checkpoint, check_compatible, discard_checkpoints,
-                                      finished, remove_temporaries, resume_point, write_done, write_fingerprint)
+from benchmarks.run.resumable_logger import describe_experiment, make_logger
+from benchmarks.run.run_state import (DONE, Fingerprint, check_checkpoint, check_compatible, continued_checkpoint,
+                                      discard_checkpoints, finished, remove_temporaries, resume_point, write_done,
+                                      write_fingerprint)
 from benchmarks.run.tracker_link import TrackerLink, TrackerUnreachable, flush_outboxes
-from benchmarks.run.train import EXPERIMENT_NOTE, RunOptions, is_global_zero, seed_state_dir, validate_run
+from benchmarks.run.train import RunOptions, is_global_zero, seed_state_dir, validate_run
 from lightning_modules.contracts import model_settings
 
 
@@ -332,42 +334,3 @@ def is_pruned(exc: BaseException) -> bool:
     from optuna.exceptions import TrialPruned
 
     return isinstance(exc, TrialPruned)
-
-
-def make_logger(exp: Experiment, seed: int, opts: RunOptions, run_id: str | None, commit: str, link: TrackerLink) -> Any:
-    from benchmarks.run.resumable_logger import ResumableMLFlowLogger
-    from benchmarks.run.tracking import artifact_location
-
-    tags = {"experiment": exp.name, "seed": str(seed), "model": exp.model, "data": exp.data, "profile": exp.profile,
-            "mlflow.source.git.commit": commit.removesuffix("-dirty"), "git_dirty": str(commit.endswith("-dirty")),
-            "mlflow.note.content": exp.description or f"{exp.model} on {exp.data}"}
-    return ResumableMLFlowLogger(
-        experiment_name=opts.mlflow_experiment, run_name=f"{exp.name}/seed{seed}", tracking_uri=link.uri,
-        artifact_location=artifact_location(opts.project_dir), tags=tags | opts.tags, run_id=run_id, link=link,
-    )
-
-
-def describe_experiment(client: Any, exp_id: str) -> None:
-    """The note the MLflow UI shows on the experiment, set once. Two workers may set it at the same moment:
-    a tracking server then refuses the second insert, which leaves the same note in place."""
-    from mlflow.exceptions import MlflowException
-
-    if "mlflow.note.content" in client.get_experiment(exp_id).tags:
-        return
-    try:
-        client.set_experiment_tag(exp_id, "mlflow.note.content", EXPERIMENT_NOTE)
-    except MlflowException:
-        if "mlflow.note.content" not in client.get_experiment(exp_id).tags:
-            raise
-
-
-def continued_checkpoint(exp: Experiment, seed: int, opts: RunOptions) -> Path:
-    """The best checkpoint of the same seed of the experiment ``exp`` continues, which must have been run."""
-    from benchmarks.run.results import seed_results_dir
-
-    results = opts.results_dir if opts.results_dir is not None else opts.project_dir / "results"
-    ckpt = seed_results_dir(results / str(exp.continues), seed) / "best.ckpt"
-    if not ckpt.is_file():
-        raise ArchbenchError(f"experiment '{exp.name}' continues '{exp.continues}', but {ckpt} does not exist; "
-                             f"run `archbench train {exp.continues} --seed {seed}` first")
-    return ckpt

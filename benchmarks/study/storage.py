@@ -175,6 +175,45 @@ def fail_stale(study: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    _fail_heartbeatless(study)
+
+
+def _fail_heartbeatless(study: Any) -> None:
+    """Fail, as stale, RUNNING trials that never recorded a heartbeat and started more than the grace period ago.
+
+    Optuna judges staleness by heartbeats only, so a worker that died (or lost the storage) between creating its
+    trial and its first heartbeat would leave that trial RUNNING for good, and the study waiting for it. A live
+    trial beats within a moment of its creation, so past the grace period no heartbeat means no worker."""
+    from datetime import datetime
+
+    import optuna
+    import sqlalchemy.orm
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    backend = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDBStorage in a cache
+    if not isinstance(backend, optuna.storages.RDBStorage) or backend.heartbeat_interval is None:
+        return
+    grace = backend.grace_period or 2 * backend.heartbeat_interval
+    old = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+           if t.datetime_start is not None and (datetime.now() - t.datetime_start).total_seconds() > grace]
+    if not old:
+        return
+    with sqlalchemy.orm.Session(backend.engine) as session:
+        beating = {tid for (tid,) in session.query(models.TrialHeartbeatModel.trial_id)
+                   .filter(models.TrialHeartbeatModel.trial_id.in_([t._trial_id for t in old]))}
+    # The callback the storage was opened with (its name changed in Optuna 4.9), as fail_stale_trials calls it.
+    get_callback = getattr(backend, "get_heartbeat_stale_trial_callback", None) or backend.get_failed_trial_callback
+    callback = get_callback()
+    for trial in old:
+        if trial._trial_id in beating:
+            continue
+        try:
+            failed = study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed (or its worker finished) it first
+        if failed and callback is not None:
+            callback(study, study._storage.get_trial(trial._trial_id))
 
 
 def counts(study: Any) -> tuple[int, list[Any]]:

@@ -153,7 +153,7 @@ class Postgres:
 
     def start(self) -> None:
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "120",
-                 "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root}", "start")
+                 "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200", "start")
 
     def stop(self) -> None:
         """As a crash or a lost machine: no shutdown checkpoint, clients cut off at once."""

@@ -30,9 +30,14 @@ def _env(**extra: str) -> dict[str, str]:
     return worker_env(**data, **extra)
 
 
-def _finished(url: str) -> int:
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    """One storage for a test's polling: each load_study(storage=URL) would open a connection pool of its own."""
+    return optuna.storages.RDBStorage(url)
+
+
+def _finished(storage: optuna.storages.RDBStorage) -> int:
     try:
-        study = optuna.load_study(study_name="lstm_depth", storage=url)
+        study = optuna.load_study(study_name="lstm_depth", storage=storage)
     except KeyError:
         return 0
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
@@ -44,7 +49,9 @@ def _stopped_mid_study(project: Path, postgres: Postgres, workers: int) -> None:
     n = tiny_study(project, n_trials=8)["studies"]["lstm_depth"]["n_trials"]
     env = _env(OPTUNA_STORAGE=postgres.url)
     procs = [_worker(project, env) for _ in range(workers)]
-    wait_for(lambda: _finished(postgres.url) >= 2, procs[0], "two finished trials")
+    polling = _storage(postgres.url)
+    wait_for(lambda: _finished(polling) >= 2, procs[0], "two finished trials")
+    polling.engine.dispose()
     postgres.stop()
     for proc in procs:
         out, err = proc.communicate(timeout=600)
@@ -79,11 +86,12 @@ def test_a_tune_worker_frozen_past_its_heartbeat(project: Path, postgres: Postgr
     n = tiny_study(project, n_trials=6)["studies"]["lstm_depth"]["n_trials"]
     url = postgres.url
     env = _env(OPTUNA_STORAGE=url, MLFLOW_TRACKING_URI=mlflow_server.uri)
+    polling = _storage(url)
     frozen, other = _worker(project, env), None
     try:
         def running_trial() -> object:
             try:
-                study = optuna.load_study(study_name="lstm_depth", storage=url)
+                study = optuna.load_study(study_name="lstm_depth", storage=polling)
             except KeyError:
                 return None
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

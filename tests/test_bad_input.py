@@ -263,3 +263,15 @@ def test_bad_study_from_the_command_line(key: str, value: object, message: str, 
     write_params(project / "params.yaml", params)
     assert message in _one_line_error(capsys, ["tune", "lstm_depth"])
     _nothing_written(project)
+
+
+def test_tuned_by_is_not_inherited_through_extends(tmp_path: Path) -> None:
+    from benchmarks.core.params import experiment_from_params, load_params
+
+    params = load_params()
+    params["studies"]["lstm_depth"]["experiment"] = "words_lstm"
+    params["experiments"]["words_lstm"]["tuned_by"] = "lstm_depth"
+    params.setdefault("full_experiments", {})["words_lstm_wide"] = {"extends": "words_lstm",
+                                                                    "model_args": {"hidden_size": 512}}
+    assert experiment_from_params(params, "words_lstm").tuned_by == "lstm_depth"
+    assert experiment_from_params(params, "words_lstm_wide").tuned_by is None

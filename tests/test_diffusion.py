@@ -1,5 +1,6 @@
-"""DDPM against Ho et al. 2020's formulas: forward noising, the posterior, the discretised decoder, the bound,
-sampling, and a tiny run on digits."""
+"""The DDPM module: the discretised decoder, the bound against hand sums (exact at stride 1, unbiased when
+strided), the EMA of the weights, learned variances, sampling, and a tiny run on digits. The schedule's closed
+forms are in test_diffusion_scheduler.py."""
 
 from __future__ import annotations
 
@@ -25,50 +26,6 @@ def _tiny(**kwargs: object) -> DDPM:
     return DDPM(**(args | kwargs))
 
 
-def _paper_schedule(T: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """β_t and ᾱ_t = Π_{s<=t} (1 - β_s) for t = 1..T, written out independently of the module (index t - 1)."""
-    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-    return betas, torch.cumprod(1 - betas, 0)
-
-
-def test_forward_noising_has_the_closed_form_moments() -> None:
-    model = _tiny()
-    betas, alpha_bar = _paper_schedule()
-    x0 = torch.linspace(-1, 1, 64).view(1, 1, 8, 8)
-    for t in (1, 250, 1000):
-        n = 20000
-        noise = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(t))
-        xt = model.q_sample(x0.expand(n, -1, -1, -1), torch.full((n,), t), noise)  # [n, 1, 8, 8]
-        ab = alpha_bar[t - 1].item()
-        assert torch.allclose(xt.mean(0), math.sqrt(ab) * x0[0], atol=4 * math.sqrt((1 - ab) / n))
-        assert torch.allclose(xt.var(0), torch.full_like(x0[0], 1 - ab), rtol=0.05)
-
-
-def test_posterior_matches_the_paper_and_bayes_rule() -> None:
-    model = _tiny()
-    betas, alpha_bar = _paper_schedule()
-    gen = torch.Generator().manual_seed(0)
-    x0, xt = torch.rand(3, 1, 8, 8, generator=gen) * 2 - 1, torch.randn(3, 1, 8, 8, generator=gen)
-    for t in (2, 10, 500, 1000):
-        mean, var = model.q_posterior(x0, xt, torch.full((3,), t))
-        b, ab, ab_prev = betas[t - 1], alpha_bar[t - 1], alpha_bar[t - 2]
-        # eq. 7: μ̃ = sqrt(ᾱ_{t-1}) β_t / (1 - ᾱ_t) x_0 + sqrt(α_t) (1 - ᾱ_{t-1}) / (1 - ᾱ_t) x_t
-        paper_mean = ab_prev.sqrt() * b / (1 - ab) * x0 + (1 - b).sqrt() * (1 - ab_prev) / (1 - ab) * xt
-        paper_var = (1 - ab_prev) / (1 - ab) * b
-        assert torch.allclose(mean, paper_mean.float(), atol=1e-5)
-        assert var.flatten()[0].item() == pytest.approx(paper_var.item(), rel=1e-4)
-        # Bayes: precision of x_{t-1} = 1 / (1 - ᾱ_{t-1}) + α_t / β_t
-        assert var.flatten()[0].item() == pytest.approx(1 / (1 / (1 - ab_prev) + (1 - b) / b).item(), rel=1e-4)
-    # The model mean via x̂_0 is eq. 11: (x_t - β_t / sqrt(1 - ᾱ_t) ε_θ) / sqrt(α_t).
-    torch.nn.init.normal_(model.net.out[-1].weight, std=0.1)  # a non-zero ε_θ
-    t = torch.full((3,), 300)
-    with torch.no_grad():
-        mean, _ = model.q_posterior(model.predict_x0(xt, t), xt, t)
-        b, ab = betas[299].item(), alpha_bar[299].item()
-        eq11 = (xt - b / math.sqrt(1 - ab) * model.net(xt, t)) / math.sqrt(1 - b)
-    assert torch.allclose(mean, eq11, atol=1e-4)
-
-
 @pytest.mark.parametrize("levels", [2, 17, 256])
 def test_discretised_decoder_sums_to_one_and_matches_the_cdf(levels: int) -> None:
     values = torch.linspace(-1, 1, levels).view(-1, 1)  # every pixel value [levels, 1]
@@ -83,24 +40,104 @@ def test_discretised_decoder_sums_to_one_and_matches_the_cdf(levels: int) -> Non
         assert probs[i, 2].item() == pytest.approx(upper - lower, rel=1e-4)
 
 
-def test_bound_of_a_tiny_model_is_finite_and_positive() -> None:
+def _digits_like(n: int, seed: int) -> torch.Tensor:
+    return (torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 16).round() / 16  # 17 levels
+
+
+def test_bound_at_stride_1_is_the_sum_of_every_term_written_from_the_paper() -> None:
+    """vlb_terms with every t against L_T + Σ_t L_{t-1} + L_0 summed here from eqs. 4, 7, 11 and 13, with the
+    same noise draws (one for t = 1, then t = 2..T in order) and the same network."""
+    T, levels = 12, 17
     torch.manual_seed(0)
-    model = _tiny(timesteps=40, pixel_levels=17).eval()
+    model = _tiny(timesteps=T, pixel_levels=levels, reverse_variance="beta_tilde").eval()
     torch.nn.init.normal_(model.net.out[-1].weight, std=0.05)
-    x = (torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 16).round() / 16
+    x = _digits_like(5, 1)
     prior, middle, decoder = model.vlb_terms(x, torch.Generator().manual_seed(2))
-    total = (prior + middle + decoder) / (64 * math.log(2))  # bits per dim [batch]
-    assert torch.isfinite(total).all() and (total > 0).all() and (prior >= 0).all() and (middle >= 0).all()
-    # The strided estimate agrees with the full sum in expectation; with bpd_timesteps = T - 1 it is the full sum.
-    model.hparams.bpd_timesteps = 39
-    assert model.bpd_stride() == 1
-    model.hparams.bpd_timesteps = 8
-    strided = torch.stack([model.vlb_terms(x, torch.Generator().manual_seed(s))[1] for s in range(4)]).mean()
-    assert strided.item() == pytest.approx(middle.mean().item(), rel=0.1)
-    assert "stratified" in model.metric_settings()["bpd_terms"]
+    x0, gen = (2 * x - 1).double(), torch.Generator().manual_seed(2)
+    betas = torch.cat([torch.zeros(1), torch.linspace(1e-4, 0.02, T)]).double()  # index t = 0..T
+    ab = torch.cumprod(1 - betas, 0)
+    tilde = (1 - ab[:-1]) / (1 - ab[1:]) * betas[1:]  # β̃_t at index t - 1, t = 1..T
+
+    def mu_theta(t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xt = ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * torch.randn(x.shape, generator=gen).double()
+        eps = model.net(xt.float(), torch.full((5,), t)).double()
+        return xt, (xt - betas[t] / (1 - ab[t]).sqrt() * eps) / (1 - betas[t]).sqrt()  # eq. 11
+
+    _, mean = mu_theta(1)
+    want_decoder = -discretized_gaussian_log_prob(x0, mean, 0.5 * torch.log(tilde[1]), levels).flatten(1).sum(1)
+    want_middle = torch.zeros(5, dtype=torch.float64)
+    for t in range(2, T + 1):
+        xt, mean = mu_theta(t)
+        q_mean = ab[t - 1].sqrt() * betas[t] / (1 - ab[t]) * x0 + (1 - betas[t]).sqrt() * (1 - ab[t - 1]) / (1 - ab[t]) * xt
+        # KL between two Gaussians of equal variance β̃_t: the squared mean gap over 2 β̃_t (eq. 8)
+        want_middle += ((q_mean - mean) ** 2 / (2 * tilde[t - 1])).flatten(1).sum(1)
+    want_prior = 0.5 * (ab[T] * x0 ** 2 - ab[T] - torch.log(1 - ab[T])).flatten(1).sum(1)
+    for got, want in ((prior, want_prior), (middle, want_middle), (decoder, want_decoder)):
+        assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4)
+    assert model.metric_settings()["bpd_terms"] == "all t"
+
+
+def test_the_strided_bound_is_an_unbiased_estimate_of_the_full_sum() -> None:
+    """One image replicated: the mean of the strided estimate over many draws of (offset, noise) agrees with the
+    mean of the full sum over draws of the noise, within four standard errors."""
+    torch.manual_seed(0)
+    model = _tiny(timesteps=20, pixel_levels=17).eval()
+    torch.nn.init.normal_(model.net.out[-1].weight, std=0.2)
+    x = _digits_like(1, 3).expand(1024, -1, -1, -1)
+    full = model.vlb_terms(x, torch.Generator().manual_seed(4))[1]  # [1024]
+    model.hparams.bpd_timesteps = 5
+    assert model.bpd_stride() == 4 and "every 4th t" in model.metric_settings()["bpd_terms"]
+    strided = model.vlb_terms(x, torch.Generator().manual_seed(5))[1]
+    se = math.sqrt(full.var().item() / len(full) + strided.var().item() / len(strided))
+    assert abs(strided.mean().item() - full.mean().item()) < 4 * se
+    assert strided.std().item() > full.std().item()  # it is an estimate: the offsets add spread
     # A long schedule destroys the signal: L_T is ~0.
     big = _tiny(timesteps=1000, bpd_timesteps=4)
     assert big.vlb_terms(x[:4])[0].max().item() / 64 < 1e-3
+
+
+def test_ema_follows_the_recursion_and_is_what_evaluation_uses() -> None:
+    torch.manual_seed(0)
+    model = _tiny(timesteps=10, pixel_levels=17, ema_decay=0.9, warmup_steps=4)
+    opt = model.configure_optimizers()["optimizer"]
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.net.parameters()}
+    start = [p.detach().clone() for p in model.net.parameters()]
+    assert all(torch.equal(a, p) for a, p in zip(model.ema.parameters(), start))
+    expected = [p.clone() for p in start]
+    x = _digits_like(8, 0)
+    for n in range(1, 6):
+        opt.zero_grad()
+        model.losses(x, model.net)["loss"].backward()
+        opt.step()
+        model.on_train_batch_end(None, None, 0)
+        d = min(0.9, (1 + n) / (10 + n))  # the warmed-up decay
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.net.parameters())]
+    assert all(torch.allclose(a, e, atol=1e-6) for a, e in zip(model.ema.parameters(), expected))
+    assert not torch.equal(model.ema.out[-1].weight, model.net.out[-1].weight)  # an average, not a copy
+    assert model.eval_net() is model.ema and not any(p.requires_grad for p in model.ema.parameters())
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    again = _tiny(timesteps=10, pixel_levels=17, ema_decay=0.9)
+    again.load_state_dict(checkpoint["state_dict"])
+    again.on_load_checkpoint(checkpoint)
+    assert again._ema_updates == 5 and all(torch.equal(a, b) for a, b in zip(again.ema.parameters(), model.ema.parameters()))
+    plain = _tiny()
+    assert plain.ema is None and plain.eval_net() is plain.net
+
+
+def test_learned_variances_train_v_through_l_vlb_only() -> None:
+    """L_hybrid: L_vlb's gradient reaches the variance output v and not ε (Nichol & Dhariwal section 3.1)."""
+    torch.manual_seed(0)
+    model = _tiny(timesteps=10, pixel_levels=17, reverse_variance="learned")
+    conv = model.net.out[-1]
+    assert conv.out_channels == 2
+    torch.nn.init.normal_(conv.weight, std=0.05)
+    losses = model.losses(_digits_like(8, 0), model.net, torch.Generator().manual_seed(1))
+    assert set(losses) == {"loss", "simple", "vlb"} and torch.isfinite(losses["vlb"])
+    losses["vlb"].backward()
+    assert conv.weight.grad[0].abs().max() == 0 and conv.weight.grad[1].abs().max() > 0  # [ε, v] output channels
+    prior, middle, decoder = model.eval().vlb_terms(_digits_like(4, 2), torch.Generator().manual_seed(3))
+    assert torch.isfinite(prior + middle + decoder).all() and (middle > 0).all()
 
 
 class Oracle(torch.nn.Module):
@@ -108,7 +145,7 @@ class Oracle(torch.nn.Module):
 
     def __init__(self, model: DDPM, x0: torch.Tensor) -> None:
         super().__init__()
-        self.alpha_bar, self.x0 = model.alpha_bar, x0
+        self.alpha_bar, self.x0 = model.scheduler.alpha_bar, x0
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ab = self.alpha_bar[t].view(-1, 1, 1, 1)
@@ -172,7 +209,8 @@ def test_tiny_run_on_digits_with_a_plain_trainer(tmp_path: Path) -> None:
     ckpt = _classifier_checkpoint(tmp_path / "classifier.ckpt", dm)
     model = DDPM(**dm.model_args(), timesteps=30, base_channels=4, channel_mults=[1, 2, 2], pixel_levels=17,
                  bpd_images=24, bpd_timesteps=10, sample_count=4, sample_steps=5, fid_checkpoint=str(ckpt),
-                 fid_samples=40, fid_sample_steps=5)
+                 fid_samples=40, fid_sample_steps=5, schedule="cosine", reverse_variance="learned", ema_decay=0.99,
+                 warmup_steps=3, num_res_blocks=2, attention=True)
     trainer = pl.Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=2, limit_test_batches=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=dm)
@@ -180,10 +218,22 @@ def test_tiny_run_on_digits_with_a_plain_trainer(tmp_path: Path) -> None:
     first = trainer.test(model, datamodule=dm, verbose=False)[0]
     keys = {"test/loss", "test/bpd", "test/bpd_prior", "test/bpd_diffusion", "test/bpd_decoder", "test/fid", "test/fid_floor"}
     assert keys <= first.keys()
-    assert 0 < first["test/bpd"] < 50 and first["test/fid"] >= 0
+    assert 0 < first["test/bpd"] and math.isfinite(first["test/bpd"]) and first["test/fid"] >= 0
     settings = model.metric_settings()
     assert settings["bpd_images"] == 24 and settings["fid_n_fake"] == 40 and settings["fid_sample_steps"] == 5
+    assert settings["weights"] == "EMA" and settings["schedule"] == "cosine" and settings["sample_steps"] == 5
     assert len(settings["fid_extractor_sha256"]) == 64 and settings["fid_reference_split"] == "test"
     again = trainer.test(model, datamodule=dm, verbose=False)[0]
     assert again == first  # fixed evaluation noise: the same model gives the same numbers
     assert set(model.make_samples()) == {"samples.png"}
+
+
+def test_the_ddpm_code_hash_does_not_cover_the_vaes() -> None:
+    """An edit to the VAEs must not stale a DDPM result: neither is in the DDPM's import closure."""
+    from benchmarks.core.params import experiment_from_params, load_params
+    from benchmarks.core.provenance import code_files
+    from tests.conftest import ROOT
+
+    names = {p.name for p in code_files(experiment_from_params(load_params(ROOT / "params.yaml"), "fashion_ddpm"))}
+    assert {"diffusion.py", "diffusion_scheduler.py", "diffusion_unet.py"} <= names
+    assert not names & {"vae.py", "hvae.py"}

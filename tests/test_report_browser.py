@@ -153,6 +153,45 @@ def _shots_dir(tmp_path: Path) -> Path:
     return where
 
 
+def _board(page: Page, table: int) -> dict[str, Any]:
+    """The page's ``table``-th leaderboard: its headers (key, direction, sorted?) and per row whether it is
+    ranked, its rank cell and every cell's data-v."""
+    return page.js(f"""(() => {{ const t = document.querySelectorAll('table.board')[{table}];
+        return {{heads: [...t.tHead.rows[0].cells].map(h => [h.dataset.key || null, h.dataset.dir || null,
+                                                             h.classList.contains('sorted')]),
+                 rows: [...t.tBodies[0].rows].map(r => ({{
+                    ranked: !r.classList.contains('row-anchor') && !r.classList.contains('row-baseline'),
+                    rank: r.cells[0].textContent, v: [...r.cells].map(c => c.getAttribute('data-v'))}}))}}; }})()""")
+
+
+def _every_header_sorts_its_column(page: Page, table: int) -> None:
+    """For each metric header of a board: put the rows in reverse order (so the column is out of order), click
+    the header, and check that its whole column is now in the metric's direction, empty cells last, ranked 1, 2..."""
+    grab = f"document.querySelectorAll('table.board')[{table}]"
+    heads = _board(page, table)["heads"]
+    clicked = 0
+    for idx, (key, direction, _) in enumerate(heads):
+        if key is None:
+            continue
+        values = [r["v"][idx] for r in _board(page, table)["rows"]]
+        numbers = sorted(float(v) for v in values if v not in (None, ""))
+        best_first = numbers[::-1] if direction == "max" else numbers
+        page.js(f"(() => {{ const b = {grab}.tBodies[0]; [...b.rows].reverse().forEach(r => b.appendChild(r)); }})()")
+        if len(set(numbers)) > 1:
+            shuffled = [float(r["v"][idx]) for r in _board(page, table)["rows"] if r["v"][idx] not in (None, "")]
+            assert shuffled != best_first, key  # out of order before the click
+        page.js(f"{grab}.tHead.rows[0].cells[{idx}].click()")
+        board = _board(page, table)
+        column = [r["v"][idx] for r in board["rows"]]
+        assert [float(v) for v in column if v not in (None, "")] == best_first, (table, key, column)
+        assert all(v in (None, "") for v in column[len(numbers):]), (table, key, column)  # empty cells last
+        ranks = [r["rank"] for r in board["rows"] if r["ranked"]]
+        assert ranks == [str(i) for i in range(1, len(ranks) + 1)], (table, key, ranks)
+        assert [h[2] for h in board["heads"]] == [i == idx for i in range(len(heads))], (table, key)
+        clicked += 1
+    assert clicked >= 1, table
+
+
 @pytest.mark.slow
 def test_report_in_headless_chromium(project: Path, browser: Browser, tmp_path: Path) -> None:
     write_fixture(project)
@@ -167,8 +206,11 @@ def test_report_in_headless_chromium(project: Path, browser: Browser, tmp_path: 
     assert page.js("document.querySelectorAll('table.board').length") == 3  # one per task: digits, hello, words
     assert page.js("document.querySelectorAll('.js-plotly-plot .main-svg').length") >= 1  # a chart was drawn
     assert page.js("document.querySelector('#task-char_lm-hello tbody tr').dataset.exp") == "hello_lstm"
-    page.js("document.querySelector('#task-char_lm-hello th[data-key=\"test/bpc\"]').click()")
-    assert page.js("document.querySelector('#task-char_lm-hello tbody tr').dataset.exp") == "hello_lstm"
+    boards = page.js("document.querySelectorAll('table.board').length")
+    directions = {h[1] for i in range(boards) for h in _board(page, i)["heads"] if h[0]}
+    assert {"min", "max"} <= directions  # losses and accuracies: both directions are sorted below
+    for table in range(boards):
+        _every_header_sorts_its_column(page, table)
     assert page.screenshot(shots / "index.png") > 100.0
 
     page.open((site / "compare.html").as_uri() + "#hello_lstm")

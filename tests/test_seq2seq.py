@@ -15,8 +15,8 @@ from datamodules.translation import BOS, EOS, PAD, SPECIALS, UNK, Multi30kDataMo
 from lightning_modules.recurrent.decoding import beam_search, bleu_signature, corpus_bleu, detokenize, greedy_decode
 from lightning_modules.recurrent.stack import StackedRNN
 from lightning_modules.recurrent.seq2seq import Seq2Seq, run_masked
+from tests.conftest import real_data_dir
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 @pytest.fixture(autouse=True)
@@ -35,9 +35,7 @@ def _one_thread() -> Iterator[None]:
 
 
 def _data_dir() -> str:
-    if not (SHARED / "multi30k" / "train.de.gz").is_file():
-        pytest.skip(f"no multi30k copy under {SHARED}")
-    return str(SHARED)
+    return str(real_data_dir("multi30k/train.de.gz"))
 
 
 def _dm(**kw: object) -> Multi30kDataModule:

@@ -14,10 +14,8 @@ from datamodules.conllu import UPOS, UDPOSDataModule, parse_conllu
 from datamodules.sources import ENV_VAR
 from lightning_modules.recurrent.stack import reverse_padded
 from lightning_modules.recurrent.tagger import Tagger
-from tests.conftest import copy_from_torch
+from tests.conftest import copy_from_torch, real_data_dir
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-needs_ewt = pytest.mark.skipif(not (SHARED / "ud_ewt").is_dir(), reason="shared UD-EWT copy absent")
 
 CONLLU = """# sent_id = 1
 # text = I don't know.
@@ -128,18 +126,16 @@ def test_bad_values_name_the_argument(kwargs: dict, word: str) -> None:
         UDPOSDataModule.from_sentences({"train": [(["a"], ["NN"])], "val": [], "test": []}).setup()
 
 
-@needs_ewt
 def test_ewt_splits_and_tag_set() -> None:
-    dm = UDPOSDataModule(data_dir=str(SHARED))
+    dm = UDPOSDataModule(data_dir=str(real_data_dir("ud_ewt")))
     sizes = {k: v["sentences"] for k, v in dm.describe()["splits"].items()}
     assert sizes == {"train": 12544, "val": 2001, "test": 2077}
     assert {t for _, tags in dm.sentences("train") for t in tags} == set(UPOS) == set(dm.tag_names)
 
 
-@needs_ewt
 def test_tiny_run_on_200_sentences_improves_accuracy() -> None:
     pl.seed_everything(0)
-    dm = UDPOSDataModule(data_dir=str(SHARED), limit=200, batch_size=50, min_freq=1)
+    dm = UDPOSDataModule(data_dir=str(real_data_dir("ud_ewt")), limit=200, batch_size=50, min_freq=1)
     model = Tagger(**dm.model_args(), embed_dim=32, hidden_size=32, num_layers=1, lr=2e-2, dropout=0.0)
     trainer = pl.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0)

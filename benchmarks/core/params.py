@@ -149,7 +149,9 @@ def _resolve_raw(name: str, table: dict[str, tuple[str, dict[str, Any]]], seen: 
     if parent in seen:
         raise ArchbenchError(f"experiment '{name}': 'extends' forms a cycle through '{parent}'")
     base = _resolve_raw(parent, table, seen + (name,))
-    return deep_merge({k: v for k, v in base.items() if k != "extends"}, raw)
+    # tuned_by names the study that chose this entry's own values: an entry that extends it and overrides some
+    # of them was not tuned by it, so it says so itself or not at all.
+    return deep_merge({k: v for k, v in base.items() if k not in ("extends", "tuned_by")}, raw)
 
 
 def experiment_from_params(params: dict[str, Any], name: str) -> Experiment:

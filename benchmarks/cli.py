@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.errors import ArchbenchError
+from benchmarks.core.files import FULL, READ_ONLY, check_writable
 
 
 def _options(params: dict[str, Any], progress: bool = True) -> Any:
@@ -54,6 +55,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     exp = experiment_from_params(params, args.experiment)
     opts = _options(params, progress=not args.no_progress)
     opts.resume = not args.restart
+    if not args.stale_after > 0:
+        raise ArchbenchError(f"--stale-after {args.stale_after:g}: give a positive number of seconds (default 120)")
+    opts.stale_after_s = args.stale_after
     if args.continue_from is not None:
         if args.seed is None and len(exp.seeds) > 1:
             raise ArchbenchError(f"--continue-from holds one seed's checkpoint but {exp.name} has seeds "
@@ -88,7 +92,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
                                  if (Path(settings(params)["results_dir"]) / n / "seeds").is_dir()]
     exps = [experiment_from_params(params, n) for n in names]
     for exp in exps:
-        _print_summary(exp.name, merge_seeds(exp, Path(settings(params)["results_dir"])))
+        _print_summary(exp.name, merge_seeds(exp, Path(settings(params)["results_dir"]),
+                                             data_dir=settings(params)["data_dir"]))
     return 0
 
 
@@ -112,6 +117,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from benchmarks.run.prepare import prepare
 
     params = load_params(args.params)
+    check_writable(Path(args.out), "--out")
     prepare(params, args.profile, Path(args.out))
     return 0
 
@@ -175,7 +181,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     params = load_params(args.params)
     explicit = {"experiment": args.experiment, "claim": args.claim, "study": args.study}
-    for line in publish_all(params, args.names, explicit, Path(settings(params)["results_dir"])):
+    for line in publish_all(params, args.names, explicit, Path(settings(params)["results_dir"]),
+                            allow_missing=args.allow_missing):
         print(line)
     return 0
 
@@ -203,6 +210,7 @@ def cmd_density(args: argparse.Namespace) -> int:
         raise ArchbenchError(f"density.{args.profile}: " + (f"unknown key '{bad[0]}' (allowed: {', '.join(sorted(allowed))})"
                              if bad else "missing; define datasets and dims under density.<profile> in params.yaml"))
     out = Path(settings(params)["results_dir"]) / ("density" if args.profile == "default" else f"density_{args.profile}")
+    check_writable(out, "results_dir")
     report = run_density_study(
         conf["datasets"], sorted(set(conf["dims"])), conf.get("n_train"), conf.get("n_test"), int(conf.get("seed", 0)),
         int(conf.get("gmm_components", 4)), out, cv_folds=int(conf.get("cv_folds", 5)), progress=not args.no_progress,
@@ -266,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continue-from", metavar="CKPT", default=None,
                    help="go on from another run's checkpoint (e.g. a finished run under a longer max_time): "
                         "weights, optimiser states, epoch and elapsed time come from it, in a new MLflow run")
+    p.add_argument("--stale-after", type=float, default=120.0, metavar="SECONDS",
+                   help="another worker may take over a seed whose lease heartbeat is this old")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -316,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "finished and current")
     for kind in ("experiment", "claim", "study"):
         p.add_argument(f"--{kind}", action="append", default=[], metavar="NAME", help=f"publish this {kind} (repeatable)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="publish an experiment's current seeds although some are missing or stale (named, left out, "
+                        "and recorded in the ledger)")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("baselines", help="compute each leaderboard task's trivial baseline on the experiments' own "
@@ -365,6 +378,14 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except ArchbenchError as exc:
         print(f"archbench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A place the suite checks before writing can still change under it (a disk fills, a mount turns
+        # read-only): still one line, naming the file.
+        if exc.errno not in FULL + READ_ONLY:
+            raise
+        what = "no space left on its disk" if exc.errno in FULL else "it is not writable (read-only?)"
+        print(f"archbench: error: cannot write {exc.filename or 'a file'}: {what}; fix that and rerun", file=sys.stderr)
         return 2
     _fast_exit(code)
     return code

@@ -136,7 +136,8 @@ def test_workers_take_each_cell_seed_once_and_skip_live_leases(project: Path, mo
     runs, leases = project / "results" / "claims" / "long_lag" / "runs", project / "results" / "claims" / ".leases"
     stale = runs / "claim_long_lag_lstm_lag3" / "seeds" / "seed_0" / "result.json"
     stale.parent.mkdir(parents=True)
-    stale.write_text(json.dumps({"seed": 0, "config_hash": "another", "metrics": {"test/acc": 0.0}}))
+    stale.write_text(json.dumps({"experiment": "claim_long_lag_lstm_lag3", "seed": 0, "config_hash": "another",
+                                 "metrics": {"test/acc": 0.0}}))
     held = leases / "long_lag" / "claim_long_lag_elman_lag6.seed1.lease"  # a worker on another machine, alive
     held.parent.mkdir(parents=True)
     held.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t"}))

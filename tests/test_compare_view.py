@@ -17,7 +17,7 @@ def _commit_ledger(root: Path, names: list[str]) -> None:
     ledger = root / "ledger"
     ledger.mkdir(exist_ok=True)
     for name in names:
-        (ledger / f"{name}.json").write_text(json.dumps({"experiment": name, "seeds": {},
+        (ledger / f"{name}.json").write_text(json.dumps({"schema": 1, "experiment": name, "seeds": {},
                                                         "summary": {"test/loss": {"mean": 1.0, "n": 1}}}))
     for cmd in (["git", "init", "-q"], ["git", "add", "ledger"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ledger"]):

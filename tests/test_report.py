@@ -54,10 +54,11 @@ RUN_IDS: dict[tuple[str, int], str] = {}  # (experiment, seed) -> the fixture's 
 
 
 def write_fixture(root: Path) -> Path:
-    """results/ in the layout train.py writes (current config and code, so it can be published), one claim,
+    """results/ in the layout train.py writes (current config, code and data, so it can be published), one claim,
     one study, the density study, and an MLflow SQLite store that knows the runs' experiment id."""
     from benchmarks.core.params import experiment_from_params
     from benchmarks.core.provenance import code_hash
+    from benchmarks.run.results import data_hash
 
     from mlflow.tracking import MlflowClient
 
@@ -67,7 +68,7 @@ def write_fixture(root: Path) -> Path:
     exp_id = [client.create_experiment(f"fixture{i}") for i in range(3)][-1]  # "3": the runs' experiment id
     for name, spec in RESULTS.items():
         exp, out = experiment_from_params(params, name), results / name
-        settings = {"data_hash": f"d{name[:6]}", "config_hash": exp.config_hash(), "parameters": 1000 + len(name) * 7,
+        settings = {"data_hash": data_hash(exp, None), "config_hash": exp.config_hash(), "parameters": 1000 + len(name) * 7,
                     "data": {"split": "sha1 % 100", "n_test": 200},
                     "loss_unit": "nats per character" if spec["model"] == "char_lm" else "nats per image (cross-entropy)"}
         for seed, metrics in spec["metrics"].items():
@@ -201,7 +202,8 @@ def test_every_number_links_to_its_run_with_settings(site: Path) -> None:
     assert f'href="{SERVER}/#/experiments/7/runs/pub-words-2"' in words
     cell = re.search(r'data-exp="hello_elman">.*?title="([^"]+)"', index, re.S).group(1)
     tip = html.unescape(cell)
-    assert f"run {RUN_IDS['hello_elman', 0]}" in tip and "data_hash: dhello_" in tip and "git commit: abc123def456" in tip
+    hello = json.loads((site.parent / "hello_elman" / "seeds" / "seed_0" / "result.json").read_text())["data_hash"]
+    assert f"run {RUN_IDS['hello_elman', 0]}" in tip and f"data_hash: {hello}" in tip and "git commit: abc123def456" in tip
     assert "data.split: sha1 % 100" in tip and "data.n_test: 200" in tip
     page = (site / "exp-hello_elman.html").read_text()
     assert page.count(f"{SERVER}/#/experiments/3/runs/{RUN_IDS['hello_elman', 0]}") == 4  # 3 metrics and the run id

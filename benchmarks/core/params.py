@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,20 @@ EXPERIMENT_SECTIONS = ("experiments", "full_experiments")
 SECTIONS = {"settings", "experiments", "full_experiments", "studies", "full_studies", "claims", "full_claims", "density"}
 EXPERIMENT_KEYS = {"model", "data", "model_args", "data_args", "trainer", "seeds", "description", "extends", "continues",
                    "tuned_by"}
+# Experiment, study and claim names become folder and file names (results/<exp>/, leases, MLflow run names): a
+# plain identifier, and none of the folders the suite keeps beside experiments in results/.
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+RESERVED_NAMES = {"report", "tune", "claims", "data", "code", "baselines", "density", "density_full"}
+
+
+def check_name(kind: str, name: Any) -> None:
+    """A name that is a plain identifier (letters, digits, _; a letter first) and not a reserved folder name."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ArchbenchError(f"{kind} name {name!r} is not a plain identifier (letters, digits and _, starting with a "
+                             f"letter; it becomes a folder name); rename it in params.yaml")
+    if name in RESERVED_NAMES:
+        raise ArchbenchError(f"{kind} name '{name}' is reserved (results/{name}/ holds the suite's "
+                             f"{'report' if name == 'report' else 'own files'}); rename it in params.yaml")
 
 
 @dataclass(frozen=True)
@@ -71,10 +86,15 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
         raise ArchbenchError(f"{p} is a folder, not a params file; pass --params PATH to a YAML file")
     if not p.is_file():
         raise ArchbenchError(f"{p} not found: run from the project root or pass --params PATH (or set {PARAMS_ENV})")
+    from benchmarks.core.yaml_safe import AliasBomb, load_yaml
+
     try:
-        # libyaml's parser where PyYAML has it: the same documents and errors, ~8x faster than the
-        # pure-Python one (0.1 s for params.yaml, paid by every command).
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        # libyaml's parser where PyYAML has it (0.1 s for params.yaml, paid by every command), refusing
+        # duplicate keys and runaway aliases.
+        data = load_yaml(p.read_text(encoding="utf-8"))
+    except AliasBomb as exc:
+        where = f" (at {exc.where})" if exc.where else ""
+        raise ArchbenchError(f"{p}: {exc}{where}; write the values out, or use fewer nested aliases") from None
     except UnicodeDecodeError:
         raise ArchbenchError(f"{p} is not a text file (not UTF-8); point --params at a YAML params file") from None
     except yaml.YAMLError as exc:
@@ -110,6 +130,7 @@ def raw_experiments(params: dict[str, Any]) -> dict[str, tuple[str, dict[str, An
             raise ArchbenchError(f"params section '{section}' must be a mapping of experiment names, got {type(entries).__name__}")
         profile = "default" if section == "experiments" else "full"
         for name, raw in entries.items():
+            check_name("experiment", name)
             if name in found:
                 raise ArchbenchError(f"experiment '{name}' is defined twice; rename one of them")
             if not isinstance(raw, dict):

@@ -2,15 +2,19 @@
 Markdown and JSON twins (leaderboard.md, leaderboard.json) for terminals and diffs.
 
 The report reads the user's results/ and the committed ledger (ledger/*.json), so a fresh clone renders
-the published benchmark before anything is trained.
+the published benchmark before anything is trained. Seeds that are no longer current (another config, code or
+data made them) are named and left out. The site is built in a folder beside results/report/ and swapped in
+whole, so a full disk or a kill leaves the previous report as it was, never half of a new one.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
+
+from benchmarks.core.files import atomic_copy, atomic_write_text, check_writable, swapped_in
+from benchmarks.report.current import leave_out_stale
 
 
 def write_report(results_dir: Path, params: dict[str, Any] | None = None, *, ledger_dir: Path | None = None,
@@ -20,19 +24,21 @@ def write_report(results_dir: Path, params: dict[str, Any] | None = None, *, led
     from benchmarks.report.site.build import build_site, gather
 
     out = results_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(results_dir, "results_dir")
     if ledger is None:
         ledger = load_ledger(ledger_dir or ledger_dir_for(results_dir))
     model = gather(results_dir, ledger, params, mlflow_url, ledger_dir or ledger_dir_for(results_dir))
-    index = build_site(model, out)
-    (out / "leaderboard.md").write_text(leaderboard_markdown(model) + findings_markdown(model)
-                                        + density_section(results_dir, out))
-    board = {name: {"model": e["model"], "data": e["data"], "source": e["source"],
-                    "seeds": [s["seed"] for s in e["seeds"]], "summary": _json_stats(e["summary"]),
-                    "budget": e["budget"], "settings": e["settings"]}
-             for name, e in {**model["published"], **model["entries"]}.items()}
-    (out / "leaderboard.json").write_text(json.dumps(board, indent=2, sort_keys=True) + "\n")
-    return index
+    leave_out_stale(model, results_dir, params)
+    with swapped_in(out, "the previous report is left as it was") as build:
+        build_site(model, build)
+        atomic_write_text(build / "leaderboard.md", leaderboard_markdown(model) + findings_markdown(model)
+                          + density_section(results_dir, build))
+        board = {name: {"model": e["model"], "data": e["data"], "source": e["source"],
+                        "seeds": [s["seed"] for s in e["seeds"]], "summary": _json_stats(e["summary"]),
+                        "budget": e["budget"], "settings": e["settings"]}
+                 for name, e in {**model["published"], **model["entries"]}.items()}
+        atomic_write_text(build / "leaderboard.json", json.dumps(board, indent=2, sort_keys=True) + "\n")
+    return out / "index.html"
 
 
 def _json_stats(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -114,7 +120,7 @@ def density_section(results_dir: Path, out: Path) -> str:
         study = json.loads(path.read_text())
         image = "kde_vs_dim.png" if folder == "density" else f"kde_vs_dim_{folder.removeprefix('density_')}.png"
         if path.with_name("kde_vs_dim.png").is_file():
-            shutil.copy(path.with_name("kde_vs_dim.png"), out / image)
+            atomic_copy(path.with_name("kde_vs_dim.png"), out / image)
         md += ["", f"## Density estimation: MLE vs KDE against the dimension ({label})", "",
                "Held-out mean log-likelihood in nats per dimension (higher is better), PCA fitted on train.", ""]
         for name, entry in study["results"].items():

@@ -50,13 +50,15 @@ def resolve(params: dict[str, Any], names: list[str], explicit: dict[str, list[s
 
 
 def publish_all(params: dict[str, Any], names: list[str], explicit: dict[str, list[str]], results_dir: Path,
-                project_dir: Path = Path(".")) -> list[str]:
-    """Build every record, then write them; returns one line per record written."""
+                project_dir: Path = Path("."), allow_missing: bool = False) -> list[str]:
+    """Build every record, then write them; returns one line per record written. ``allow_missing``: publish an
+    experiment's current seeds although some are missing or stale (ledger.check_complete)."""
     from benchmarks.core.params import experiment_from_params, settings
     from benchmarks.core.provenance import code_hash
     from benchmarks.report.ledger import build_record, ledger_dir_for, publish
     from benchmarks.report.publish_claims import claim_record, publish_claim
     from benchmarks.report.publish_studies import publish_study, study_record
+    from benchmarks.run.results import data_hash
 
     data_dir = settings(params)["data_dir"]
     built: list[tuple[str, str, dict[str, Any]]] = []
@@ -65,13 +67,14 @@ def publish_all(params: dict[str, Any], names: list[str], explicit: dict[str, li
             built.append((kind, name, claim_record(params, name, results_dir, data_dir)))
         elif kind == "study":
             built.append((kind, name, study_record(params, name, project_dir, data_dir)))
-        else:  # checked here; publish() builds it again as it writes
+        else:  # checked here (config, code and data); publish() builds it again as it writes
             exp = experiment_from_params(params, name)
-            built.append((kind, name, build_record(exp, results_dir, code_hash(exp))))
+            built.append((kind, name, build_record(exp, results_dir, code_hash(exp), data_hash(exp, data_dir),
+                                                   allow_missing)))
     ledger, lines = ledger_dir_for(results_dir), []
     for kind, name, record in built:
         if kind == "experiment":
-            path = publish(params, name, results_dir)
+            path = publish(params, name, results_dir, allow_missing=allow_missing)
             lines.append(f"published {name} -> {path} (and {path.parent / 'metrics' / path.name}); commit ledger/ to share it")
         elif kind == "claim":
             path = publish_claim(record, ledger)

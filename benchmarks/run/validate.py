@@ -109,8 +109,9 @@ def resolve_strategy(exp: Experiment, args: dict[str, Any]) -> dict[str, Any]:
     step, so ``strategy: ddp`` becomes ``ddp_find_unused_parameters_true``, and ``auto`` does too when the run
     will have more than one device (Lightning's ``auto`` picks plain DDP there). Other models keep their arguments."""
     from lightning_modules import MODELS
+    from lightning_modules.contracts import declared
 
-    if not getattr(MODELS.get(exp.model), "alternates_networks", False):
+    if not declared(MODELS[exp.model], "alternates_networks"):
         return args
     strategy = args.get("strategy", "auto")
     if strategy in DDP_STRATEGIES:

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from benchmarks.core.errors import ArchbenchError
-from benchmarks.core.params import Experiment
+from benchmarks.core.params import Experiment, check_name
 
 STUDY_KEYS = {"experiment", "n_trials", "metric", "direction", "seed", "pruner", "search_space", "trainer",
               "description", "heartbeat_s", "max_retry"}
@@ -30,6 +30,9 @@ def study_config(params: dict[str, Any], name: str) -> dict[str, Any]:
     if name not in studies:
         raise ArchbenchError(f"unknown study '{name}' (known: {', '.join(sorted(studies)) or 'none'}); define it under 'studies' in params.yaml")
     conf = studies[name]
+    check_name("study", name)
+    if not isinstance(conf, dict):
+        raise ArchbenchError(f"study '{name}' must be a mapping (experiment, n_trials, metric, search_space, ...)")
     unknown = set(conf) - STUDY_KEYS
     if unknown:
         raise ArchbenchError(f"study '{name}': unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(STUDY_KEYS))})")

@@ -127,6 +127,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from benchmarks.study.tune import run_study
 
     params = load_params(args.params)
+    if args.restamp_from:
+        from benchmarks.study.restamp import restamp
+
+        digest = restamp(params, args.study, load_params(args.restamp_from), Path.cwd())
+        print(f"study {args.study}: stamped {digest}, the definition in {args.params or 'params.yaml'}")
+        return 0
     best = run_study(params, args.study, _options(params, progress=not args.no_progress), n_trials=args.n_trials)
     print(f"best {best['metric']} = {best['value']:.4f} with {best['params']}")
     return 0
@@ -297,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="run (or continue) an Optuna study defined in params.yaml")
     p.add_argument("study")
     p.add_argument("--n-trials", type=int, default=None, help="override the study's n_trials")
+    p.add_argument("--restamp-from", metavar="OLD_PARAMS", default=None,
+                   help="restamp a study stamped under the params.yaml it ran with (git show <commit>:params.yaml), "
+                        "where the base experiment changed only in the searched keys; runs nothing")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_tune)
 

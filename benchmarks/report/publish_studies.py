@@ -121,7 +121,7 @@ def study_record(params: dict[str, Any], name: str, project_dir: Path, data_dir:
     from benchmarks.core.provenance import code_hash
     from benchmarks.run.build import build_datamodule
     from benchmarks.run.tracking import tracking_uri
-    from benchmarks.study.spec import definition_hash, study_config
+    from benchmarks.study.spec import definition_hash, legacy_definition_hash, study_config
     from benchmarks.study.storage import storage_url
 
     conf = study_config(params, name)
@@ -136,10 +136,13 @@ def study_record(params: dict[str, Any], name: str, project_dir: Path, data_dir:
         raise ArchbenchError(f"cannot publish study {name}: it is unfinished ({why}); run `archbench tune {name}` "
                              f"to finish it (a dead worker's trial is failed and retried there)")
     stored = study.user_attrs.get("definition_hash")
+    if stored == legacy_definition_hash(conf, base):
+        stored = digest  # the same definition, stamped before the base's searched keys were left out
     if stored != digest:
         raise ArchbenchError(f"cannot publish study {name}: it is stale: its storage was defined as {stored} and "
                              f"params.yaml defines {digest} now; rename the study and rerun `archbench tune`, or "
-                             f"restore the definition that made it")
+                             f"restore the definition that made it (`archbench tune {name} --restamp-from OLD_PARAMS` "
+                             f"restamps it where only the base's searched keys changed)")
     if not any(t.state == TrialState.COMPLETE for t in counted):
         raise ArchbenchError(f"cannot publish study {name}: no trial completed (all were pruned); loosen its pruner")
     measured = _check_runs(name, counted, code_hash(base), build_datamodule(base, data_dir).content_hash(),

@@ -93,8 +93,11 @@ class Tracker:
                     self.client.set_terminated(run.info.run_id, status)
 
 
-def open_study(name: str, conf: dict[str, Any], digest: str, storage: Any, url: str, tracker: Tracker) -> tuple[Any, str]:
-    """Create or load the study and its parent run; the one worker whose create_study succeeds makes the parent."""
+def open_study(name: str, conf: dict[str, Any], digest: str, storage: Any, url: str, tracker: Tracker,
+               legacy: str | None = None) -> tuple[Any, str]:
+    """Create or load the study and its parent run; the one worker whose create_study succeeds makes the parent.
+
+    A study stamped with the ``legacy`` form of the same definition (spec.legacy_definition_hash) is restamped."""
     import optuna
 
     kw = {"storage": storage, "sampler": make_sampler(conf, int(conf.get("seed", 0))), "pruner": make_pruner(conf)}
@@ -114,6 +117,9 @@ def open_study(name: str, conf: dict[str, Any], digest: str, storage: Any, url: 
     deadline = time.monotonic() + PARENT_WAIT_S
     while True:
         attrs = study.user_attrs
+        if legacy is not None and attrs.get("definition_hash") == legacy != digest:
+            study.set_user_attr("definition_hash", digest)
+            attrs = study.user_attrs
         if attrs.get("definition_hash") not in (None, digest):
             raise ArchbenchError(
                 f"study '{name}' in {shown_url(url)} was defined differently (definition {attrs['definition_hash']}, params.yaml "

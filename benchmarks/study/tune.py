@@ -28,7 +28,7 @@ from benchmarks.core.errors import ArchbenchError, DivergedError
 from benchmarks.core.params import Experiment, experiment_from_params
 from benchmarks.run.train import RunOptions, run_seed
 from benchmarks.study.parent import Tracker, finish, open_study, summarize
-from benchmarks.study.spec import check_positive, definition_hash, make_sampler, metric_check, study_config, suggest
+from benchmarks.study.spec import check_positive, definition_hash, legacy_definition_hash, make_sampler, metric_check, study_config, suggest
 from benchmarks.study.storage import (StorageUnreachable, TrialNotNeeded, admit, check_storage, counts, fail_stale,
                                       more_needed, open_storage, quiet_storage_loss, shown_url, storage_down,
                                       storage_url)
@@ -106,7 +106,8 @@ class StudyWorker:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.retry = retry_cls(max_retry=self.max_retry)
         storage = open_storage(self.url, self.heartbeat_s, self.on_stale)
-        self.study, self.parent = open_study(self.name, self.conf, self.digest, storage, self.url, self.tracker)
+        self.study, self.parent = open_study(self.name, self.conf, self.digest, storage, self.url, self.tracker,
+                                             legacy=legacy_definition_hash(self.conf, self.base))
 
     def on_stale(self, study: Any, trial: Any) -> None:
         """Whoever fails a dead worker's trial closes its MLflow run, and retries it while it is still needed."""

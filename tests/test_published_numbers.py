@@ -22,6 +22,16 @@ from benchmarks.run.results import current_seeds, merge_seeds
 from tests.conftest import tiny_params
 
 CODE = "c0de00c0de00"  # the code hash these seeds were made by (merge_seeds takes it as an argument)
+DATA = "d0"  # the data hash they saw; the data "now" is that too, unless a test says otherwise
+
+
+@pytest.fixture(autouse=True)
+def _data_now_is_d0(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merging and publishing compare each seed's data hash with the data as it is now (one build of the
+    datamodule); these seeds are written by hand, so the data now is the hash they were written with."""
+    import benchmarks.run.results as results
+
+    monkeypatch.setattr(results, "data_hash", lambda exp, data_dir: DATA)
 # Per-seed values, chosen so that the sample and the population std differ by a fifth (n = 3).
 VALUES = {0: {"test/loss": 1.50, "test/bpc": 2.164}, 1: {"test/loss": 1.62, "test/bpc": 2.337},
           2: {"test/loss": 1.41, "test/bpc": 2.034}}
@@ -127,7 +137,7 @@ def test_a_seed_from_another_config_is_not_counted_as_current(tmp_path: Path, ca
         write_seed(tmp_path, other if seed == 2 else exp, seed, metrics)
     kept, stale = current_seeds(exp, tmp_path / exp.name, CODE)
     assert sorted(kept) == [0, 1]
-    assert stale == [f"seed 2: made by another config of hello_lstm ({other.config_hash()})"]
+    assert stale == {2: f"seed 2: made by another config of hello_lstm ({other.config_hash()})"}
     summary = merge_seeds(exp, tmp_path, code=CODE)
     assert summary["seeds"] == [0, 1] and summary["missing_seeds"] == [2]
     assert_numbers(json.loads((tmp_path / exp.name / "metrics.json").read_text()), {0: VALUES[0], 1: VALUES[1]})
@@ -140,7 +150,7 @@ def test_a_seed_from_other_code_is_not_counted_as_current(tmp_path: Path) -> Non
     for seed, metrics in VALUES.items():
         write_seed(tmp_path, exp, seed, metrics, code_hash="0ther0c0de00" if seed == 0 else CODE)
     kept, stale = current_seeds(exp, tmp_path / exp.name, CODE)
-    assert sorted(kept) == [1, 2] and stale == [f"seed 0: made by other code (0ther0c0de00, now {CODE})"]
+    assert sorted(kept) == [1, 2] and stale == {0: f"seed 0: made by other code (0ther0c0de00, now {CODE})"}
 
 
 def test_only_stale_seeds_give_one_line_naming_why(tmp_path: Path) -> None:
@@ -171,7 +181,8 @@ def test_a_corrupt_seed_file_is_one_line_naming_it(tmp_path: Path) -> None:
     path.write_text('{"seed": 0, "metr')
     with pytest.raises(ArchbenchError) as err:
         merge_seeds(exp, tmp_path, code=CODE)
-    assert str(err.value) == f"{path} is corrupt; delete it and rerun that seed"
+    assert str(err.value) == (f"{path} is corrupt (not JSON text); delete it and rerun that seed "
+                              f"(`archbench train hello_lstm --seed 0`)")
 
 
 # --- the ledger ----------------------------------------------------------------------------------------------
@@ -191,8 +202,10 @@ def _publishable(project: Path, seeds: tuple[int, ...], values: dict[int, dict[s
 def test_the_ledger_publishes_the_numbers_statistics_and_scipy_give(project: Path) -> None:
     from benchmarks.report.ledger import publish
 
-    params = _publishable(project, (0, 1, 2, 3), VALUES)  # seed 3 never ran
-    path = publish(params, "hello_lstm", project / "results")
+    params = _publishable(project, (0, 1, 2, 3), VALUES)  # seed 3 never ran: published only when asked
+    with pytest.raises(ArchbenchError, match=r"seed \[3\] not finished.*--allow-missing"):
+        publish(params, "hello_lstm", project / "results")
+    path = publish(params, "hello_lstm", project / "results", allow_missing=True)
     assert path == project / "ledger" / "hello_lstm.json"
     record = json.loads(path.read_text())
     assert_numbers(record["summary"], VALUES)
@@ -233,8 +246,8 @@ def test_the_ledger_refuses_a_seed_from_another_config(project: Path) -> None:
     with pytest.raises(ArchbenchError) as err:
         publish(params, "hello_lstm", project / "results")
     assert str(err.value) == ("cannot publish hello_lstm: seed 1: made by another config of hello_lstm "
-                              "(feedfeedfeed); rerun it with `archbench train hello_lstm` (or restore the code "
-                              "that made it)")
+                              "(feedfeedfeed); run `archbench train hello_lstm` for it (or publish the current "
+                              "seeds alone with --allow-missing, which the ledger records)")
     assert not (project / "ledger").exists()
 
 
@@ -321,23 +334,25 @@ def test_a_finished_seed_leaves_its_files_with_the_result_last(tmp_path: Path) -
     ckpt = {"state_dict": {"w": torch.ones(2)}, "epoch": 3, "callbacks": {"ModelCheckpoint": {"dirpath": "/abs/path"}}}
     torch.save(ckpt, tmp_path / "best.ckpt")
     order: list[str] = []
-    real_replace = Path.replace
+    import benchmarks.core.files as files
+
+    real_replace = files.os.replace
     try:  # the order in which files land: result.json must be the last, its presence says the seed is complete
-        Path.replace = lambda self, target: (order.append(Path(target).name), real_replace(self, target))[1]
-        write_seed_results(out, state, str(tmp_path / "best.ckpt"), {"seed": 4, "metrics": {"test/loss": 1.0}},
-                           {"run_id": "r4"})
+        files.os.replace = lambda src, dst: (order.append(Path(dst).name), real_replace(src, dst))[1]
+        write_seed_results(out, state, str(tmp_path / "best.ckpt"),
+                           {"experiment": "hello_lstm", "seed": 4, "metrics": {"test/loss": 1.0}}, {"run_id": "r4"})
     finally:
-        Path.replace = real_replace
-    assert order == ["best.ckpt", "provenance.json", "result.json"]
+        files.os.replace = real_replace
+    assert order == ["seed_4.csv", "samples.txt", "best.ckpt", "provenance.json", "result.json"]
     seed_dir = out / "seeds" / "seed_4"
     assert (out / "curves" / "seed_4.csv").read_text() == "epoch,val/loss\n0,1.5\n"
     assert (seed_dir / "samples" / "samples.txt").read_text() == "hello\n"
     saved = torch.load(seed_dir / "best.ckpt", weights_only=False)
     assert "callbacks" not in saved and saved["epoch"] == 3 and torch.equal(saved["state_dict"]["w"], torch.ones(2))
     assert json.loads((seed_dir / "provenance.json").read_text()) == {"run_id": "r4"}
-    assert (seed_dir / "result.json").read_text() == json.dumps({"metrics": {"test/loss": 1.0}, "seed": 4}, indent=2,
+    assert (seed_dir / "result.json").read_text() == json.dumps({"experiment": "hello_lstm", "metrics": {"test/loss": 1.0}, "seed": 4}, indent=2,
                                                                 sort_keys=True) + "\n"
-    assert load_seed_results(out) == {4: {"seed": 4, "metrics": {"test/loss": 1.0}}}
+    assert load_seed_results(out) == {4: {"experiment": "hello_lstm", "seed": 4, "metrics": {"test/loss": 1.0}}}
     assert sorted(p.name for p in tmp_path.rglob("*") if p.name.startswith(".")) == []  # no temporary file left
 
 
@@ -345,7 +360,7 @@ def test_a_seed_without_curve_samples_or_checkpoint_leaves_only_its_record(tmp_p
     from benchmarks.run.results import write_seed_results
 
     out = tmp_path / "results" / "x"
-    write_seed_results(out, tmp_path / "empty_state", "", {"seed": 0, "metrics": {}}, {})
+    write_seed_results(out, tmp_path / "empty_state", "", {"experiment": "hello_lstm", "seed": 0, "metrics": {}}, {})
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
         "seeds", "seeds/seed_0", "seeds/seed_0/provenance.json", "seeds/seed_0/result.json"]
 
@@ -369,13 +384,13 @@ def test_a_rerun_seed_overwrites_its_files_and_any_checkpoint_loads(tmp_path: Pa
 
     from benchmarks.run.results import load_seed_results, write_seed_results
 
-    state, out = tmp_path / "state", tmp_path / "results" / "x"
+    state, out = tmp_path / "state", tmp_path / "results" / "hello_lstm"
     (state / "samples").mkdir(parents=True)
     torch.save({"hyper_parameters": {"ratio": Fraction(1, 3)}, "epoch": 1}, tmp_path / "best.ckpt")
     for run, loss in enumerate((2.0, 1.0)):
         (state / "curve.csv").write_text(f"epoch,val/loss\n0,{loss}\n")
         (state / "samples" / "samples.txt").write_text(f"run {run}\n")
-        write_seed_results(out, state, str(tmp_path / "best.ckpt"), {"seed": 0, "metrics": {"test/loss": loss}}, {})
+        write_seed_results(out, state, str(tmp_path / "best.ckpt"), {"experiment": "hello_lstm", "seed": 0, "metrics": {"test/loss": loss}}, {})
     assert load_seed_results(out)[0]["metrics"] == {"test/loss": 1.0}
     assert (out / "curves" / "seed_0.csv").read_text() == "epoch,val/loss\n0,1.0\n"
     assert (out / "seeds" / "seed_0" / "samples" / "samples.txt").read_text() == "run 1\n"
@@ -442,7 +457,7 @@ def test_a_seed_on_disk_outside_the_experiments_seeds_is_skipped_not_the_end(tmp
     for seed in (0, 3, 5):  # seed_3 sorts between the two listed seeds
         write_seed(tmp_path, exp, seed, VALUES[seed % 3])
     kept, stale = current_seeds(exp, tmp_path / exp.name, CODE)
-    assert sorted(kept) == [0, 5] and stale == []
+    assert sorted(kept) == [0, 5] and stale == {}
 
 
 def test_the_headline_file_holds_the_ranked_test_means_to_five_digits(tmp_path: Path) -> None:

@@ -102,4 +102,4 @@ def test_rows_show_their_recipe_who_tuned_them_and_the_claim_that_tests_them(fre
     words = re.search(r'data-exp="words_lstm">(.*?)</tr>', index, re.S).group(1)
     assert 'href="studies.html#study-lstm_depth"' in words and "tuned by lstm_depth" in words
     assert "Compute behind the published ledger" in index
-    assert re.search(r"<td>claims</td><td>1</td><td>\d+ CPU-s</td>", index)
+    assert re.search(r"<td>claims</td><td>1</td><td>\d+\.\d+ CPU-h</td>", index)

@@ -52,4 +52,8 @@ def experiment_compute(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def cpu_hours(seconds: float | None) -> str:
-    return "–" if seconds is None else f"{seconds / 3600:.2f} CPU-h" if seconds >= 360 else f"{seconds:.0f} CPU-s"
+    """Always CPU-hours, so a column of them never mixes units; three decimals below a tenth (a minute is 0.017)."""
+    if seconds is None:
+        return "–"
+    hours = seconds / 3600
+    return f"{hours:.2f} CPU-h" if hours >= 0.1 else f"{hours:.3f} CPU-h"

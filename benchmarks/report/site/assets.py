@@ -47,6 +47,7 @@ figcaption { font-size: 12px; color: #545e70; }
 pre.sample { max-width: 720px; max-height: 320px; overflow: auto; background: #fff; border: 1px solid #dde2ea;
              padding: 8px; white-space: pre-wrap; }
 fieldset { border: 1px solid #dde2ea; background: #fff; margin: 6px 0; } fieldset label { margin-right: 14px; }
+#compare-table td { overflow-wrap: anywhere; }  /* a 64-digit data hash must not widen its column past the screen */
 #compare-table td.best { font-weight: 700; color: #17622f; }
 #compare-table tr.differs td, #compare-table tr.differs th { background: #fff6d8; }
 #compare-table tr.section th { background: #1d2430; color: #fff; }

@@ -69,3 +69,39 @@ def test_baselines_command_counts_the_rows_own_split(project: Path, capsys: pyte
     top = max(sorted(train), key=train.__getitem__)
     assert digits["metrics"] == {"test/acc": pytest.approx(test[top] / sum(test.values()))}
     assert main(["baselines", "no_such_experiment"]) == 2
+
+
+def test_the_pixel_baselines_sit_beside_the_likelihood_rows(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Binarized images get independent Bernoulli pixels in nats per image, 8-bit images independent 256-level
+    pixels in bits/dim, each counted on the datamodule's own train split and checked against a direct count."""
+    from benchmarks.core.params import experiment_from_params, load_params
+    from benchmarks.run.build import build_datamodule
+    from tests.conftest import write_params
+
+    params = load_params(project / "params.yaml")
+    params["experiments"]["digits_vae"] = {"model": "vae", "data": "digits", "seeds": [0],
+                                           "data_args": {"batch_size": 32, "binarize": True}}
+    params["experiments"]["digits_ddpm"] = {"model": "ddpm", "data": "digits", "seeds": [0],
+                                            "data_args": {"batch_size": 32}}
+    write_params(project / "params.yaml", params)
+    assert main(["baselines", "digits_vae", "digits_ddpm"]) == 0
+    folder = project / "results" / "baselines"
+    binary = json.loads(next(folder.glob("bernoulli_pixels-digits-*.json")).read_text())
+    levels = json.loads(next(folder.glob("categorical_pixels-digits-*.json")).read_text())
+    assert binary["task"] == "likelihood_binarized" and levels["task"] == "likelihood_8bit"
+
+    dm = build_datamodule(experiment_from_params(load_params(project / "params.yaml"), "digits_vae"), None)
+    train, test = dm.images("train").flatten(1), dm.images("test").flatten(1)  # [N, 64] of 0/1
+    p_one = (train.sum(0).double() + 1) / (len(train) + 2)  # add-one: (n_d + 1) / (N + 2)
+    nll = -(test.double() * p_one.log() + (1 - test.double()) * (1 - p_one).log()).sum(1).mean()
+    assert binary["metrics"] == {"test/nll_k500": pytest.approx(float(nll), rel=1e-9)}
+
+    dm = build_datamodule(experiment_from_params(load_params(project / "params.yaml"), "digits_ddpm"), None)
+    train = (dm.images("train").flatten(1) * 255).round().long()
+    test = (dm.images("test").flatten(1) * 255).round().long()
+    total = 0.0
+    for d in range(train.shape[1]):  # pixel by pixel: (count of the test value at d + 1) / (N + 256)
+        counts = Counter(train[:, d].tolist())
+        total += sum(-math.log((counts[v] + 1) / (len(train) + 256)) for v in test[:, d].tolist())
+    want_bpd = total / len(test) / (train.shape[1] * math.log(2))
+    assert levels["metrics"] == {"test/bpd": pytest.approx(want_bpd, rel=1e-9)}

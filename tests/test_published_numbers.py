@@ -25,6 +25,11 @@ CODE = "c0de00c0de00"  # the code hash these seeds were made by (merge_seeds tak
 DATA = "d0"  # the data hash they saw; the data "now" is that too, unless a test says otherwise
 
 
+import benchmarks.run.results as _results  # noqa: E402
+
+REAL_DATA_HASH = _results.data_hash  # before the fixture below stands in for it
+
+
 @pytest.fixture(autouse=True)
 def _data_now_is_d0(monkeypatch: pytest.MonkeyPatch) -> None:
     """Merging and publishing compare each seed's data hash with the data as it is now (one build of the
@@ -476,3 +481,20 @@ def test_the_headline_file_holds_the_ranked_test_means_to_five_digits(tmp_path: 
     loss = statistics.mean(m["test/loss"] for m in per_seed.values())
     assert headline == {"test/loss": float(f"{loss:.5g}"), "test/acc": 0.625, "seeds": 3}
     assert headline["test/loss"] == 1.2305 and loss != 1.2305  # rounded, not the raw mean 1.230452
+
+
+def test_the_data_now_is_the_content_hash_of_the_datamodule_training_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What "the data now" is for merging and publishing: the content hash of the datamodule built from the
+    experiment's data and data_args, once per process and setting."""
+    import benchmarks.run.build as build
+
+    real_build, calls = build.build_datamodule, []
+    monkeypatch.setattr(build, "build_datamodule", lambda exp, data_dir: (calls.append(data_dir), real_build(exp, data_dir))[1])
+    monkeypatch.setattr(_results, "_DATA_HASHES", {})
+    exp = experiment()
+    now = REAL_DATA_HASH(exp, None)
+    assert now == real_build(exp, None).content_hash() and len(now) >= 12 and calls == [None]
+    assert REAL_DATA_HASH(exp, None) == now and calls == [None]  # the second call is the cached one
+    other = replace(exp, data_args=exp.data_args | {"repeats": exp.data_args["repeats"] + 1})
+    assert REAL_DATA_HASH(other, None) != now and len(calls) == 2  # another split is other data
+    assert REAL_DATA_HASH(exp, "elsewhere") == now and calls[-1] == "elsewhere"  # the setting is part of the key

@@ -93,8 +93,15 @@ def test_a_frozen_claim_worker_does_not_train_its_cell_seed_a_second_time(projec
     assert f"trained {name} seed {seed}" in second.stdout and f"trained {name} seed {seed}" not in out
     result = json.loads((runs / name / "seeds" / f"seed_{seed}" / "result.json").read_text())
     run_id = json.loads((runs / name / "seeds" / f"seed_{seed}" / "provenance.json").read_text())["run_id"]
-    steps = [m.step for m in mlflow_server.client().get_metric_history(run_id, "val/loss")]
-    assert len(steps) == len(set(steps)) == 25  # each epoch once, though two workers trained it
+    history = mlflow_server.client().get_metric_history(run_id, "val/loss")
+    values: dict[int, set[float]] = {}
+    for m in history:
+        values.setdefault(m.step, set()).add(m.value)
+    # Each epoch one number, though two workers trained it. Known gap: a worker frozen after sending an epoch's value
+    # but before that epoch's checkpoint landed leaves the value twice (the taker recomputes the same epoch from the
+    # last checkpoint, so it is the same number); at most that one epoch.
+    assert len(values) == 25 and all(len(v) == 1 for v in values.values()), values
+    assert len(history) - len(values) <= 1, [m.step for m in history]
     assert result["epochs"] == 25
     assert (project / "results" / "claims" / "tst" / "claim.json").is_file()
 

@@ -42,10 +42,10 @@ class DiskFullError(ArchbenchError):
 class NotWritableError(ArchbenchError):
     """A folder the command must write is read-only (permissions, a read-only mount or checkout)."""
 
-    def __init__(self, path: Path, what: str) -> None:
+    def __init__(self, path: Path, what: str, message: str | None = None) -> None:
         self.path = Path(path)
-        super().__init__(f"{what} {self.path} is not writable (a read-only checkout or mount?); make it writable, "
-                         f"or run from a writable copy of the project")
+        super().__init__(message or f"{what} {self.path} is not writable (a read-only checkout or mount?); make it "
+                                    f"writable, or run from a writable copy of the project")
 
 
 def human(n: int | None) -> str:
@@ -143,16 +143,19 @@ def atomic_copy(src: Path, dst: Path, hint: str = "") -> None:
         raise
 
 
-def check_writable(folder: Path, what: str) -> None:
-    """The folder (or, if it does not exist yet, its nearest existing ancestor) must be a writable folder."""
+def check_writable(folder: Path, what: str, setting: bool = False) -> None:
+    """The folder (or, if it does not exist yet, its nearest existing ancestor) must be a writable folder.
+    ``setting``: ``what`` names a key of params.yaml's settings, which the message then points to."""
     path = Path(folder)
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise ArchbenchError(f"{what} {path} is not a folder ({probe} is a file); point it elsewhere")
+        raise ArchbenchError(f"{what} {path} is not a folder ({probe} is a file); point "
+                             f"{f'settings.{what}' if setting else 'it'} elsewhere")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise NotWritableError(path, what)
+        raise NotWritableError(path, what, f"{what} {path} is not writable ({probe}); fix its permissions or change "
+                                           f"settings.{what}" if setting else None)
 
 
 class swapped_in:

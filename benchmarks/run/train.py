@@ -78,15 +78,16 @@ def is_global_zero() -> bool:
 def validate_run(exp: Experiment, opts: RunOptions) -> dict[str, Any]:
     """Every check that needs no data, before anything is written; returns the Trainer arguments."""
     from benchmarks.run.tracking import check_tracking_uri, tracking_uri
-    from benchmarks.run.validate import check_budget, check_trainer, check_values, check_writable, resolve_strategy
+    from benchmarks.core.files import check_writable
+    from benchmarks.run.validate import check_budget, check_trainer, check_values, resolve_strategy
 
     check_experiment(exp)
     check_values(exp)
     args = resolve_strategy(exp, trainer_args(exp, opts.trainer_overrides))
     check_budget(exp, args)
     if opts.results_dir is not None:
-        check_writable(opts.results_dir, "results_dir")
-    check_writable(opts.state_dir, "state_dir")
+        check_writable(opts.results_dir, "results_dir", setting=True)
+    check_writable(opts.state_dir, "state_dir", setting=True)
     check_tracking_uri(tracking_uri(opts.project_dir))
     check_trainer(exp, args)
     return args

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -137,14 +136,3 @@ def device_count(args: dict[str, Any]) -> int:
         return gpus if devices == -1 else devices
     return 1
 
-
-def check_writable(folder: Path, what: str) -> None:
-    """The nearest existing ancestor must be a writable folder: found now, not after hours of training."""
-    path = Path(folder)
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ArchbenchError(f"{what} {path} is not a folder ({probe} is a file); point settings.{what} elsewhere")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ArchbenchError(f"{what} {path} is not writable ({probe}); fix its permissions or change settings.{what}")

@@ -10,6 +10,8 @@
   ``monitor`` is then this key).
 - ``make_samples()`` (optional, ``MakesSamples``): ``{file name: text or matplotlib Figure}`` after each
   validation epoch. It only builds them: the suite's callback writes and uploads them, on rank 0.
+- ``generate(n, seed)`` (optional, ``GeneratesImages``): a generator drawn from a seed (the GANs), ``n`` images in
+  [0, 1]; a class-conditional one (``is_conditional``) also takes ``label=K``.
 
 ``SuiteModelDefaults`` holds the default of every attribute; a model inherits it and overrides what differs.
 Until every model does, ``declared`` reads an attribute as the model declares it, else that default: the one
@@ -18,6 +20,7 @@ place where a default is supplied (no ``getattr(model, name, default)`` in the s
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -42,6 +45,16 @@ class AlternatingModel(Protocol):
 @runtime_checkable
 class MakesSamples(Protocol):
     def make_samples(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class GeneratesImages(Protocol):
+    def generate(self, n: int, seed: int) -> Any: ...
+
+
+def is_conditional(model: Any) -> bool:
+    """A class-conditional generator (an instance or its class): its ``generate`` takes ``label``."""
+    return isinstance(model, GeneratesImages) and "label" in inspect.signature(model.generate).parameters
 
 
 class SuiteModelDefaults:

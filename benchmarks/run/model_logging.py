@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lightning_modules.contracts import GeneratesImages, is_conditional
+
 CHECKPOINT = "checkpoint"  # the artifact key (and file stem) of the Lightning checkpoint inside the MLflow Model
 ALIAS = "champion"
 PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -37,7 +39,7 @@ def model_kind(model: Any) -> str:
         return "translate"
     if hasattr(model, "tag_tokens"):
         return "tag"
-    if hasattr(model, "generate") or (hasattr(model, "sample") and hasattr(model.hparams, "image_shape")):
+    if isinstance(model, GeneratesImages) or (hasattr(model, "sample") and hasattr(model.hparams, "image_shape")):
         return "images"
     return "none"
 
@@ -51,7 +53,7 @@ def generate_images(model: Any, n: int, seed: int, label: int | None = None) -> 
 
     if label is not None:
         return model.generate(n, seed, label=label)
-    if hasattr(model, "generate"):
+    if isinstance(model, GeneratesImages):
         return model.generate(n, seed)
     was_training = model.training
     model.eval()
@@ -83,19 +85,12 @@ def signature(model: Any) -> tuple[Any, Any]:
         c, h, w = (int(v) for v in model.hparams.image_shape)
         columns = [ColSpec("long", "seed")]
         example = {"seed": [0]}
-        if _conditional(model):
+        if is_conditional(model):
             columns.append(ColSpec("long", "label"))
             example["label"] = [0]
         return (ModelSignature(Schema(columns), Schema([TensorSpec(np.dtype(np.float32), (-1, c, h, w))])),
                 pd.DataFrame(example))
     raise ValueError(f"{type(model).__name__} has no inference interface to log")
-
-
-def _conditional(model: Any) -> bool:
-    import inspect
-
-    generate = getattr(model, "generate", None)
-    return generate is not None and "label" in inspect.signature(generate).parameters
 
 
 @contextmanager
@@ -204,20 +199,24 @@ def register_champion(exp: Any, seed: int, run_id: str, checkpoint: Path, uri: s
     return str(version.version)
 
 
-def best_seed(model_name: str, metrics: dict[int, dict[str, float]]) -> int | None:
-    """The seed whose checkpoint has the best monitored validation value (the model's own ``monitor`` and
-    ``monitor_mode``, e.g. the lowest val/loss); ties and missing values fall to the lowest seed."""
+def best_seed(metrics: dict[int, dict[str, float]]) -> int | None:
+    """The seed whose checkpoint has the best monitored validation value, compared in that key's direction; ties,
+    missing and non-finite values fall to the lowest seed.
+
+    Each seed's run recorded the value its checkpoint was chosen on as ``<monitor>_best`` (run/fit.py), under the
+    monitor that run used: read there, not from the model class, because an image model's monitor depends on its
+    arguments (val/fid with an FID extractor, else its fallback) and a run may override it."""
     import math
 
-    from lightning_modules import MODELS
-
-    cls = MODELS[model_name]
-    monitor, mode = getattr(cls, "monitor", "val/loss"), getattr(cls, "monitor_mode", "min")
-    sign = 1.0 if mode == "min" else -1.0
+    from benchmarks.core.metric_keys import direction
 
     def score(seed: int) -> float:
-        value = metrics[seed].get(f"{monitor}_best")
-        return sign * float(value) if value is not None and math.isfinite(float(value)) else math.inf
+        recorded = [(key.removesuffix("_best"), value) for key, value in metrics[seed].items()
+                    if key.startswith("val/") and key.endswith("_best")]
+        if len(recorded) != 1 or not math.isfinite(float(recorded[0][1])):
+            return math.inf
+        key, value = recorded[0]
+        return (-1.0 if direction(key) == "max" else 1.0) * float(value)
 
     return min(sorted(metrics), key=score) if metrics else None
 
@@ -230,7 +229,7 @@ def publish_model(exp: Any, record: dict[str, Any], results_dir: Path) -> dict[s
     from benchmarks.run.tracking import project_root, tracking_uri
 
     seeds = {int(s): entry for s, entry in record["seeds"].items()}
-    best = best_seed(exp.model, {s: e["metrics"] for s, e in seeds.items()})
+    best = best_seed({s: e["metrics"] for s, e in seeds.items()})
     run_id = seeds[best]["provenance"].get("run_id") if best is not None else None
     checkpoint = results_dir / exp.name / "seeds" / f"seed_{best}" / "best.ckpt"
     if run_id and checkpoint.is_file():

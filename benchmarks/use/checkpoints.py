@@ -42,7 +42,7 @@ def best_seed(exp: Any, results_dir: Path) -> tuple[int, str]:
 
     finished = {s: r["metrics"] for s, r in load_seed_results(results_dir / exp.name).items()
                 if s in exp.seeds and seed_checkpoint(results_dir, exp.name, s).is_file()}
-    best = best_of(exp.model, finished)
+    best = best_of(finished)
     if best is None:
         raise ArchbenchError(f"{exp.name} has no trained seed (no {results_dir / exp.name / 'seeds'}/seed_N/best.ckpt); "
                              f"train it first: archbench train {exp.name}")

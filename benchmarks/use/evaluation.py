@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.errors import ArchbenchError
+from lightning_modules.contracts import declared
 
 
 def evaluate(params: dict[str, Any], chosen: Any, split: str) -> dict[str, float]:
@@ -47,5 +48,5 @@ def compare(recorded: dict[str, float], fresh: dict[str, float], split: str, mod
     if split == "test":
         keys = sorted(k for k in fresh if k.startswith("test/"))
         return [(k, recorded.get(k), fresh[k]) for k in keys]
-    monitor = getattr(model, "monitor", "val/loss")
+    monitor = declared(model, "monitor")
     return [(k, recorded.get(f"{k}_best") if k == monitor else None, fresh[k]) for k in sorted(fresh)]

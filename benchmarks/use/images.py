@@ -11,17 +11,12 @@ classes in ``hparams.num_classes``. ``--label K`` draws every image of the grid 
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 from typing import Any
 
 from benchmarks.core.errors import ArchbenchError
-
-
-def is_conditional(model: Any) -> bool:
-    generate = getattr(model, "generate", None)
-    return generate is not None and "label" in inspect.signature(generate).parameters
+from lightning_modules.contracts import is_conditional
 
 
 def draw(model: Any, count: int, seed: int, label: int | None, name: str) -> Any:

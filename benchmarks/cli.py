@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.errors import ArchbenchError
+from benchmarks.core.files import FULL, READ_ONLY, check_writable
 
 
 def _options(params: dict[str, Any], progress: bool = True) -> Any:
@@ -54,6 +55,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     exp = experiment_from_params(params, args.experiment)
     opts = _options(params, progress=not args.no_progress)
     opts.resume = not args.restart
+    if not args.stale_after > 0:
+        raise ArchbenchError(f"--stale-after {args.stale_after:g}: give a positive number of seconds (default 120)")
+    opts.stale_after_s = args.stale_after
     if args.continue_from is not None:
         if args.seed is None and len(exp.seeds) > 1:
             raise ArchbenchError(f"--continue-from holds one seed's checkpoint but {exp.name} has seeds "
@@ -88,7 +92,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
                                  if (Path(settings(params)["results_dir"]) / n / "seeds").is_dir()]
     exps = [experiment_from_params(params, n) for n in names]
     for exp in exps:
-        _print_summary(exp.name, merge_seeds(exp, Path(settings(params)["results_dir"])))
+        _print_summary(exp.name, merge_seeds(exp, Path(settings(params)["results_dir"]),
+                                             data_dir=settings(params)["data_dir"]))
     return 0
 
 
@@ -112,6 +117,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from benchmarks.run.prepare import prepare
 
     params = load_params(args.params)
+    check_writable(Path(args.out), "--out")
     prepare(params, args.profile, Path(args.out))
     return 0
 
@@ -121,6 +127,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from benchmarks.study.tune import run_study
 
     params = load_params(args.params)
+    if args.restamp_from:
+        from benchmarks.study.restamp import restamp
+
+        digest = restamp(params, args.study, load_params(args.restamp_from), Path.cwd())
+        print(f"study {args.study}: stamped {digest}, the definition in {args.params or 'params.yaml'}")
+        return 0
     best = run_study(params, args.study, _options(params, progress=not args.no_progress), n_trials=args.n_trials)
     print(f"best {best['metric']} = {best['value']:.4f} with {best['params']}")
     return 0
@@ -149,7 +161,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     import time
 
-    from benchmarks.report.ledger import compare_rows, format_compare, ledger_dir_for, load_ledger_at
+    from benchmarks.report.ledger import (compare_rows, format_compare, ledger_dir_for, load_ledger_at,
+                                          nothing_to_compare)
 
     params = load_params(args.params)
     results_dir = Path(settings(params)["results_dir"])
@@ -161,18 +174,33 @@ def cmd_report(args: argparse.Namespace) -> int:
         from benchmarks.report.site.build import gather
 
         ours = gather(results_dir, {}, None, None)["entries"]
-        print(format_compare(compare_rows(ours, ledger or {}), args.compare))
+        rows = compare_rows(ours, ledger or {})
+        if not rows:  # the site is written, but there is no comparison to show
+            raise ArchbenchError(nothing_to_compare(ours, ledger or {}, args.compare))
+        print(format_compare(rows, args.compare))
     return 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from benchmarks.report.ledger import publish
     from benchmarks.core.params import load_params, settings
+    from benchmarks.report.publish import publish_all
 
     params = load_params(args.params)
-    for name in args.experiments:
-        path = publish(params, name, Path(settings(params)["results_dir"]))
-        print(f"published {name} -> {path} (and {path.parent / 'metrics' / path.name}); commit ledger/ to share it")
+    explicit = {"experiment": args.experiment, "claim": args.claim, "study": args.study}
+    for line in publish_all(params, args.names, explicit, Path(settings(params)["results_dir"]),
+                            allow_missing=args.allow_missing):
+        print(line)
+    return 0
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from benchmarks.core.params import load_params, settings
+    from benchmarks.report.baselines import run_baselines
+    from benchmarks.report.ledger import ledger_dir_for
+
+    params = load_params(args.params)
+    results = Path(settings(params)["results_dir"])
+    run_baselines(params, args.experiments, args.profile, results, ledger_dir_for(results) / "baselines" if args.publish else None)
     return 0
 
 
@@ -188,6 +216,7 @@ def cmd_density(args: argparse.Namespace) -> int:
         raise ArchbenchError(f"density.{args.profile}: " + (f"unknown key '{bad[0]}' (allowed: {', '.join(sorted(allowed))})"
                              if bad else "missing; define datasets and dims under density.<profile> in params.yaml"))
     out = Path(settings(params)["results_dir"]) / ("density" if args.profile == "default" else f"density_{args.profile}")
+    check_writable(out, "results_dir")
     report = run_density_study(
         conf["datasets"], sorted(set(conf["dims"])), conf.get("n_train"), conf.get("n_test"), int(conf.get("seed", 0)),
         int(conf.get("gmm_components", 4)), out, cv_folds=int(conf.get("cv_folds", 5)), progress=not args.no_progress,
@@ -251,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continue-from", metavar="CKPT", default=None,
                    help="go on from another run's checkpoint (e.g. a finished run under a longer max_time): "
                         "weights, optimiser states, epoch and elapsed time come from it, in a new MLflow run")
+    p.add_argument("--stale-after", type=float, default=120.0, metavar="SECONDS",
+                   help="another worker may take over a seed whose lease heartbeat is this old")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -272,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="run (or continue) an Optuna study defined in params.yaml")
     p.add_argument("study")
     p.add_argument("--n-trials", type=int, default=None, help="override the study's n_trials")
+    p.add_argument("--restamp-from", metavar="OLD_PARAMS", default=None,
+                   help="restamp a study stamped under the params.yaml it ran with (git show <commit>:params.yaml), "
+                        "where the base experiment changed only in the searched keys; runs nothing")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_tune)
 
@@ -295,9 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: MLFLOW_TRACKING_URI when it is an http server)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("publish", help="copy finished experiments' per-seed results and provenance into ledger/")
-    p.add_argument("experiments", nargs="+", help="experiment names; every seed must be finished and current")
+    p = sub.add_parser("publish", help="copy finished experiments, claims and studies (per-seed results, verdicts, "
+                                       "trials, provenance, compute) into ledger/")
+    p.add_argument("names", nargs="*", help="experiment, claim or study names; every seed, cell-seed or trial must be "
+                                            "finished and current")
+    for kind in ("experiment", "claim", "study"):
+        p.add_argument(f"--{kind}", action="append", default=[], metavar="NAME", help=f"publish this {kind} (repeatable)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="publish an experiment's current seeds although some are missing or stale (named, left out, "
+                        "and recorded in the ledger)")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("baselines", help="compute each leaderboard task's trivial baseline on the experiments' own "
+                                         "splits into results/baselines/ (--publish: also ledger/baselines/)")
+    p.add_argument("experiments", nargs="*", help="experiment names (default: every experiment of --profile)")
+    p.add_argument("--profile", choices=["default", "full"], default="default")
+    p.add_argument("--publish", action="store_true", help="also write ledger/baselines/ (commit it)")
+    p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("density", help="parametric MLE vs KDE held-out likelihood against the dimension")
     p.add_argument("--profile", choices=["default", "full"], default="default")
@@ -309,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=["default", "full"], default="default")
     p.add_argument("--out", default="results/code", help="folder for the per-experiment and per-claim files")
     p.set_defaults(func=cmd_code_hash)
+
+    from benchmarks.use.commands import add_parsers as add_use_parsers  # sample, translate, tag, score, evaluate
+
+    add_use_parsers(sub, _seed)
 
     # add_help=False: `archbench speed --help` reaches the benchmark's own parser.
     p = sub.add_parser("speed", help="time the suite's cells against torch.nn.LSTM / nn.RNN", add_help=False)
@@ -335,6 +387,14 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except ArchbenchError as exc:
         print(f"archbench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A place the suite checks before writing can still change under it (a disk fills, a mount turns
+        # read-only): still one line, naming the file.
+        if exc.errno not in FULL + READ_ONLY:
+            raise
+        what = "no space left on its disk" if exc.errno in FULL else "it is not writable (read-only?)"
+        print(f"archbench: error: cannot write {exc.filename or 'a file'}: {what}; fix that and rerun", file=sys.stderr)
         return 2
     _fast_exit(code)
     return code

@@ -1,8 +1,10 @@
 """Universal Dependencies English-EWT for UPOS tagging: one universal part-of-speech tag per token.
 
-Batches are ``(words, tags, lengths)``: words LongTensor [batch, T] of word ids (0 = <pad>, 1 = <unk>),
+Batches are ``(words, tags, lengths, chars)``: words LongTensor [batch, T] of word ids (0 = <pad>, 1 = <unk>),
 tags LongTensor [batch, T] of UPOS ids with -100 (cross_entropy's ignore_index) at padding, lengths
-LongTensor [batch] of real token counts. The official train/dev/test split is used as is.
+LongTensor [batch] of real token counts, chars LongTensor [batch, T, L] of each token's character ids (case kept,
+0 = <pad>, 1 = <unk>; at most ``MAX_WORD_CHARS`` per token, a token's first ones). The official train/dev/test
+split is used as is.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from datamodules.loaders import Collate, SamplerFactory, SplitLoaders, resolve_w
 from datamodules.sources import DataNotFoundError, RemoteFile, data_dirs, locate
 
 IGNORE_INDEX = -100
-PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1: the tagger's embedding uses padding_idx=0
+PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1: the tagger's embeddings use padding_idx=0
+MAX_WORD_CHARS = 30  # longer tokens (URLs, e-mail addresses) keep their first 30 characters
 Sentence = tuple[list[str], list[str]]  # (FORMs, UPOS tags)
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 # UD_English-EWT pinned at commit 15d613d8447b (2025-05). The gzipped copies (checksums of
 # /work/shared/datasets/SHA256SUMS) count wherever a data dir holds them; a download fetches the plain
@@ -47,6 +50,9 @@ EWT_FILES: dict[str, tuple[str, str]] = {  # split -> (sha256 of .conllu.gz copy
              "e266e515a0a7547657ed3d90d9ba46487d6bd251f27ad4269d4e8a427c8555cd"),
 }
 SPLIT_FILES = {"train": "train", "val": "dev", "test": "test"}  # our split name -> UD's
+# Raw text -> tokens close to EWT's own: negation and the clitics 's 're 've 'll 'd 'm split off ("don't" -> do n't),
+# hyphenated words and decimals kept whole, any other punctuation mark its own token.
+TOKEN_PATTERN = r"\w+(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|\d+(?:[.,]\d+)+|\w+(?:-\w+)*|[^\w\s]"
 # The 17 universal POS tags (https://universaldependencies.org/u/pos/), sorted: full EWT train has all of
 # them. Fixed rather than read from train, so a ``limit``-ed subset keeps the same tag ids and num_tags.
 UPOS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
@@ -107,25 +113,43 @@ def locate_ewt(split: str, data_dir: str | None, download: bool) -> Path:
 
 
 # --- datasets -------------------------------------------------------------------------------------
-class TaggedDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class TaggedDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     """Sentences as id lists; tensors are made per item (building ~10^4 tiny tensors up front is slow)."""
 
-    def __init__(self, words: list[list[int]], tags: list[list[int]]) -> None:
-        self.words, self.tags = words, tags
+    def __init__(self, words: list[list[int]], tags: list[list[int]], chars: list[list[list[int]]]) -> None:
+        self.words, self.tags, self.chars = words, tags, chars
 
     def __len__(self) -> int:
         return len(self.words)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.tensor(self.words[i]), torch.tensor(self.tags[i])  # [length] each
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        chars = char_matrix(self.chars[i])  # [length, L]
+        return torch.tensor(self.words[i]), torch.tensor(self.tags[i]), chars
 
 
-def tag_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
-    words, tags = zip(*batch)
+def char_matrix(tokens: list[list[int]]) -> torch.Tensor:
+    """Character ids of each token, right-padded with 0: [tokens, longest token (at most MAX_WORD_CHARS)]."""
+    width = max((len(t) for t in tokens), default=1)
+    out = torch.zeros(len(tokens), min(max(width, 1), MAX_WORD_CHARS), dtype=torch.long)
+    for j, ids in enumerate(tokens):
+        ids = ids[:MAX_WORD_CHARS]
+        out[j, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def char_ids(word: str, ctoi: dict[str, int]) -> list[int]:
+    return [ctoi.get(c, 1) for c in word[:MAX_WORD_CHARS]]
+
+
+def tag_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Batch:
+    words, tags, chars = zip(*batch)
     lengths = torch.tensor([len(w) for w in words])  # [batch]
     x = pad_sequence(list(words), batch_first=True, padding_value=0)  # [batch, T], 0 = <pad>
     y = pad_sequence(list(tags), batch_first=True, padding_value=IGNORE_INDEX)  # [batch, T]
-    return x, y, lengths
+    c = torch.zeros(len(words), x.shape[1], max(m.shape[1] for m in chars), dtype=torch.long)  # [batch, T, L]
+    for b, m in enumerate(chars):
+        c[b, : m.shape[0], : m.shape[1]] = m
+    return x, y, lengths, c
 
 
 class UDPOSDataModule(SplitLoaders, pl.LightningDataModule):
@@ -137,7 +161,8 @@ class UDPOSDataModule(SplitLoaders, pl.LightningDataModule):
     and the vocabulary then comes from those N train sentences (a tiny, self-consistent preset).
     """
 
-    MODEL_ARGS = ("vocab_size", "num_tags", "tag_names")
+    # The word list, its case rule and the tokenizer go into the model too, so its checkpoint tags raw text alone.
+    MODEL_ARGS = ("vocab_size", "num_tags", "tag_names", "words", "lowercase", "token_pattern", "chars")
 
     def __init__(self, batch_size: int = 32, min_freq: int = 2, lowercase: bool = True, data_dir: str | None = None,
                  limit: int | None = None, num_workers: int | None = None, download: bool = True) -> None:
@@ -155,6 +180,7 @@ class UDPOSDataModule(SplitLoaders, pl.LightningDataModule):
         self._sentences: dict[str, list[Sentence]] = {}
         self._datasets: dict[str, TaggedDataset] = {}
         self.words: list[str] = []
+        self.chars: list[str] = []
         self.tag_names: list[str] = []
 
     @classmethod
@@ -187,8 +213,11 @@ class UDPOSDataModule(SplitLoaders, pl.LightningDataModule):
         counts = Counter(self._norm(w) for forms, _ in sentences["train"] for w in forms)
         kept = sorted((w for w, c in counts.items() if c >= self.min_freq), key=lambda w: (-counts[w], w))
         self.words = [PAD, UNK] + kept
+        # Characters keep their case (a capital says much about a proper noun): every one seen in train.
+        self.chars = [PAD, UNK] + sorted({c for forms, _ in sentences["train"] for w in forms for c in w})
         self.tag_names = list(UPOS)
         stoi = {w: i for i, w in enumerate(self.words)}
+        ctoi = {c: i for i, c in enumerate(self.chars)}
         ttoi = {t: i for i, t in enumerate(self.tag_names)}
         for split, sents in sentences.items():
             unknown = sorted({t for _, tags in sents for t in tags} - ttoi.keys())
@@ -196,11 +225,14 @@ class UDPOSDataModule(SplitLoaders, pl.LightningDataModule):
                 raise ValueError(f"{split} has tags {unknown} that are not universal POS tags")
             words = [[stoi.get(self._norm(w), 1) for w in forms] for forms, _ in sents]
             tags = [[ttoi[t] for t in tags] for _, tags in sents]
-            self._datasets[split] = TaggedDataset(words, tags)
+            chars = [[char_ids(w, ctoi) for w in forms] for forms, _ in sents]
+            self._datasets[split] = TaggedDataset(words, tags, chars)
 
     def model_args(self) -> dict[str, Any]:
         self.setup()
-        return {"vocab_size": len(self.words), "num_tags": len(self.tag_names), "tag_names": list(self.tag_names)}
+        return {"vocab_size": len(self.words), "num_tags": len(self.tag_names), "tag_names": list(self.tag_names),
+                "words": list(self.words), "lowercase": self.lowercase, "token_pattern": TOKEN_PATTERN,
+                "chars": list(self.chars)}
 
     def sentences(self, split: str) -> list[Sentence]:
         return list(self._load()[split])
@@ -242,5 +274,7 @@ class UDPOSDataModule(SplitLoaders, pl.LightningDataModule):
             "split_rule": f"official UD train/dev/test as val=dev; limit={self.limit} first sentences per split",
             "vocab_size": len(self.words),
             "vocab_rule": f"train words with count >= {self.min_freq}, lowercase={self.lowercase}, + <pad>, <unk>",
+            "chars": f"{len(self.chars)}: every character of train (case kept) + <pad>, <unk>; first "
+                     f"{MAX_WORD_CHARS} per token",
             "tag_names": list(self.tag_names),
         }

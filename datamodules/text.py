@@ -18,7 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from datamodules.char_sequences import IGNORE_INDEX, SequenceDataset, WindowDataset, pad_collate
+from datamodules.char_sequences import IGNORE_INDEX, SequenceDataset, TaggedConcat, WindowDataset, pad_collate
 from datamodules.checks import check_bool, check_int, check_optional_int
 from datamodules.loaders import Collate, SplitLoaders, resolve_workers
 from datamodules.sources import RemoteFile, locate
@@ -295,6 +295,14 @@ class TinyShakespeareDataModule(CharDataModule):
     def _hash_parts(self) -> tuple[bytes, dict[str, Any]]:
         return self._load(), {"seq_len": self.seq_len, "fractions": list(self.FRACTIONS)}
 
+    def _dataset(self, split: str) -> Any:
+        """The test pass also reads the val windows, tagged 0 (test windows 1): the model scores the test split
+        alone, and val + test together, the last 10% of the text, which is nanoGPT's validation split."""
+        if split == "test":
+            self.setup("fit")
+            return TaggedConcat([(self._splits["test"], 1), (self._splits["val"], 0)])
+        return super()._dataset(split)
+
     def describe(self) -> dict[str, Any]:
         self.setup()
         return {
@@ -305,5 +313,6 @@ class TinyShakespeareDataModule(CharDataModule):
             "vocab_size": len(self.vocab),
             "splits": self._split_sizes(self._chars),
             "split_rule": "contiguous chars: first 90% train, next 5% val, last 5% test; "
-            f"windows of {self.seq_len + 1} chars with stride {self.seq_len}, short tail dropped",
+            f"windows of {self.seq_len + 1} chars with stride {self.seq_len}, short tail dropped; the test pass "
+            "also scores val + test together (the last 10%, nanoGPT's validation text)",
         }

@@ -42,7 +42,10 @@ BUCKET_BATCHES = 100  # a shuffled chunk of this many batches is sorted by sourc
 Pair = tuple[list[int], list[int]]
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
-_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{}"
+# multi30k/dataset pinned at the commit that last changed these six files (checked: their sha256 below), not a
+# branch, so a later push there cannot change what a download fetches.
+MULTI30K_COMMIT = "c9be912dc05a3ebf9ae5bb5f7f58c1791cda43ab"
+_URL = f"https://raw.githubusercontent.com/multi30k/dataset/{MULTI30K_COMMIT}/data/task1/raw/{{}}"
 _SHA256 = {
     "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
     "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
@@ -133,7 +136,8 @@ class Multi30kDataModule(SplitLoaders, pl.LightningDataModule):
     split (tiny test presets). Vocabularies are built from the kept training pairs only.
     """
 
-    MODEL_ARGS = ("src_vocab_size", "tgt_vocab_size", "tgt_itos")
+    # The source vocabulary and the tokenizer go into the model too, so its checkpoint translates raw text alone.
+    MODEL_ARGS = ("src_vocab_size", "tgt_vocab_size", "tgt_itos", "src_itos", "token_pattern")
     TEST_CORPUS = "multi30k test_2016_flickr"
 
     def __init__(
@@ -232,7 +236,8 @@ class Multi30kDataModule(SplitLoaders, pl.LightningDataModule):
 
     def model_args(self) -> dict[str, Any]:
         self.setup()
-        return {"src_vocab_size": len(self.src_itos), "tgt_vocab_size": len(self.tgt_itos), "tgt_itos": list(self.tgt_itos)}
+        return {"src_vocab_size": len(self.src_itos), "tgt_vocab_size": len(self.tgt_itos), "tgt_itos": list(self.tgt_itos),
+                "src_itos": list(self.src_itos), "token_pattern": TOKEN_RE.pattern}
 
     # --- loaders ----------------------------------------------------------------------------------
     def _dataset(self, split: str) -> PairDataset:

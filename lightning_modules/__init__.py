@@ -2,6 +2,7 @@
 
 from lightning_modules.recurrent.char_lm import CharLM
 from lightning_modules.metrics.classifier import DomainClassifier
+from lightning_modules.adversarial.cgan import ConditionalGAN
 from lightning_modules.adversarial.cyclegan import CycleGAN
 from lightning_modules.likelihood.diffusion import DDPM
 from lightning_modules.recurrent.frame_labeller import FrameLabeller
@@ -21,6 +22,7 @@ MODELS = {
     "frame_labeller": FrameLabeller,
     "sequence_classifier": SequenceClassifier,
     "gan": GAN,
+    "cgan": ConditionalGAN,
     "pix2pix": Pix2Pix,
     "cyclegan": CycleGAN,
     "vae": VAE,

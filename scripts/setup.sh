@@ -13,10 +13,11 @@ command -v "$PY" >/dev/null || PY=python3
 need=()
 [ -f /usr/share/dict/american-english ] || need+=(wamerican)
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+source scripts/apt.sh
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+  apt_get update -qq
+  apt_get install -y -qq "${need[@]}"
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -28,4 +29,6 @@ if [ -n "$extras" ]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
+# Vega for `dvc plots show`'s offline page (npm registry; see scripts/vega.sh).
+bash scripts/vega.sh
 echo "archbench set up in .venv (activate with: source .venv/bin/activate)"

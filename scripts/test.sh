@@ -9,9 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh "test,scale"
 if ! command -v chromium >/dev/null 2>&1; then
+  source scripts/apt.sh
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  apt_get update -qq
+  apt_get install -y -qq chromium >/dev/null
 fi
 eval "$(bash scripts/services.sh start)"
 trap 'bash scripts/services.sh stop >/dev/null 2>&1' EXIT

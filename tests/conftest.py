@@ -63,9 +63,31 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE", "ARCHBENCH_PARAMS"):
         monkeypatch.delenv(var, raising=False)
-    if SHARED_DATA.is_dir():
-        monkeypatch.setenv("ARCHBENCH_DATA_DIR", str(SHARED_DATA))
+    found = [str(d) for d in USER_DATA_DIRS if d.is_dir()]
+    if found:
+        monkeypatch.setenv("ARCHBENCH_DATA_DIR", os.pathsep.join(found))
     return tmp_path
+
+
+def _user_data_dirs() -> tuple[Path, ...]:
+    """Where data-backed tests find the real datasets, in order: the folders of ARCHBENCH_DATA_DIR as the user
+    set it (the product searches them first too), then shared/datasets beside the repository."""
+    env = os.environ.get("ARCHBENCH_DATA_DIR", "")
+    return tuple(dict.fromkeys([Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()] + [SHARED_DATA]))
+
+
+# Read once, when the tests are collected: tests delete or replace ARCHBENCH_DATA_DIR while they run.
+USER_DATA_DIRS = _user_data_dirs()
+
+
+def real_data_dir(probe: str) -> Path:
+    """The first of ``USER_DATA_DIRS`` holding ``probe`` (e.g. "multi30k/train.de.gz"); else the test is skipped
+    with a reason naming every place it looked."""
+    for folder in USER_DATA_DIRS:
+        if (folder / probe).exists():
+            return folder
+    pytest.skip(f"no {probe} under {' or '.join(map(str, USER_DATA_DIRS))} (set ARCHBENCH_DATA_DIR to a folder "
+                f"holding it)")
 
 
 @pytest.fixture(scope="session")
@@ -142,12 +164,13 @@ def env_for_subprocess() -> dict[str, str]:
 
 
 def copy_from_torch(ours: Any, ref: torch.nn.RNNBase) -> None:
-    """Load a torch.nn.RNN/LSTM's weights into a StackedRNN (one bias: torch's two biases summed)."""
+    """Load a torch.nn.RNN/LSTM/...'s weights into a StackedRNN of the same shape, either impl: every parameter
+    of layer k (direction d) by its name (weight_ih -> weight_ih_l{k}[_reverse]); a name torch lacks fails."""
     with torch.no_grad():
-        for k, layer in enumerate(ours.layers):
-            layer.weight_ih.copy_(getattr(ref, f"weight_ih_l{k}"))
-            layer.weight_hh.copy_(getattr(ref, f"weight_hh_l{k}"))
-            layer.bias.copy_(getattr(ref, f"bias_ih_l{k}") + getattr(ref, f"bias_hh_l{k}"))
+        for k in range(ours.num_layers):
+            for d in range(ours.directions):
+                for name, p in ours.layer_parameters(k, d).items():
+                    p.copy_(getattr(ref, f"{name}_l{k}" + ("_reverse" if d else "")))
 
 
 @pytest.fixture

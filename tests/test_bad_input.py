@@ -265,14 +265,13 @@ def test_bad_study_from_the_command_line(key: str, value: object, message: str, 
     _nothing_written(project)
 
 
-@pytest.mark.parametrize("model", ["gan", "pix2pix", "cyclegan"])
-def test_plain_ddp_for_an_adversarial_model_names_the_strategy(model: str, project: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    params = tiny_params()
-    params["experiments"]["hello_lstm"] = {"model": model, "data": "digits", "model_args": {}, "seeds": [0],
-                                           "trainer": {"max_epochs": 1, "strategy": "ddp", "devices": 2,
-                                                       "accelerator": "cpu"}}
-    write_params(project / "params.yaml", params)
-    err = _one_line_error(capsys, ["train", "hello_lstm"])
-    assert "updates its networks in turn" in err and "strategy: ddp_find_unused_parameters_true" in err, err
-    _nothing_written(project)
+def test_tuned_by_is_not_inherited_through_extends(tmp_path: Path) -> None:
+    from benchmarks.core.params import experiment_from_params, load_params
+
+    params = load_params()
+    params["studies"]["lstm_depth"]["experiment"] = "words_lstm"
+    params["experiments"]["words_lstm"]["tuned_by"] = "lstm_depth"
+    params.setdefault("full_experiments", {})["words_lstm_wide"] = {"extends": "words_lstm",
+                                                                    "model_args": {"hidden_size": 512}}
+    assert experiment_from_params(params, "words_lstm").tuned_by == "lstm_depth"
+    assert experiment_from_params(params, "words_lstm_wide").tuned_by is None

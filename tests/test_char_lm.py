@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from datamodules.text import TinyShakespeareDataModule
 from lightning_modules.recurrent.char_lm import CharLM, chunk_losses
 from tests.conftest import run_options
 
@@ -96,3 +98,39 @@ def test_hello_lstm_learns_eel(project: Path) -> None:
     probs = model.next_char_probs("ee")
     assert probs["l"] > 0.9, probs
     assert result["metrics"]["test/loss"] < 0.8
+
+
+class _LocalShakespeare(TinyShakespeareDataModule):
+    """The tiny-shakespeare datamodule over a small synthetic text: its split, windows and test pass as they are."""
+
+    TEXT = "".join(f"line {i % 7} of the play, act {i % 3}.\n" for i in range(400))
+
+    def _load(self) -> bytes:
+        return self.TEXT.encode()
+
+
+def test_the_test_pass_scores_test_alone_and_val_plus_test_as_one_text() -> None:
+    import lightning.pytorch as pl
+
+    dm = _LocalShakespeare(batch_size=8, seq_len=16)
+    dm.setup("fit")
+    pl.seed_everything(0, verbose=False)
+    model = CharLM(**dm.model_args(), cell="lstm", hidden_size=8, sample_count=0)
+    tested = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(
+        model, datamodule=dm, verbose=False)[0]
+    # By hand: summed per-character losses over each split's windows, each window from a zero state.
+    sums = {}
+    with torch.no_grad():
+        for split in ("val", "test"):
+            x, y = zip(*[dm._splits[split][i] for i in range(len(dm._splits[split]))])
+            logits, _ = model(torch.stack(x))
+            sums[split] = (float(F.cross_entropy(logits.flatten(0, 1), torch.stack(y).flatten(), reduction="sum")),
+                           torch.stack(y).numel())
+    assert tested["test/loss"] == pytest.approx(sums["test"][0] / sums["test"][1], rel=1e-5)
+    both = (sums["test"][0] + sums["val"][0]) / (sums["test"][1] + sums["val"][1])
+    assert tested["test/loss_valtest"] == pytest.approx(both, rel=1e-5)
+    assert tested["test/bpc"] == pytest.approx(tested["test/loss"] / math.log(2), rel=1e-5)
+    # Validation still reads the val windows alone, without tags.
+    val = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
+        model, datamodule=dm, verbose=False)[0]
+    assert val["val/loss"] == pytest.approx(sums["val"][0] / sums["val"][1], rel=1e-5) and "val/loss_valtest" not in val

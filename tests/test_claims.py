@@ -6,6 +6,7 @@ The statistics and the verdicts' outcomes are tested in test_claim_stats.py."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -80,11 +81,25 @@ def test_tiny_claim_runs_through_the_cli_into_the_report(project: Path, capsys: 
     assert result["config_hash"] == cell.config_hash()
     assert result["metrics"]["test/acc"] == next(r for r in claim["table"] if r["value"] == 6
                                                  and r["arm"] == "lstm")["seeds"][1]
+    # In MLflow every cell-seed is nested under one finished parent run, "claim:long_lag".
+    from tests.conftest import mlflow_runs
+
+    runs = mlflow_runs(project)
+    parents = [r for r in runs if r.data.tags.get("archbench.role") == "claim"]
+    assert [(p.info.run_name, p.info.status) for p in parents] == [("claim:long_lag", "FINISHED")]
+    cells = [r for r in runs if "seed" in r.data.tags]
+    assert len(cells) == 12 and {r.data.tags.get("mlflow.parentRunId") for r in cells} == {parents[0].info.run_id}
     assert main(["report"]) == 0
     board = (project / "results" / "report" / "leaderboard.md").read_text()
-    assert f"### long_lag: {claim['outcome']}" in board and claim["verdicts"][0]["text"] in board
-    assert "margin 0.05 fraction on test/acc" in board
-    assert (project / "results" / "report" / "claim_long_lag.png").is_file()
+    assert f"| long_lag: {claim['statement']} | {claim['outcome']} | lstm over elman at data_args.lag = 6: " in board
+    page = (project / "results" / "report" / "claims.html").read_text()
+    assert claim["verdicts"][0]["text"] in html.unescape(page) and "(margin 0.05 fraction)" in page
+    assert (project / "results" / "report" / "img" / "claims" / "long_lag.png").is_file()
+    # Published, it is the same table and verdict, and a report from the ledger alone shows it.
+    assert main(["publish", "long_lag"]) == 0
+    record = json.loads((project / "ledger" / "claims" / "long_lag.json").read_text())
+    assert record["table"] == claim["table"] and record["outcome"] == claim["outcome"]
+    assert all(s["provenance"]["run_id"] for c in record["cells"] for s in c["seeds"].values())
     # Rerunning trains nothing: every finished seed file is current, the same numbers come back.
     assert main(["claim", "long_lag", "--no-progress"]) == 0
     assert _trained(capsys.readouterr().out) == []
@@ -121,7 +136,8 @@ def test_workers_take_each_cell_seed_once_and_skip_live_leases(project: Path, mo
     runs, leases = project / "results" / "claims" / "long_lag" / "runs", project / "results" / "claims" / ".leases"
     stale = runs / "claim_long_lag_lstm_lag3" / "seeds" / "seed_0" / "result.json"
     stale.parent.mkdir(parents=True)
-    stale.write_text(json.dumps({"seed": 0, "config_hash": "another", "metrics": {"test/acc": 0.0}}))
+    stale.write_text(json.dumps({"experiment": "claim_long_lag_lstm_lag3", "seed": 0, "config_hash": "another",
+                                 "metrics": {"test/acc": 0.0}}))
     held = leases / "long_lag" / "claim_long_lag_elman_lag6.seed1.lease"  # a worker on another machine, alive
     held.parent.mkdir(parents=True)
     held.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t"}))

@@ -239,6 +239,19 @@ def test_learning_rates_hold_then_fall_linearly_to_zero_at_max_epochs() -> None:
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
     # Epoch 0 and the first decaying epoch at full rate, then (3 - 2) / (3 - 1) = one half; D keeps its ratio.
     assert seen == [pytest.approx((1e-4, 3e-4)), pytest.approx((1e-4, 3e-4)), pytest.approx((5e-5, 1.5e-4))]
+    # As a fraction of the budget: 1/3 of max_epochs 3 starts the same decay at epoch 1, whatever the budget.
+    seen.clear()
+    pl.seed_everything(0, verbose=False)
+    model = GAN(image_shape=[1, 8, 8], **TINY, sample_grid=0, lr=1e-4, lr_d=3e-4, lr_decay_after=0.34)
+    trainer = pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, logger=False, callbacks=[Record()],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=16))
+    assert seen == [pytest.approx((1e-4, 3e-4)), pytest.approx((1e-4, 3e-4)), pytest.approx((5e-5, 1.5e-4))]
+    for bad in (1.0, -0.1, True):
+        with pytest.raises(ValueError, match="lr_decay_after"):
+            GAN(image_shape=[1, 8, 8], **TINY, lr_decay_after=bad)
+    with pytest.raises(ValueError, match="lr_decay_after"):
+        GAN(image_shape=[1, 8, 8], **TINY, lr_decay_after=0.5, lr_decay_from=2)
     late = GAN(image_shape=[1, 8, 8], **TINY, sample_grid=0, lr_decay_from=3)
     with pytest.raises(ValueError, match="lr_decay_from \\(3\\) needs a trainer max_epochs above it"):
         pl.Trainer(max_epochs=3, limit_train_batches=1, logger=False, enable_checkpointing=False,

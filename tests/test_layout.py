@@ -8,8 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-# Lower rooms first; study and claim stand side by side and never import each other.
-LEVELS = {"core": 0, "run": 1, "study": 2, "claim": 2, "report": 3, "tools": 4}
+# Lower rooms first; study and claim stand side by side and never import each other, and so do report and use.
+LEVELS = {"core": 0, "run": 1, "study": 2, "claim": 2, "report": 3, "use": 3, "tools": 4}
 
 
 def _imports(path: Path) -> list[tuple[str, int]]:

@@ -68,6 +68,7 @@ def test_mlflow_run_holds_params_metrics_samples_and_checkpoints(project: Path) 
     assert (out / "curves" / "seed_1.csv").is_file()
     prov = json.loads((out / "seeds" / "seed_0" / "provenance.json").read_text())
     assert prov["run_id"] in {r.info.run_id for r in runs} and prov["machine"]["threads"] >= 1
+    assert 0 < prov["cpu_s"] and prov["fit_s"] > 0  # every seed records its compute
     text = (out / "seeds" / "seed_0" / "samples" / "samples.txt").read_text()
     assert text.strip() and set(text) <= set("\nehlo")
 
@@ -300,3 +301,18 @@ def test_continues_must_name_another_experiment() -> None:
                                                                   | {"continues": bad}}}
         with pytest.raises(ArchbenchError, match="'continues' must name another experiment"):
             experiment_from_params(broken, "hello_lstm")
+
+
+def test_the_cpu_clock_sums_the_legs_of_a_resumed_seed(tmp_path: Path) -> None:
+    import time
+
+    from benchmarks.run.compute import CpuClock
+
+    first = CpuClock(tmp_path, resumed=False, started=time.process_time() - 5.0)
+    first.on_train_epoch_end(type("T", (), {"is_global_zero": True})(), None)  # type: ignore[arg-type]
+    saved = json.loads((tmp_path / "cpu.json").read_text())["cpu_s"]
+    assert saved >= 5.0
+    again = CpuClock(tmp_path, resumed=True, started=time.process_time() - 2.0)
+    assert again.total() >= saved + 2.0  # the killed leg's seconds carried over
+    fresh = CpuClock(tmp_path, resumed=False, started=time.process_time())
+    assert fresh.total() < 1.0  # starting over starts from zero

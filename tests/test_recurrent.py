@@ -1,231 +1,299 @@
-"""Recurrent cells vs torch's own nn.RNN / nn.LSTM (copied weights) and vs the peephole equations."""
+"""Oracles for every path the recurrent layers train on (float64; outputs, final states and the gradients of
+the input, the initial state and every parameter):
+- the equations (cells.py, impl="equations") against torch's nn.LSTM / nn.RNN with copied weights;
+- torch's kernel as StackedRNN runs it (impl="torch", the default for these cells) against a separate
+  nn.LSTM / nn.RNN, so the weight layout, forget bias, states and packing are checked, not assumed;
+- the peephole LSTM (equations only) against its equations written out below, one sequence at a time.
+Depth 1 to 3, bidirectional, variable lengths, given initial states, learned s_0 and truncated BPTT.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.recurrent.cells import (
-    CELLS,
-    ElmanCell,
-    ElmanNet,
-    LSTMCell,
-    PeepholeLSTMCell,
-    StackedRNN,
-    detach_state,
-)
+from lightning_modules.recurrent.cells import CELLS, RecurrentCell, TorchKernel, detach_state
+from lightning_modules.recurrent.stack import StackedRNN
 from tests.conftest import copy_from_torch
 
-TOL = dict(atol=1e-5, rtol=1e-5)
+TOL = {"atol": 1e-10, "rtol": 1e-9}  # float64: the paths differ only in the order of additions
 B, T, IN, H = 3, 7, 5, 4
+LENGTHS = torch.tensor([7, 3, 5])  # unsorted, so packing has to reorder the rows
+IMPLS = ["equations", "torch"]
+# (num_layers, bidirectional, lengths)
+SHAPES = [(1, False, None), (3, False, None), (2, False, LENGTHS), (1, True, None), (3, True, LENGTHS)]
 
 
-def _inputs(seed: int = 0) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T, IN, dtype=torch.float64, generator=g, requires_grad=True)
-    w_out = torch.randn(B, T, H, dtype=torch.float64, generator=g)  # random linear functional
-    return x, w_out
+def _torch_rnn(cell: str, num_layers: int, bidirectional: bool = False, bias: bool = True) -> nn.RNNBase:
+    """The oracle, named here rather than taken from the cell's declaration."""
+    kw = {"num_layers": num_layers, "bias": bias, "batch_first": True, "bidirectional": bidirectional}
+    rnn = nn.RNN(IN, H, nonlinearity="tanh", **kw) if cell == "elman" else nn.LSTM(IN, H, **kw)
+    return rnn.double()
 
 
-def _grad_pairs(ours: StackedRNN, ref: nn.RNNBase) -> list[tuple[str, Tensor, Tensor]]:
-    pairs = []
-    for k, layer in enumerate(ours.layers):
-        pairs.append((f"weight_ih_l{k}", layer.weight_ih.grad, getattr(ref, f"weight_ih_l{k}").grad))
-        pairs.append((f"weight_hh_l{k}", layer.weight_hh.grad, getattr(ref, f"weight_hh_l{k}").grad))
-        # Our single bias is the sum of torch's two, so its grad equals either one's.
-        pairs.append((f"bias_l{k}", layer.bias.grad, getattr(ref, f"bias_ih_l{k}").grad))
-        pairs.append((f"bias_hh_l{k}", layer.bias.grad, getattr(ref, f"bias_hh_l{k}").grad))
-    return pairs
-
-
-@pytest.mark.parametrize("num_layers", [1, 3])
-@pytest.mark.parametrize("cell", ["elman", "lstm"])
-def test_matches_torch(cell: str, num_layers: int) -> None:
+def _pair(cell: str, impl: str, num_layers: int, bidirectional: bool = False, **kw) -> tuple[StackedRNN, nn.RNNBase]:
     torch.manual_seed(num_layers)
-    if cell == "elman":
-        ref = nn.RNN(IN, H, num_layers=num_layers, nonlinearity="tanh", batch_first=True)
-    else:
-        ref = nn.LSTM(IN, H, num_layers=num_layers, batch_first=True)
-    ref = ref.double()
-    ours = StackedRNN(cell, IN, H, num_layers=num_layers).double()
+    ref = _torch_rnn(cell, num_layers, bidirectional, kw.get("bias", True))
+    ours = StackedRNN(cell, IN, H, num_layers, bidirectional=bidirectional, impl=impl, **kw).double()
+    assert ours.impl == impl
     copy_from_torch(ours, ref)
-
-    x, w_out = _inputs()
-    x_ref = x.detach().clone().requires_grad_(True)
-    y, state = ours(x)
-    y_ref, state_ref = ref(x_ref)
-    torch.testing.assert_close(y, y_ref, **TOL)
-    for k in range(num_layers):
-        if cell == "elman":
-            torch.testing.assert_close(state[k], state_ref[k], **TOL)
-        else:
-            torch.testing.assert_close(state[k][0], state_ref[0][k], **TOL)  # y_T (h_n)
-            torch.testing.assert_close(state[k][1], state_ref[1][k], **TOL)  # s_T (c_n)
-
-    (y * w_out).sum().backward()
-    (y_ref * w_out).sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad, **TOL)
-    for name, g, g_ref in _grad_pairs(ours, ref):
-        assert g is not None, name
-        torch.testing.assert_close(g, g_ref, **TOL, msg=name)
+    return ours, ref
 
 
-def _peephole_reference(x: Tensor, U: Tensor, W: Tensor, b: Tensor, P: Tensor) -> Tensor:
-    """Direct transcription of the Gers & Schmidhuber equations, one gate at a time."""
-    h = W.shape[1]
-    Ui, Uf, Ug, Uo = U.split(h)
-    Wi, Wf, Wg, Wo = W.split(h)
-    bi, bf, bg, bo = b.split(h)
-    pi, pf, po = P
-    y = x.new_zeros(x.shape[0], h)
-    s = x.new_zeros(x.shape[0], h)
-    outs = []
-    for t in range(x.shape[1]):
-        xt = x[:, t]
-        f = torch.sigmoid(xt @ Uf.T + y @ Wf.T + pf * s + bf)
-        i = torch.sigmoid(xt @ Ui.T + y @ Wi.T + pi * s + bi)
-        g = torch.tanh(xt @ Ug.T + y @ Wg.T + bg)
-        s = s * f + g * i
-        o = torch.sigmoid(xt @ Uo.T + y @ Wo.T + po * s + bo)
-        y = torch.tanh(s) * o
-        outs.append(y)
-    return torch.stack(outs, 1)
+def _random_hx(n_state: int, count: int, seed: int = 5) -> list[Tensor]:
+    """torch's initial state: h0 (and c0), each [layers*directions, B, H]."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(count, B, H, dtype=torch.float64, generator=g) for _ in range(n_state)]
 
 
-def test_peephole_matches_equations() -> None:
+def _as_list(hx: list[Tensor]) -> list:
+    """torch's (h, c) [layers*directions, B, H] as StackedRNN's list of per-layer states (views: grads flow back)."""
+    return list(hx[0].unbind(0)) if len(hx) == 1 else list(zip(hx[0].unbind(0), hx[1].unbind(0)))
+
+
+def _flat(state: list) -> list[Tensor]:
+    return [t for st in state for t in (st if isinstance(st, tuple) else (st,))]
+
+
+def _loss(y: Tensor, final: list[Tensor], seed: int = 0) -> Tensor:
+    """A random linear functional of the outputs plus a non-linear one of the final states: every grad is non-trivial."""
+    g = torch.Generator().manual_seed(seed)
+    return (y * torch.randn(y.shape, dtype=y.dtype, generator=g)).sum() + sum(
+        (s.sin() * (k + 1)).sum() for k, s in enumerate(final))
+
+
+def _torch_run(ref: nn.RNNBase, x: Tensor, hx: list[Tensor] | None, lengths: Tensor | None) -> tuple[Tensor, list[Tensor]]:
+    """nn.LSTM / nn.RNN on a batch (packed where rows are padded): outputs and [h_n] or [h_n, c_n]."""
+    h = None if hx is None else (hx[0] if len(hx) == 1 else tuple(hx))
+    if lengths is None:
+        y, hn = ref(x, h)
+    else:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        y, hn = ref(packed, h)
+        y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+    return y, [hn] if isinstance(hn, Tensor) else list(hn)
+
+
+def _flat_torch(hn: list[Tensor]) -> list[Tensor]:
+    """torch's final states in the order of _flat(ours): layer by layer (and direction), h then c."""
+    return [h[j] for j in range(hn[0].shape[0]) for h in hn]
+
+
+def _ref_params(ours: StackedRNN, ref: nn.RNNBase) -> list[Tensor]:
+    """torch's parameters in the order of ours.parameters()."""
+    return [getattr(ref, f"{name}_l{k}" + ("_reverse" if d else ""))
+            for k in range(ours.num_layers) for d in range(ours.directions)
+            for name in ours.layer_parameters(k, d)]
+
+
+def _assert_all_close(ours: list[Tensor], theirs: list[Tensor], names: list[str]) -> None:
+    assert len(ours) == len(theirs) == len(names)
+    for name, a, b in zip(names, ours, theirs):
+        assert a is not None and b is not None, name
+        torch.testing.assert_close(a, b, **TOL, msg=name)
+
+
+def _compare(ours: StackedRNN, ref: nn.RNNBase, lengths: Tensor | None, given_state: bool) -> None:
+    x = torch.randn(B, T, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x1, x2 = (x.clone().requires_grad_(True) for _ in range(2))
+    count = ours.num_layers * ours.directions
+    hx1 = hx2 = None
+    if given_state:
+        hx1 = [h.requires_grad_(True) for h in _random_hx(ours.cell_cls.n_state, count)]
+        hx2 = [h.requires_grad_(True) for h in _random_hx(ours.cell_cls.n_state, count)]
+    y, final = ours(x1, None if hx1 is None else _as_list(hx1), lengths=lengths)
+    y_ref, hn = _torch_run(ref, x2, hx2, lengths)
+    final_ref = _flat_torch(hn)
+    _assert_all_close([y, *_flat(final)], [y_ref, *final_ref], ["outputs"] + [f"final {k}" for k in range(len(final_ref))])
+    ours_leaves = [x1, *(hx1 or [])] + list(ours.parameters())
+    ref_leaves = [x2, *(hx2 or [])] + _ref_params(ours, ref)
+    names = ["x", *(["h0", "c0"][:len(hx1 or [])])] + [n for n, _ in ours.named_parameters()]
+    grads = torch.autograd.grad(_loss(y, _flat(final)), ours_leaves)
+    grads_ref = torch.autograd.grad(_loss(y_ref, final_ref), ref_leaves)
+    _assert_all_close(list(grads), list(grads_ref), names)
+
+
+@pytest.mark.parametrize(("num_layers", "bidirectional", "lengths"), SHAPES)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", ["elman", "lstm"])
+def test_matches_torch(cell: str, impl: str, num_layers: int, bidirectional: bool, lengths: Tensor | None) -> None:
+    ours, ref = _pair(cell, impl, num_layers, bidirectional)
+    _compare(ours, ref, lengths, given_state=True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", ["elman", "lstm"])
+def test_matches_torch_zero_state_and_no_bias(cell: str, impl: str) -> None:
+    for bias in (True, False):
+        ours, ref = _pair(cell, impl, 2, bias=bias)
+        _compare(ours, ref, None, given_state=False)
+
+
+class GRUCell(RecurrentCell):
+    """torch's GRU from its documented equations (gates r, z, n), as a user would add a cell that has a kernel."""
+
+    n_gates = 3
+    n_state = 1
+    kernel = TorchKernel(nn.GRU)
+
+    def project_input(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_ih, self.bias_ih)  # b_hn stays inside r ⊙ (W_hn h + b_hn)
+
+    def step(self, xw_t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        xr, xz, xn = xw_t.chunk(3, dim=1)
+        hr, hz, hn = F.linear(h, self.weight_hh, self.bias_hh).chunk(3, dim=1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+        return h, h
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_new_cell_declaring_its_kernel_runs_either_path(impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GRU (one state tensor, but not Elman) declared with nn.GRU: both paths equal nn.GRU, nothing guessed."""
+    monkeypatch.setitem(CELLS, "gru", GRUCell)
     torch.manual_seed(0)
-    ours = StackedRNN("peephole", IN, H).double()
-    cell = ours.layers[0]
-    assert cell.peephole.abs().sum() > 0  # non-trivial peepholes so the test means something
-    own_params = (cell.weight_ih, cell.weight_hh, cell.bias, cell.peephole)
-    params = [p.detach().clone().requires_grad_(True) for p in own_params]
-    x, w_out = _inputs(1)
-    x_ref = x.detach().clone().requires_grad_(True)
-
-    y, _ = ours(x)
-    y_ref = _peephole_reference(x_ref, *params)
-    torch.testing.assert_close(y, y_ref, **TOL)
-    (y * w_out).sum().backward()
-    (y_ref * w_out).sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad, **TOL)
-    for p, p_ref in zip(own_params, params):
-        torch.testing.assert_close(p.grad, p_ref.grad, **TOL)
+    ref = nn.GRU(IN, H, num_layers=2, bidirectional=True, batch_first=True).double()
+    ours = StackedRNN("gru", IN, H, 2, bidirectional=True, impl=impl).double()
+    assert isinstance(ours.kernel, nn.GRU) if impl == "torch" else isinstance(ours.layers[0], GRUCell)
+    copy_from_torch(ours, ref)
+    _compare(ours, ref, LENGTHS, given_state=True)
 
 
-def test_peephole_zero_equals_lstm() -> None:
-    torch.manual_seed(0)
-    peep = StackedRNN("peephole", IN, H, num_layers=2).double()
-    lstm = StackedRNN("lstm", IN, H, num_layers=2).double()
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", ["elman", "lstm"])
+def test_truncated_bptt_matches_torch(cell: str, impl: str) -> None:
+    """Three chunks, the state carried across each cut but detached (char_lm's chunk_losses): after every chunk's
+    backward the accumulated grads, and at the end the final state, equal torch's run the same way."""
+    ours, ref = _pair(cell, impl, 3)
+    x = torch.randn(B, 14, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    names = [n for n, _ in ours.named_parameters()]
+    state, hn = None, None
+    for j, xc in enumerate(x.split(5, dim=1)):
+        y, state = ours(xc, state)
+        y_ref, hn = _torch_run(ref, xc, hn, None)
+        _loss(y, _flat(state), seed=j).backward()
+        _loss(y_ref, _flat_torch(hn), seed=j).backward()
+        _assert_all_close([p.grad for p in ours.parameters()], [p.grad for p in _ref_params(ours, ref)], names)
+        state, hn = detach_state(state), [h.detach() for h in hn]
+    _assert_all_close(_flat(state), _flat_torch(hn), ["final"] * len(_flat(state)))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", ["elman", "lstm"])
+def test_learned_s0_matches_torch_given_that_state(cell: str, impl: str) -> None:
+    """learn_s0: torch started from the same vectors expanded over the batch; s_0's grad is their batch sum."""
+    ours, ref = _pair(cell, impl, 2, bidirectional=True, learn_s0=True)
     with torch.no_grad():
-        for lp, ll in zip(peep.layers, lstm.layers):
-            lp.peephole.zero_()
-            for name in ("weight_ih", "weight_hh", "bias"):
-                getattr(ll, name).copy_(getattr(lp, name))
-    x, _ = _inputs(2)
-    torch.testing.assert_close(peep(x)[0], lstm(x)[0], **TOL)
-    assert PeepholeLSTMCell(IN, H, peephole_scale=0.0).peephole.abs().sum() == 0
+        for p in ours.s0:
+            p.normal_()
+    n_state, count = (1 if cell == "elman" else 2), 4  # 2 layers x 2 directions
+    # s0 per state tensor (h, c) as torch's [layers*directions, H]; ours holds them layer-direction major.
+    s0 = [torch.stack([p.detach() for p in list(ours.s0)[i::n_state]]).requires_grad_(True) for i in range(n_state)]
+    x = torch.randn(B, T, IN, dtype=torch.float64)
+    y, final = ours(x)
+    y_ref, hn = _torch_run(ref, x, [s.unsqueeze(1).expand(-1, B, -1) for s in s0], None)
+    _assert_all_close([y, *_flat(final)], [y_ref, *_flat_torch(hn)], ["outputs"] + ["final"] * count * n_state)
+    grads = torch.autograd.grad(_loss(y, _flat(final)), list(ours.s0))
+    grads_ref = torch.autograd.grad(_loss(y_ref, _flat_torch(hn)), s0)
+    by_order = [grads_ref[i][j] for j in range(count) for i in range(n_state)]
+    _assert_all_close(list(grads), by_order, [f"s0.{j}" for j in range(len(grads))])
 
 
-def test_cell_forward_equals_step() -> None:
+@pytest.mark.parametrize("cell", ["elman", "lstm"])
+def test_float32_equations_close_to_the_kernel(cell: str) -> None:
+    """In float32 the kernel is oneDNN's (CPU): the equations agree with it to float32 rounding."""
     torch.manual_seed(0)
-    for name, cls in CELLS.items():
-        cell = cls(IN, H)
-        x = torch.randn(B, IN)
-        y, state = cell(x)
-        y2, _ = cell.step(x @ cell.weight_ih.T + cell.bias, cell.init_state(B, x.device, x.dtype))
-        torch.testing.assert_close(y, y2, msg=name)
-        assert y.shape == (B, H)
-        assert cell.n_gates == (1 if name == "elman" else 4)
-        assert cell.weight_ih.shape == (cell.n_gates * H, IN)
-        assert cell.weight_hh.shape == (cell.n_gates * H, H)
-
-
-@pytest.mark.parametrize("cls", [LSTMCell, PeepholeLSTMCell])
-def test_forget_bias_sets_only_forget_slice(cls: type) -> None:
-    torch.manual_seed(0)
-    base = cls(IN, H).bias.detach().clone()
-    torch.manual_seed(0)
-    shifted = cls(IN, H, forget_bias=1.0).bias.detach()
-    diff = shifted - base
-    expected = torch.zeros(4 * H)
-    expected[H:2 * H] = 1.0  # gate order i, f, g, o
-    torch.testing.assert_close(diff, expected)
-
-
-def test_learn_s0_receives_grad() -> None:
-    for cell in ("elman", "lstm"):
-        rnn = StackedRNN(cell, IN, H, num_layers=2, learn_s0=True)
-        n_state = 1 if cell == "elman" else 2
-        assert len(list(rnn.s0)) == 2 * n_state
-        y, _ = rnn(torch.randn(B, T, IN))
-        y.sum().backward()
-        for p in rnn.s0:
-            assert p.grad is not None and p.grad.abs().sum() > 0
-    # Default s_0 is fixed zeros, not a parameter.
-    rnn = StackedRNN("lstm", IN, H)
-    assert all(not torch.is_tensor(t) or not t.requires_grad for st in rnn.initial_state(2) for t in st)
-
-
-def test_dropout_train_vs_eval() -> None:
-    torch.manual_seed(0)
-    rnn = StackedRNN("lstm", IN, H, num_layers=2, dropout=0.5)
+    kernel = StackedRNN(cell, IN, 16, 2, bidirectional=True)
+    eqs = StackedRNN(cell, IN, 16, 2, bidirectional=True, impl="equations")
+    with torch.no_grad():  # the same names per layer, in modules of a different layout
+        for k in range(2):
+            for d in range(2):
+                for name, p in eqs.layer_parameters(k, d).items():
+                    p.copy_(kernel.layer_parameters(k, d)[name])
     x = torch.randn(B, T, IN)
-    rnn.eval()
-    torch.testing.assert_close(rnn(x)[0], rnn(x)[0])
-    rnn.train()
-    assert not torch.allclose(rnn(x)[0], rnn(x)[0])
+    y, y_eq = kernel(x, lengths=LENGTHS)[0], eqs(x, lengths=LENGTHS)[0]
+    torch.testing.assert_close(y, y_eq, atol=1e-5, rtol=1e-5)
+    g = torch.autograd.grad(y.square().sum(), list(kernel.parameters()))
+    g_eq = torch.autograd.grad(y_eq.square().sum(), list(eqs.parameters()))
+    for a, b in zip(g, g_eq, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_detach_state_cuts_graph() -> None:
-    rnn = StackedRNN("lstm", IN, H, num_layers=2)
-    _, state = rnn(torch.randn(B, T, IN))
-    assert state[0][0].requires_grad
-    det = detach_state(state)
-    assert isinstance(det, list) and isinstance(det[0], tuple)
-    assert all(not t.requires_grad and t.grad_fn is None for st in det for t in st)
-    y, _ = rnn(torch.randn(B, T, IN), det)  # continues from the detached state (truncated BPTT)
-    y.sum().backward()
+def _peephole_layer(x: Tensor, p: dict[str, Tensor], y: Tensor, s: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """The Gers & Schmidhuber peephole LSTM written out one gate at a time, for one sequence x [t, input]
+    from the state (y, s) [hidden] each: f and i see s_{t-1}, o sees the new s_t."""
+    Ui, Uf, Ug, Uo = p["weight_ih"].split(H)
+    Wi, Wf, Wg, Wo = p["weight_hh"].split(H)
+    bi, bf, bg, bo = (p["bias_ih"] + p["bias_hh"]).split(H)
+    pi, pf, po = p["peephole"]
+    ys = []
+    for x_t in x:
+        f = torch.sigmoid(Uf @ x_t + Wf @ y + pf * s + bf)
+        i = torch.sigmoid(Ui @ x_t + Wi @ y + pi * s + bi)
+        g = torch.tanh(Ug @ x_t + Wg @ y + bg)
+        s = s * f + g * i
+        o = torch.sigmoid(Uo @ x_t + Wo @ y + po * s + bo)
+        y = torch.tanh(s) * o
+        ys.append(y)
+    return torch.stack(ys), (y, s)
 
 
-def test_elman_net_outputs() -> None:
+def _peephole_reference(rnn: StackedRNN, x: Tensor, state: list, n: int) -> tuple[Tensor, list]:
+    """One row of a peephole stack, its first n steps only (no padding, no masks): x [T, input], state per layer
+    and direction a pair of [hidden]. Layer k+1 reads both directions of layer k; the backward one reads it reversed."""
+    inp, final = x[:n], []
+    for k in range(rnn.num_layers):
+        outs = []
+        for d in range(rnn.directions):
+            j = k * rnn.directions + d
+            seq = inp if d == 0 else inp.flip(0)
+            ys, st = _peephole_layer(seq, rnn.layer_parameters(k, d), *state[j])
+            outs.append(ys if d == 0 else ys.flip(0))
+            final.append(st)
+        inp = torch.cat(outs, dim=-1)
+    return inp, final
+
+
+@pytest.mark.parametrize(("num_layers", "bidirectional", "lengths"), SHAPES)
+def test_peephole_matches_its_equations(num_layers: int, bidirectional: bool, lengths: Tensor | None) -> None:
     torch.manual_seed(0)
-    x = torch.randn(B, T, IN)
-    net = ElmanNet(IN, H, 6, output_fn="softmax", num_layers=2)
-    out = net(x)
-    assert out.shape == (B, T, 6)
-    torch.testing.assert_close(out.sum(-1), torch.ones(B, T))
+    rnn = StackedRNN("peephole", IN, H, num_layers, bidirectional=bidirectional, forget_bias=1.0).double()
+    assert rnn.impl == "equations" and all(p.abs().sum() > 0 for p in (lay.peephole for lay in rnn.layers))
+    count = num_layers * rnn.directions
+    x = torch.randn(B, T, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x1, x2 = (x.clone().requires_grad_(True) for _ in range(2))
+    hx1, hx2 = ([h.requires_grad_(True) for h in _random_hx(2, count)] for _ in range(2))
+    y, final = rnn(x1, _as_list(hx1), lengths=lengths)
+    params = list(rnn.parameters())
+    grads = torch.autograd.grad(_loss(y, _flat(final)), [x1, *hx1, *params])
 
-    net = ElmanNet(IN, H, 6, output_fn="step").eval()
-    assert set(net(x).unique().tolist()) <= {0.0, 1.0}
-    net.train()
-    out = net(x)
-    out.sum().backward()  # sigmoid in training so gradients exist
-    assert net.readout.weight.grad.abs().sum() > 0
-    assert ((out > 0) & (out < 1)).all()
-
-
-@pytest.mark.parametrize(
-    ("make", "word"),
-    [
-        (lambda: ElmanCell(IN, -3), "hidden_size must be a positive integer, got -3"),
-        (lambda: LSTMCell(0, H), "input_size"),
-        (lambda: StackedRNN("gru", IN, H), "cell"),
-        (lambda: StackedRNN("lstm", IN, H, num_layers=0), "num_layers"),
-        (lambda: StackedRNN("lstm", IN, H, dropout=1.0), "dropout"),
-        (lambda: StackedRNN("lstm", IN, H, dropout=-0.1), "dropout"),
-        (lambda: ElmanNet(IN, H, 2, output_fn="relu"), "output_fn"),
-        (lambda: ElmanNet(IN, H, 0), "output_size"),
-    ],
-)
-def test_bad_args(make, word: str) -> None:
-    with pytest.raises(ValueError, match=word):
-        make()
+    lens = [T] * B if lengths is None else lengths.tolist()
+    rows = [_peephole_reference(rnn, x2[b], [(hx2[0][j, b], hx2[1][j, b]) for j in range(count)], lens[b])
+            for b in range(B)]
+    y_ref = torch.stack([torch.cat([ys, ys.new_zeros(T - n, ys.shape[1])]) for (ys, _), n in zip(rows, lens)])
+    final_ref = [torch.stack([rows[b][1][j][i] for b in range(B)]) for j in range(count) for i in range(2)]
+    _assert_all_close([y, *_flat(final)], [y_ref, *final_ref], ["outputs"] + ["final"] * len(final_ref))
+    grads_ref = torch.autograd.grad(_loss(y_ref, final_ref), [x2, *hx2, *params])
+    names = ["x", "y0", "s0"] + [n for n, _ in rnn.named_parameters()]
+    _assert_all_close(list(grads), list(grads_ref), names)
 
 
-def test_bad_input_shape() -> None:
-    rnn = StackedRNN("elman", IN, H, num_layers=2)
-    with pytest.raises(ValueError, match="x must be"):
-        rnn(torch.randn(B, T, IN + 1))
-    with pytest.raises(ValueError, match="state"):
-        rnn(torch.randn(B, T, IN), rnn.initial_state(B)[:1])
+def test_peephole_truncated_bptt_matches_its_equations() -> None:
+    """Two chunks, the state detached at the cut: the grads of the second chunk reach only its own steps."""
+    torch.manual_seed(0)
+    rnn = StackedRNN("peephole", IN, H, 2).double()
+    x = torch.randn(B, 10, IN, dtype=torch.float64)
+    _, st = rnn(x[:, :4])
+    y2, _ = rnn(x[:, 4:], detach_state(st))
+    grads = torch.autograd.grad(_loss(y2, []), list(rnn.parameters()))
+    zero = [(torch.zeros(H, dtype=torch.float64),) * 2] * 2
+    rows = []
+    for b in range(B):
+        _, mid = _peephole_reference(rnn, x[b], zero, 4)
+        rows.append(_peephole_reference(rnn, x[b, 4:], [(y.detach(), s.detach()) for y, s in mid], 6)[0])
+    torch.testing.assert_close(y2, torch.stack(rows), **TOL)
+    for name, a, b in zip([n for n, _ in rnn.named_parameters()], grads,
+                          torch.autograd.grad(_loss(torch.stack(rows), []), list(rnn.parameters())), strict=True):
+        torch.testing.assert_close(a, b, **TOL, msg=name)

@@ -8,7 +8,6 @@ import html
 import json
 import math
 import re
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -51,25 +50,30 @@ def _dump(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+RUN_IDS: dict[tuple[str, int], str] = {}  # (experiment, seed) -> the fixture's MLflow run id
+
+
 def write_fixture(root: Path) -> Path:
-    """results/ in the layout train.py writes (current config and code, so it can be published), one claim,
+    """results/ in the layout train.py writes (current config, code and data, so it can be published), one claim,
     one study, the density study, and an MLflow SQLite store that knows the runs' experiment id."""
     from benchmarks.core.params import experiment_from_params
     from benchmarks.core.provenance import code_hash
+    from benchmarks.run.results import data_hash
+
+    from mlflow.tracking import MlflowClient
 
     params, results = tiny_params(), root / "results"
     db = root / "mlflow.db"
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE runs (run_uuid TEXT, experiment_id INTEGER)")
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp_id = [client.create_experiment(f"fixture{i}") for i in range(3)][-1]  # "3": the runs' experiment id
     for name, spec in RESULTS.items():
         exp, out = experiment_from_params(params, name), results / name
-        settings = {"data_hash": f"d{name[:6]}", "config_hash": exp.config_hash(), "parameters": 1000 + len(name) * 7,
+        settings = {"data_hash": data_hash(exp, None), "config_hash": exp.config_hash(), "parameters": 1000 + len(name) * 7,
                     "data": {"split": "sha1 % 100", "n_test": 200},
                     "loss_unit": "nats per character" if spec["model"] == "char_lm" else "nats per image (cross-entropy)"}
         for seed, metrics in spec["metrics"].items():
-            run_id = f"{name}-run{seed}"
-            with sqlite3.connect(db) as con:
-                con.execute("INSERT INTO runs VALUES (?, 3)", (run_id,))
+            run_id = client.create_run(exp_id, run_name=f"{name}/seed{seed}").info.run_id
+            RUN_IDS[name, seed] = run_id
             result = {"experiment": name, "seed": seed, "metrics": metrics, "stopped_by": spec["stopped_by"][seed],
                       "epochs": 2, "steps": 20, "budget": {"max_epochs": 2, "max_steps": -1, "max_time": "00:00:10:00"},
                       "config_hash": exp.config_hash(), "code_hash": code_hash(exp), "data_hash": settings["data_hash"],
@@ -151,7 +155,7 @@ def site(project: Path) -> Path:
 
 
 def _board(index: str, task: str) -> str:
-    return re.search(rf'<section class="task" id="task-{task}">(.*?)</section>', index, re.S).group(1)
+    return re.search(rf'<section class="task" id="task-{task}"[^>]*>(.*?)</section>', index, re.S).group(1)
 
 
 def test_site_files_and_no_remote_reference(site: Path) -> None:
@@ -172,7 +176,7 @@ def test_site_files_and_no_remote_reference(site: Path) -> None:
 
 def test_leaderboard_sorted_by_direction_with_scipy_ci(site: Path) -> None:
     index = (site / "index.html").read_text()
-    hello, digits = _board(index, "hello"), _board(index, "digits")
+    hello, digits = _board(index, "char_lm-hello"), _board(index, "image_classification-digits")
     assert re.findall(r'data-exp="(\w+)"', hello) == ["hello_lstm", "hello_elman"]  # test/loss: lower first
     assert 'data-primary="test/acc"' in digits  # accuracy: higher is better
     assert re.findall(r'data-exp="(\w+)"', digits) == ["digits_wide", "digits_classifier"]
@@ -193,26 +197,28 @@ def test_leaderboard_sorted_by_direction_with_scipy_ci(site: Path) -> None:
 
 def test_every_number_links_to_its_run_with_settings(site: Path) -> None:
     index = (site / "index.html").read_text()
-    assert f'href="{SERVER}/#/experiments/3/runs/hello_lstm-run1"' in index  # experiment id from the SQLite store
+    assert f'href="{SERVER}/#/experiments/3/runs/{RUN_IDS["hello_lstm", 1]}"' in index  # experiment id from the store
     words = (site / "exp-words_lstm.html").read_text()
     assert f'href="{SERVER}/#/experiments/7/runs/pub-words-2"' in words
     cell = re.search(r'data-exp="hello_elman">.*?title="([^"]+)"', index, re.S).group(1)
     tip = html.unescape(cell)
-    assert "run hello_elman-run0" in tip and "data_hash: dhello_" in tip and "git commit: abc123def456" in tip
+    hello = json.loads((site.parent / "hello_elman" / "seeds" / "seed_0" / "result.json").read_text())["data_hash"]
+    assert f"run {RUN_IDS['hello_elman', 0]}" in tip and f"data_hash: {hello}" in tip and "git commit: abc123def456" in tip
     assert "data.split: sha1 % 100" in tip and "data.n_test: 200" in tip
     page = (site / "exp-hello_elman.html").read_text()
-    assert page.count(f"{SERVER}/#/experiments/3/runs/hello_elman-run0") == 4  # 3 metrics and the run id
+    assert page.count(f"{SERVER}/#/experiments/3/runs/{RUN_IDS['hello_elman', 0]}") == 4  # 3 metrics and the run id
 
 
 def test_anchors_claims_studies_density_and_compare(site: Path) -> None:
     index = (site / "index.html").read_text()
-    assert "published" in _board(index, "words") and "exp-words_lstm.html" in index  # ledger-only row
+    assert "published" in _board(index, "char_lm-words") and "exp-words_lstm.html" in index  # ledger-only row
     claims = (site / "claims.html").read_text()
     assert "An LSTM remembers longer" in claims and 'class="badge ok">Supported' in claims
     assert re.search(r'class="badge ?">Comparison</span> compare: Comparison', claims) and "better (margin 0.05)" in claims
     assert "img/claims/long_lag.png" in claims
     studies = (site / "studies.html").read_text()
-    assert "lstm_depth" in studies and "0.4321" in studies and "history.png" in studies
+    assert "lstm_depth" in studies and "0.4321" in studies
+    assert "archbench publish --study lstm_depth" in studies  # only the best is known until it is published
     assert "crossover d = <b>4</b>" in (site / "density.html").read_text()
     data = json.loads(re.search(r'id="page-data">(.*?)</script>', (site / "compare.html").read_text(), re.S).group(1))
     choices = data["compare"]["choices"]
@@ -221,22 +227,24 @@ def test_anchors_claims_studies_density_and_compare(site: Path) -> None:
 
 
 def test_anchor_rows_sit_at_their_rank(project: Path) -> None:
-    from benchmarks.report.site.pages import leaderboard
+    from benchmarks.report.site.board_model import boards
 
     entry = {"name": "shakespeare_lstm", "model": "char_lm", "data": "tinyshakespeare", "source": "results",
-             "seeds": [{"seed": 0, "metrics": {}, "stopped_by": "max_epochs"}], "budget": {}, "settings": {},
-             "summary": {"val/loss_best": {"mean": 1.60, "ci95": float("nan"), "n": 1}}, "truncated": False}
-    board = leaderboard("tinyshakespeare", [entry], {})
-    order = re.findall(r'<tr class="row-(\w+)"', board)
-    assert order == ["anchor", "results", "anchor"]  # 1.47 < 1.60 < 1.88 nats
-    assert "nanoGPT" in board and "1.6 (n=1)" in board
+             "seeds": [{"seed": 0, "metrics": {}, "stopped_by": "max_epochs"}], "budget": {}, "curves": {},
+             "settings": {"loss_unit": "nats per character"}, "truncated": False,
+             "summary": {"test/loss_valtest": {"mean": 1.60, "ci95": float("nan"), "n": 1},
+                         "val/loss_best": {"mean": 1.40, "ci95": float("nan"), "n": 1}}}
+    (board,) = boards({"shakespeare_lstm": entry}, {}, [])
+    # nanoGPT's validation loss is paired with our loss over val+test, not with our (easier) val loss
+    assert board["primary"] == ("test/loss_valtest", "nats/char")
+    assert [r["kind"] for r in board["rows"]] == ["anchor", "run", "anchor"]  # 1.47 < 1.60 < 1.88 nats
 
 
 def test_report_renders_from_the_ledger_alone(project: Path) -> None:
     _ledger_entry(project)
     assert main(["report"]) == 0
     index = (project / "results" / "report" / "index.html").read_text()
-    assert re.findall(r'data-exp="(\w+)"', index) == ["digits_wide", "hello_lstm", "words_lstm"]
+    assert re.findall(r'data-exp="(\w+)"', index) == ["hello_lstm", "words_lstm", "digits_wide"]
     assert "1.23 ± 0.05" in index and "Multi30k" not in index
 
 
@@ -308,12 +316,7 @@ def _git(cwd: Path, *args: str) -> str:
 
 @pytest.mark.slow
 def test_dvc_metrics_diff_and_compare_between_ledger_revisions(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import yaml
-
-    from tests.conftest import ROOT
-
     write_fixture(project)
-    (project / "dvc.yaml").write_text(yaml.safe_dump({"metrics": yaml.safe_load((ROOT / "dvc.yaml").read_text())["metrics"]}))
     (project / ".gitignore").write_text("/results/\n/mlflow.db\n")
     _git(project, "init", "-q")
     subprocess.run(["dvc", "init", "-q"], cwd=project, env=env_for_subprocess(), check=True)
@@ -325,7 +328,7 @@ def test_dvc_metrics_diff_and_compare_between_ledger_revisions(project: Path, ca
     result["metrics"]["test/loss"] = 0.70
     summary.write_text(json.dumps(result))
     assert main(["publish", "hello_lstm"]) == 0
-    out = subprocess.run(["dvc", "metrics", "diff", "HEAD", "--json"], cwd=project, env=env_for_subprocess(),
+    out = subprocess.run(["dvc", "metrics", "diff", "HEAD", "--targets", "ledger/metrics", "--json"], cwd=project, env=env_for_subprocess(),
                          capture_output=True, text=True, check=True).stdout
     diff = json.loads(out)["ledger/metrics/hello_lstm.json"]
     assert diff["test/loss.mean"]["old"] == pytest.approx(0.55) and diff["test/loss.mean"]["new"] == pytest.approx(0.61)

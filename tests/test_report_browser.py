@@ -153,6 +153,45 @@ def _shots_dir(tmp_path: Path) -> Path:
     return where
 
 
+def _board(page: Page, table: int) -> dict[str, Any]:
+    """The page's ``table``-th leaderboard: its headers (key, direction, sorted?) and per row whether it is
+    ranked, its rank cell and every cell's data-v."""
+    return page.js(f"""(() => {{ const t = document.querySelectorAll('table.board')[{table}];
+        return {{heads: [...t.tHead.rows[0].cells].map(h => [h.dataset.key || null, h.dataset.dir || null,
+                                                             h.classList.contains('sorted')]),
+                 rows: [...t.tBodies[0].rows].map(r => ({{
+                    ranked: !r.classList.contains('row-anchor') && !r.classList.contains('row-baseline'),
+                    rank: r.cells[0].textContent, v: [...r.cells].map(c => c.getAttribute('data-v'))}}))}}; }})()""")
+
+
+def _every_header_sorts_its_column(page: Page, table: int) -> None:
+    """For each metric header of a board: put the rows in reverse order (so the column is out of order), click
+    the header, and check that its whole column is now in the metric's direction, empty cells last, ranked 1, 2..."""
+    grab = f"document.querySelectorAll('table.board')[{table}]"
+    heads = _board(page, table)["heads"]
+    clicked = 0
+    for idx, (key, direction, _) in enumerate(heads):
+        if key is None:
+            continue
+        values = [r["v"][idx] for r in _board(page, table)["rows"]]
+        numbers = sorted(float(v) for v in values if v not in (None, ""))
+        best_first = numbers[::-1] if direction == "max" else numbers
+        page.js(f"(() => {{ const b = {grab}.tBodies[0]; [...b.rows].reverse().forEach(r => b.appendChild(r)); }})()")
+        if len(set(numbers)) > 1:
+            shuffled = [float(r["v"][idx]) for r in _board(page, table)["rows"] if r["v"][idx] not in (None, "")]
+            assert shuffled != best_first, key  # out of order before the click
+        page.js(f"{grab}.tHead.rows[0].cells[{idx}].click()")
+        board = _board(page, table)
+        column = [r["v"][idx] for r in board["rows"]]
+        assert [float(v) for v in column if v not in (None, "")] == best_first, (table, key, column)
+        assert all(v in (None, "") for v in column[len(numbers):]), (table, key, column)  # empty cells last
+        ranks = [r["rank"] for r in board["rows"] if r["ranked"]]
+        assert ranks == [str(i) for i in range(1, len(ranks) + 1)], (table, key, ranks)
+        assert [h[2] for h in board["heads"]] == [i == idx for i in range(len(heads))], (table, key)
+        clicked += 1
+    assert clicked >= 1, table
+
+
 @pytest.mark.slow
 def test_report_in_headless_chromium(project: Path, browser: Browser, tmp_path: Path) -> None:
     write_fixture(project)
@@ -166,9 +205,12 @@ def test_report_in_headless_chromium(project: Path, browser: Browser, tmp_path: 
     page.js("new Promise(r => setTimeout(r, 300))")  # let Plotly finish its first layout
     assert page.js("document.querySelectorAll('table.board').length") == 3  # one per task: digits, hello, words
     assert page.js("document.querySelectorAll('.js-plotly-plot .main-svg').length") >= 1  # a chart was drawn
-    assert page.js("document.querySelector('#task-hello tbody tr').dataset.exp") == "hello_lstm"
-    page.js("document.querySelector('#task-hello th[data-key=\"test/bpc\"]').click()")
-    assert page.js("document.querySelector('#task-hello tbody tr').dataset.exp") == "hello_lstm"
+    assert page.js("document.querySelector('#task-char_lm-hello tbody tr').dataset.exp") == "hello_lstm"
+    boards = page.js("document.querySelectorAll('table.board').length")
+    directions = {h[1] for i in range(boards) for h in _board(page, i)["heads"] if h[0]}
+    assert {"min", "max"} <= directions  # losses and accuracies: both directions are sorted below
+    for table in range(boards):
+        _every_header_sorts_its_column(page, table)
     assert page.screenshot(shots / "index.png") > 100.0
 
     page.open((site / "compare.html").as_uri() + "#hello_lstm")
@@ -191,3 +233,64 @@ def test_report_in_headless_chromium(project: Path, browser: Browser, tmp_path: 
     assert urls and all(u.startswith(("file://", "data:")) for u in urls), [u for u in urls if not u.startswith("file")]
     assert page.errors() == []
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+UNITS_JS = """(() => {
+  const bad = [];
+  document.querySelectorAll('table.board').forEach(table => {
+    const heads = [...table.tHead.rows[0].cells];
+    [...table.tBodies[0].rows].forEach(row => [...row.cells].forEach((cell, i) => {
+      const key = cell.getAttribute('data-key');
+      if (key === null) return;
+      const head = heads[i];
+      if (head.getAttribute('data-key') !== key || head.getAttribute('data-unit') !== cell.getAttribute('data-unit'))
+        bad.push(table.closest('section').id + ': ' + key + ' in ' + cell.getAttribute('data-unit'));
+    }));
+  });
+  return bad;
+})()"""
+
+
+@pytest.mark.slow
+def test_claims_studies_and_task_boards_of_a_fresh_clone_in_headless_chromium(
+        tmp_path: Path, browser: Browser, migrated_mlflow_db: Any) -> None:
+    """Built from a published ledger alone: both findings pages name every claim and study and draw their charts;
+    every leaderboard table keeps one unit per column, and the tasks with a baseline show its row."""
+    from tests.test_report_findings import build_fresh
+
+    project = tmp_path / "project"
+    project.mkdir()
+    site = build_fresh(project, migrated_mlflow_db)
+    shots, page = _shots_dir(tmp_path), Page(browser)
+    claims = sorted(p.stem for p in (project / "ledger" / "claims").glob("*.json"))
+    studies = sorted(p.stem for p in (project / "ledger" / "studies").glob("*.json"))
+    assert claims == ["long_lag"] and studies == ["lstm_depth"]
+
+    page.open((site / "claims.html").as_uri())
+    page.js("new Promise(r => setTimeout(r, 300))")
+    summary = page.js("document.querySelector('table.claims-summary').innerText")
+    assert all(name in summary for name in claims) and "Supported" in summary
+    assert page.js("document.querySelectorAll('section.claim .js-plotly-plot').length") == len(claims)
+    assert page.screenshot(shots / "claims.png") > 100.0
+
+    page.open((site / "studies.html").as_uri())
+    page.js("new Promise(r => setTimeout(r, 500))")
+    summary = page.js("document.querySelector('table.studies-summary').innerText")
+    assert all(name in summary for name in studies)
+    for name in studies:
+        drawn = page.js(f"document.querySelectorAll('#study-{name} .js-plotly-plot .main-svg').length")
+        assert drawn >= 5, name  # history, slice, importance, parallel coordinates, intermediate values
+    assert page.screenshot(shots / "studies.png") > 100.0
+
+    page.open((site / "index.html").as_uri())
+    page.js("new Promise(r => setTimeout(r, 300))")
+    assert page.js(UNITS_JS) == []
+    assert page.js("document.querySelectorAll('#task-char_lm-hello tr.row-baseline').length") == 1
+    tasks = page.js("[...document.querySelectorAll('section.task')].map(s => s.id)")
+    assert "task-sequence_classification-long_lag" in tasks and len(tasks) == len(set(tasks))
+    page.js("document.querySelector('#task-char_lm-hello th[data-key=\"test/loss\"]').click()")
+    assert page.js("document.querySelector('#task-char_lm-hello tr.row-baseline td.rank').textContent") == ""
+    assert page.screenshot(shots / "index-tasks.png") > 100.0
+    urls = page.requests()
+    assert urls and all(u.startswith(("file://", "data:")) for u in urls), [u for u in urls if not u.startswith("file")]
+    assert page.errors() == []

@@ -13,10 +13,10 @@ import torch
 from datamodules.sources import ENV_VAR, DataNotFoundError
 from datamodules.translation import BOS, EOS, PAD, SPECIALS, UNK, Multi30kDataModule, build_vocab, tokenize
 from lightning_modules.recurrent.decoding import beam_search, bleu_signature, corpus_bleu, detokenize, greedy_decode
-from lightning_modules.recurrent.cells import StackedRNN
+from lightning_modules.recurrent.stack import StackedRNN
 from lightning_modules.recurrent.seq2seq import Seq2Seq, run_masked
+from tests.conftest import real_data_dir
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 @pytest.fixture(autouse=True)
@@ -35,9 +35,7 @@ def _one_thread() -> Iterator[None]:
 
 
 def _data_dir() -> str:
-    if not (SHARED / "multi30k" / "train.de.gz").is_file():
-        pytest.skip(f"no multi30k copy under {SHARED}")
-    return str(SHARED)
+    return str(real_data_dir("multi30k/train.de.gz"))
 
 
 def _dm(**kw: object) -> Multi30kDataModule:
@@ -211,6 +209,9 @@ def test_tiny_model_overfits_eight_pairs_and_reports_metrics() -> None:
     test = trainer.test(model, datamodule=dm, verbose=False)[0]
     assert {"val/loss", "val/ppl", "val/bleu"} <= set(val) and {"test/loss", "test/ppl", "test/bleu"} <= set(test)
     assert test["test/ppl"] == pytest.approx(torch.tensor(test["test/loss"]).exp().item(), rel=1e-4)
+    # Greedy BLEU beside beam BLEU at test, on the same references: recomputed from greedy decodes directly.
+    greedy = [h for src, src_len, _ in dm.test_dataloader() for h in model.translate(src, src_len, beam_size=1)]
+    assert test["test/bleu_greedy"] == pytest.approx(corpus_bleu(greedy, dm.references("test")[: len(greedy)]))
     assert model.metric_settings()["bleu_sentences"] == 8
     assert model.metric_settings()["bleu_references"].startswith("raw")
     lines = model.make_samples()["translations.txt"].splitlines()
@@ -224,3 +225,23 @@ def test_teacher_forcing_below_one_trains() -> None:
     loss = model.training_step((src, src_len, tgt), 0)
     loss.backward()
     assert torch.isfinite(loss) and model.net.encoder.embed.weight.grad.abs().sum() > 0
+
+
+def test_early_stopping_ends_the_fit_and_is_recorded_as_such() -> None:
+    from benchmarks.run.guards import DivergenceGuard, stopped_by
+
+    dm = _dm(limit=8, batch_size=8, min_freq=1)
+    pl.seed_everything(0)
+    # lr 0: val/loss never improves after the first epoch, so patience 2 stops at epoch 3 of 20.
+    model = Seq2Seq(**dm.model_args(), embed_dim=8, hidden_size=8, num_layers=1, lr=1e-12, beam_size=1,
+                    max_decode_len=5, early_stopping_patience=2)
+    assert [type(cb).__name__ for cb in model.configure_callbacks()] == ["EarlyStopping"]
+    guard = DivergenceGuard()
+    trainer = pl.Trainer(max_epochs=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[guard], num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.current_epoch == 3 and stopped_by(trainer, guard) == "early_stopping"
+    assert model.metric_settings()["early_stopping"] == "val/loss, patience 2 epochs"
+    assert Seq2Seq(**dm.model_args()).configure_callbacks() == []
+    with pytest.raises(ValueError, match="early_stopping_patience"):
+        Seq2Seq(**dm.model_args(), early_stopping_patience=0)

@@ -12,10 +12,10 @@ from torch import nn
 
 from datamodules.conllu import UPOS, UDPOSDataModule, parse_conllu
 from datamodules.sources import ENV_VAR
-from lightning_modules.recurrent.tagger import Tagger, reverse_padded
+from lightning_modules.recurrent.stack import reverse_padded
+from lightning_modules.recurrent.tagger import Tagger
+from tests.conftest import copy_from_torch, real_data_dir
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-needs_ewt = pytest.mark.skipif(not (SHARED / "ud_ewt").is_dir(), reason="shared UD-EWT copy absent")
 
 CONLLU = """# sent_id = 1
 # text = I don't know.
@@ -81,20 +81,15 @@ def test_bidirectional_outputs_ignore_appended_padding(cell: str) -> None:
     assert not torch.allclose(other[0, 0], base[0, 0])
 
 
-def test_bilstm_matches_torch_bidirectional_lstm_on_packed_sequences() -> None:
-    model = _tagger(num_layers=2, forget_bias=0.0)
+@pytest.mark.parametrize("impl", ["torch", "equations"])
+def test_bilstm_matches_torch_bidirectional_lstm_on_packed_sequences(impl: str) -> None:
+    model = _tagger(num_layers=2, forget_bias=0.0, impl=impl)
     rnn = model.net.rnn
     ref = nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=True)
-    with torch.no_grad():
-        for k in range(2):
-            for suffix, stack in (("", rnn.forward_layers[k]), ("_reverse", rnn.backward_layers[k])):
-                cell = stack.layers[0]
-                cell.weight_ih.copy_(getattr(ref, f"weight_ih_l{k}{suffix}"))
-                cell.weight_hh.copy_(getattr(ref, f"weight_hh_l{k}{suffix}"))
-                cell.bias.copy_(getattr(ref, f"bias_ih_l{k}{suffix}") + getattr(ref, f"bias_hh_l{k}{suffix}"))
+    copy_from_torch(rnn, ref)
     x = torch.randn(3, 6, 6)  # [batch, T, embed]
     lengths = torch.tensor([6, 2, 4])
-    ours = rnn(x, lengths)  # [batch, T, 10]
+    ours, _ = rnn(x, lengths=lengths)  # [batch, T, 10]
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     theirs, _ = nn.utils.rnn.pad_packed_sequence(ref(packed)[0], batch_first=True)
     for b, n in enumerate(lengths.tolist()):
@@ -109,9 +104,13 @@ def test_datamodule_batches_from_injected_sentences() -> None:
     args = dm.model_args()
     assert args["tag_names"] == list(UPOS) and args["num_tags"] == 17
     assert dm.words[:2] == ["<pad>", "<unk>"] and args["vocab_size"] == len(dm.words) == 2 + 7
-    words, tags, lengths = next(iter(dm.val_dataloader()))  # eval batches are in length order
+    words, tags, lengths, chars = next(iter(dm.val_dataloader()))  # eval batches are in length order
     assert words.shape == tags.shape == (2, 5) and lengths.tolist() == [2, 5]
     assert tags[0, 2:].eq(-100).all() and words[0, 2:].eq(0).all() and tags[1].ge(0).all()
+    # Characters, case kept: "Go" is G, o then padding; a padded token has none.
+    assert dm.chars[:2] == ["<pad>", "<unk>"] and chars.shape == (2, 5, 4)  # "know" is the longest word
+    assert [dm.chars[i] for i in chars[0, 0].tolist() if i] == list("Go") and chars[0, 2:].eq(0).all()
+    assert [dm.chars[i] for i in chars[1, 3].tolist() if i] == list("know")
     assert json.dumps(dm.describe()) and len(dm.content_hash()) == 64
     Tagger(**args)  # every model arg the data supplies is a constructor argument
 
@@ -127,18 +126,16 @@ def test_bad_values_name_the_argument(kwargs: dict, word: str) -> None:
         UDPOSDataModule.from_sentences({"train": [(["a"], ["NN"])], "val": [], "test": []}).setup()
 
 
-@needs_ewt
 def test_ewt_splits_and_tag_set() -> None:
-    dm = UDPOSDataModule(data_dir=str(SHARED))
+    dm = UDPOSDataModule(data_dir=str(real_data_dir("ud_ewt")))
     sizes = {k: v["sentences"] for k, v in dm.describe()["splits"].items()}
     assert sizes == {"train": 12544, "val": 2001, "test": 2077}
     assert {t for _, tags in dm.sentences("train") for t in tags} == set(UPOS) == set(dm.tag_names)
 
 
-@needs_ewt
 def test_tiny_run_on_200_sentences_improves_accuracy() -> None:
     pl.seed_everything(0)
-    dm = UDPOSDataModule(data_dir=str(SHARED), limit=200, batch_size=50, min_freq=1)
+    dm = UDPOSDataModule(data_dir=str(real_data_dir("ud_ewt")), limit=200, batch_size=50, min_freq=1)
     model = Tagger(**dm.model_args(), embed_dim=32, hidden_size=32, num_layers=1, lr=2e-2, dropout=0.0)
     trainer = pl.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0)
@@ -146,3 +143,33 @@ def test_tiny_run_on_200_sentences_improves_accuracy() -> None:
     trainer.fit(model, datamodule=dm)
     after = trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"]
     assert after > before + 0.3 and after > 0.5, (before, after)  # measured: 0.04 -> 0.61
+
+
+def test_char_encoder_is_a_bidirectional_rnn_over_each_words_characters() -> None:
+    model = _tagger(chars=["<pad>", "<unk>", "a", "b", "c"], char_dim=4, char_hidden=3, forget_bias=0.0)
+    enc = model.net.chars
+    ref = nn.LSTM(4, 3, bidirectional=True, batch_first=True)
+    copy_from_torch(enc.rnn, ref)
+    chars = torch.tensor([[[2, 3, 4], [3, 0, 0]], [[4, 4, 0], [0, 0, 0]]])  # [batch 2, T 2, L 3]; last token padding
+    out = enc(chars)  # [2, 2, 6]
+    for b, t, word in ((0, 0, [2, 3, 4]), (0, 1, [3]), (1, 0, [4, 4])):
+        _, (h, _) = ref(enc.embed(torch.tensor([word])))  # h [2 directions, 1, 3]
+        torch.testing.assert_close(out[b, t], torch.cat([h[0, 0], h[1, 0]]), atol=1e-6, rtol=1e-6)
+    assert out[1, 1].eq(0).all()  # no characters, no features
+    with pytest.raises(ValueError, match="char_dim"):
+        _tagger(char_dim=4)  # without the datamodule's character list
+
+
+def test_tagger_with_characters_trains_and_tags_raw_tokens() -> None:
+    sents = parse_conllu(CONLLU)
+    dm = UDPOSDataModule.from_sentences({"train": sents * 4, "val": sents, "test": sents}, batch_size=2, min_freq=1)
+    pl.seed_everything(0)
+    model = Tagger(**dm.model_args(), embed_dim=8, hidden_size=8, char_dim=4, char_hidden=4, lr=2e-2, dropout=0.0)
+    trainer = pl.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    tested = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert tested["test/acc"] == 1.0  # memorised: 7 tokens
+    assert model.tag_tokens([["Go", "!"], ["I", "do", "n't", "know", "."]]) == [["VERB", "PUNCT"],
+                                                                             ["PRON", "AUX", "PART", "VERB", "PUNCT"]]
+    assert "bidirectional lstm over each token's characters" in model.metric_settings()["char_features"]

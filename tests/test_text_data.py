@@ -21,8 +21,8 @@ from datamodules.sources import (
     locate,
 )
 from datamodules.text import HelloDataModule, TinyShakespeareDataModule, WordsDataModule
+from tests.conftest import real_data_dir
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DICT = Path("/usr/share/dict/american-english")
 needs_dict = pytest.mark.skipif(not DICT.is_file(), reason="wamerican not installed")
 
@@ -108,21 +108,21 @@ def test_words_missing_file_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 # --- tinyshakespeare ------------------------------------------------------------------------------
 def _shakespeare_dir() -> Path:
-    if not (SHARED / "tinyshakespeare" / "input.txt").is_file():
-        pytest.skip(f"no tinyshakespeare copy under {SHARED}")
-    return SHARED
+    return real_data_dir("tinyshakespeare/input.txt")
 
 
 def test_tinyshakespeare_vocab_and_splits() -> None:
     dm = TinyShakespeareDataModule(batch_size=4, seq_len=32, data_dir=str(_shakespeare_dir()), download=False)
     assert len(dm.vocab) == 65 and dm.model_args()["end_symbol"] == ""
     info = dm.describe()
-    n = (SHARED / "tinyshakespeare" / "input.txt").stat().st_size
+    n = (_shakespeare_dir() / "tinyshakespeare" / "input.txt").stat().st_size
     assert sum(s["characters"] for s in info["splits"].values()) == n
     assert info["splits"]["train"]["characters"] == int(0.9 * n)
-    x, y = next(iter(dm.test_dataloader()))  # [batch, seq_len]
-    assert x.shape == y.shape == (4, 32)
+    x, y, tag = next(iter(dm.test_dataloader()))  # [batch, seq_len], and the split tag of each window
+    assert x.shape == y.shape == (4, 32) and tag.tolist() == [1, 1, 1, 1]  # test windows first, then val's
     assert torch.equal(x[0, 1:], y[0, :-1]) and torch.equal(x[1, 0], y[0, -1])  # stride seq_len
+    windows = dm.test_dataloader().dataset
+    assert len(windows) == len(dm._splits["test"]) + len(dm._splits["val"]) and int(windows[len(windows) - 1][2]) == 0
     assert json.dumps(info)
 
 

@@ -69,6 +69,17 @@ def test_study_prunes_continues_and_nests_runs(project: Path, monkeypatch: pytes
     assert len(children) >= len(counted)
     assert {"KILLED", "FINISHED"} <= {r.info.status for r in children}  # pruned trials end KILLED
 
+    # Published: every trial, checked against the code and data hashes its MLflow run logged.
+    from benchmarks.report.publish import publish_all
+
+    publish_all(params, [], {"study": ["lstm_depth"]}, project / "results", project)
+    record = json.loads((project / "ledger" / "studies" / "lstm_depth.json").read_text())
+    assert record["best"]["params"] == study.best_params and record["definition_hash"] == study.user_attrs["definition_hash"]
+    assert [t["number"] for t in record["trials"]] == [t.number for t in study.trials]
+    assert any(t["state"] == "PRUNED" and t["pruned_at_step"] is not None for t in record["trials"])
+    trained = [t["compute"] for t in record["trials"] if t["state"] == "COMPLETE" and t["repeat_of"] is None]
+    assert trained and all(c["how"] == "process CPU time" and c["cpu_s"] > 0 for c in trained)  # the runs' own clocks
+
 
 @pytest.mark.slow
 def test_a_repeated_choice_reuses_the_finished_trial(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,3 +176,24 @@ def test_a_changed_definition_is_refused_and_more_trials_continue(project: Path,
                                              r"with `optuna delete-study --study-name lstm_depth --storage sqlite:///"):
         run_study(params, "lstm_depth", run_options(project))
     assert len(_study(project).trials) == 3
+
+
+def test_a_models_own_monitor_may_wait_for_the_first_real_validation() -> None:
+    """A GAN logs val/fid only in real validation passes (not the sanity batches); a study on it must start."""
+    from types import SimpleNamespace
+
+    from benchmarks.core.errors import ArchbenchError
+    from benchmarks.study.spec import metric_check
+
+    check = metric_check("gan_latent", "gan", "val/fid")
+    gan = SimpleNamespace(monitor="val/fid")
+    trainer = SimpleNamespace(callback_metrics={"val/d_loss": 0.7}, sanity_checking=True)
+    check.on_sanity_check_end(trainer, gan)  # promised by the model: no error yet
+    trainer.sanity_checking = False
+    with pytest.raises(ArchbenchError, match="does not log 'val/fid'"):
+        check.on_validation_end(trainer, gan)  # a real pass without it: the one line
+    trainer.callback_metrics["val/fid"] = 12.0
+    check.on_validation_end(trainer, gan)
+    with pytest.raises(ArchbenchError, match="does not log 'val/fid'"):  # not the model's own key: at once
+        check.on_sanity_check_end(SimpleNamespace(callback_metrics={}, sanity_checking=True),
+                                  SimpleNamespace(monitor="val/loss"))

@@ -27,23 +27,27 @@ Every cell-seed (arm x sweep value x seed) is an ordinary run of ``run_seed`` (M
 results/claims/<claim>/runs/<cell>/seeds/seed_N/result.json) taken under a lease
 (results/claims/.leases/<claim>/), so any number of workers sharing the results folder can run one claim
 (``archbench claim NAME --worker``), a killed worker's cell-seed is taken again once its lease is stale,
-and a rerun resumes. The table is built only from finished seed files made by each cell's config.
+and a rerun resumes. The run is fenced by its lease: a worker frozen past ``--stale-after`` stops before its
+next write, with one line, and leaves the cell-seed to the worker that took it over. The table is built only
+from finished seed files made by each cell's config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
-import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.claim.stats import CONFIDENCE, judge, mean_ci, summarise, welch_interval
 from benchmarks.core.errors import ArchbenchError, DivergedError
-from benchmarks.core.params import Experiment, deep_merge
+from benchmarks.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from benchmarks.core.params import Experiment, check_name, deep_merge
 
 __all__ = ["CONFIDENCE", "cell_experiments", "claim_config", "claims_section", "judge", "mean_ci", "run_claim",
            "summarise", "welch_interval"]
@@ -54,6 +58,7 @@ CLAIM_KEYS = {"statement", "model", "data", "model_args", "data_args", "trainer"
 SWEEP_ROOTS = ("model_args", "data_args", "trainer")
 VERDICT_TYPES = {"better": {"arm", "than", "margin"}, "plateau": {"arm", "after", "margin"}, "compare": {"arm", "than"}}
 STALE_AFTER_S = 120.0  # a lease whose heartbeat is older than this belongs to a dead (or hung) worker
+SWEEP_VALUE = re.compile(r"[A-Za-z0-9_.+-]+\Z")
 
 
 # ---- definitions ----------------------------------------------------------------------------------------
@@ -69,6 +74,7 @@ def claim_config(params: dict[str, Any], name: str) -> tuple[str, dict[str, Any]
     if name not in found:
         raise ArchbenchError(f"unknown claim '{name}' (known: {', '.join(sorted(found)) or 'none'}); add it under claims:")
     profile, conf = found[name]
+    check_name("claim", name)
     if not isinstance(conf, dict):
         raise ArchbenchError(f"claim '{name}' must be a mapping (statement, model, data, arms, sweep, metric, verdict)")
     unknown = sorted(set(conf) - CLAIM_KEYS)
@@ -80,6 +86,8 @@ def claim_config(params: dict[str, Any], name: str) -> tuple[str, dict[str, Any]
     arms = conf.get("arms")
     if not isinstance(arms, dict) or not arms or not all(isinstance(v, dict) for v in arms.values()):
         raise ArchbenchError(f"claim '{name}': 'arms' must map arm names to overrides, e.g. {{lstm: {{model_args: {{cell: lstm}}}}}}")
+    for arm in arms:
+        check_name(f"claim '{name}': arm", arm)
     seeds = conf.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or len(seeds) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ArchbenchError(f"claim '{name}': 'seeds' must list at least 2 integers (a CI needs them), got {seeds!r}")
@@ -89,6 +97,10 @@ def claim_config(params: dict[str, Any], name: str) -> tuple[str, dict[str, Any]
         raise ArchbenchError(f"claim '{name}': sweep.path must be <{'|'.join(SWEEP_ROOTS)}>.<key>, got {path!r}")
     if not isinstance(values, list) or not values:
         raise ArchbenchError(f"claim '{name}': sweep.values must be a non-empty list")
+    if path is not None and not all(isinstance(v, (int, float, bool)) or (isinstance(v, str) and SWEEP_VALUE.match(v))
+                                    for v in values):
+        raise ArchbenchError(f"claim '{name}': sweep.values must be numbers or plain words (they become part of "
+                             f"folder names), got {values!r}")
     mode = conf.get("mode", "min")
     if mode not in ("min", "max"):
         raise ArchbenchError(f"claim '{name}': mode must be min or max, got {mode!r}")
@@ -168,14 +180,26 @@ def run_claim(params: dict[str, Any], name: str, opts: Any, worker: bool = False
     ``worker`` leaves as soon as nothing is left to take, returning None unless everything is finished; the
     last worker to finish writes the table.
     """
+    from benchmarks.core.files import check_writable
     from benchmarks.run.build import check_experiment
+    from benchmarks.run.run_groups import claim_parent_tags
+    from benchmarks.run.tracker_link import TrackerLink
+    from benchmarks.run.tracking import check_tracking_uri, tracking_uri
 
     profile, conf = claim_config(params, name)
     cells = cell_experiments(name, profile, conf)
     for exp in cells.values():  # validate every cell before training any
         check_experiment(exp)
+    for folder, what in ((opts.results_dir, "results_dir"), (opts.state_dir, "state_dir")):
+        check_writable(folder, what)  # a read-only checkout: one line before any lease or run
+    check_tracking_uri(tracking_uri(opts.project_dir))
     out = opts.results_dir / "claims" / name
     _drop_stale_table(out, conf)
+    # The parent run is made (or found) on the tracking server within the tracker's retry window, said on stderr.
+    link = TrackerLink(tracking_uri(opts.project_dir), opts.outbox(), f"claim.{name}")
+    parent = link.retried(claim_parent_tags, name, conf.get("statement", ""), opts)
+    link.close()
+    opts = dataclasses.replace(opts, tags=opts.tags | parent)
     if not _work(name, list(cells.values()), out / "runs", dataclasses.replace(opts, results_dir=out / "runs"),
                  opts.results_dir / "claims" / ".leases" / name, worker, stale_after_s):
         return None
@@ -208,11 +232,8 @@ def _settled(exp: Experiment, runs_dir: Path) -> set[int]:
 
 
 def _note_divergence(exp: Experiment, seed: int, runs_dir: Path, reason: str) -> None:
-    path = runs_dir / exp.name / DIVERGED_DIR / f"seed_{seed}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"seed": seed, "config_hash": exp.config_hash(), "reason": reason}) + "\n")
-    tmp.replace(path)
+    atomic_write_json(runs_dir / exp.name / DIVERGED_DIR / f"seed_{seed}.json",
+                      {"seed": seed, "config_hash": exp.config_hash(), "reason": reason})
 
 
 def _conf_hash(conf: dict[str, Any]) -> str:
@@ -257,7 +278,8 @@ def _work(name: str, cells: list[Experiment], runs_dir: Path, opts: Any, leases:
                 # It may have finished (or diverged) between our look and the lease.
                 if seed not in _settled(exp, runs_dir):
                     try:
-                        run_seed(exp, seed, opts)
+                        # Fenced by the lease: a worker frozen past stale_after stops before its next write.
+                        run_seed(exp, seed, dataclasses.replace(opts, lease=lease))
                         print(f"claim {name}: trained {exp.name} seed {seed}", flush=True)
                     except DivergedError as exc:  # a result of the recipe, not of this worker: nobody retries it
                         _note_divergence(exp, seed, runs_dir, str(exc).split(";")[0])
@@ -290,11 +312,8 @@ def write_table(name: str, conf: dict[str, Any], cells: dict[tuple[str, Any], Ex
     first = next(iter(finished_seeds(next(iter(cells.values())), runs).values()))
     result = summarise(name, conf, per_seed) | {"unit": _unit(conf["metric"], first.get("settings", {})),
                                                 "config_hash": _conf_hash(conf)}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".claim.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
     plot_claim(result, out / "claim.png")
-    tmp.replace(out / "claim.json")  # last: a claim.json means its plot is there too
+    atomic_write_text(out / "claim.json", json.dumps(result, indent=2) + "\n")  # last: a claim.json means its plot is there
     return result
 
 
@@ -323,17 +342,18 @@ def plot_claim(result: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(f"{result['claim']}: {result['outcome'] or 'not judged'}", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # workers may write it at once: each its own file
-    fig.savefig(tmp, dpi=110, format="png")
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, image.getvalue())  # workers may write it at once: each its own temporary file
 
 
 def _unit(metric: str, settings: dict[str, Any]) -> str:
     """The metric's unit; a loss has none of its own, its model records one (e.g. nats per character)."""
     from benchmarks.core.metric_keys import lookup
 
-    unit = getattr(lookup(metric), "unit", "")
+    known = lookup(metric)
+    unit = known.unit if known is not None else ""
     return unit or (str(settings.get("loss_unit", "")) if metric.endswith("loss") else "")
 
 
@@ -346,7 +366,7 @@ def _margin(verdict: dict[str, Any], claim: dict[str, Any]) -> str:
 
 def claims_section(results_dir: Path, out: Path) -> str:
     """The report's claims section: statement, outcome, each verdict with its margin, the table and plot."""
-    import shutil
+    from benchmarks.core.files import atomic_copy
 
     paths = sorted((results_dir / "claims").glob("*/claim.json"))
     if not paths:
@@ -368,7 +388,7 @@ def claims_section(results_dir: Path, out: Path) -> str:
             md.append(f"| {row['arm']} | {row['value'] if row['value'] is not None else ''} | {len(row['seeds'])} | "
                       + " | ".join(cells) + " |")
         if path.with_name("claim.png").is_file():
-            shutil.copy(path.with_name("claim.png"), out / f"claim_{claim['claim']}.png")
+            atomic_copy(path.with_name("claim.png"), out / f"claim_{claim['claim']}.png")
             md += ["", f"![{claim['claim']}](claim_{claim['claim']}.png)"]
         md.append("")
     return "\n".join(md) + "\n"

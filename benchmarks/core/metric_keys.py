@@ -49,6 +49,9 @@ METRIC_KEYS: tuple[MetricKey, ...] = (
              "smoothing or KL warm-up); unit: the model's loss_unit setting"),
     # --- char LM ----------------------------------------------------------------------------------
     *_stages("val test", "bpc", "bits/char", "min", "next-character cross-entropy in bits: loss / ln 2"),
+    MetricKey("test/loss_valtest", "nats/char", "min",
+              "next-character cross-entropy over the val and test text together (one text, as nanoGPT's validation "
+              "split is): the figure to set beside nanoGPT's validation loss"),
     # --- classifiers and taggers ------------------------------------------------------------------
     *_stages("val test", "acc", "fraction", "max", "top-1 accuracy over all labelled items (micro)"),
     MetricKey("test/grad_norm_first", "", "none", "mean ||d loss_i / d x_0||: the error signal reaching the first step"),
@@ -56,6 +59,8 @@ METRIC_KEYS: tuple[MetricKey, ...] = (
     # --- translation ------------------------------------------------------------------------------
     *_stages("val test", "ppl", "", "min", "perplexity per target token: exp(loss)"),
     *_stages("val test", "bleu", "BLEU", "max", "sacrebleu corpus BLEU (greedy at val, beam search at test)"),
+    MetricKey("test/bleu_greedy", "BLEU", "max", "sacrebleu corpus BLEU of greedy decoding on test: the figure to set "
+              "beside greedy anchors"),
     # --- adversarial models -----------------------------------------------------------------------
     *_stages("train val test", "d_loss", "", "min",
              "what the discriminator(s) minimise: the seed's R = mean[-1/2 log D(x) - 1/2 log(1 - D(G(z)))] in "
@@ -77,6 +82,8 @@ METRIC_KEYS: tuple[MetricKey, ...] = (
     MetricKey("test/fid_floor_std", "FID", "none", "standard deviation of test/fid_floor over train slices"),
     MetricKey("test/fid_ratio", "", "min", "mean test/fid / mean test/fid_floor: 1 = as close as real images"),
     MetricKey("test/is", "", "max", "Inception-style score exp(E KL(p(y|x) || p(y))) in the classifier's space"),
+    *_stages("val test", "cond_acc", "fraction", "max",
+             "class-conditional generators: share of fakes of class y the frozen domain classifier calls y"),
     MetricKey("test/fid_ab", "FID", "min", "FID of G_AB(test A) vs test B"),
     MetricKey("test/fid_ba", "FID", "min", "FID of G_BA(test B) vs test A"),
     MetricKey("test/fid_ab_floor", "FID", "none", "FID of real train B images vs test B: test/fid_ab's floor"),
@@ -89,6 +96,9 @@ METRIC_KEYS: tuple[MetricKey, ...] = (
     MetricKey("train/kl_weight", "", "none", "beta of the KL warm-up"),
     *_stages("train val test", "seed_loss", "nats", "min", "the seed VAE's 1/2||g(x)||^2 + 1/2||x - f(g(x)+N)||^2"),
     MetricKey("test/nll_k{k}", "nats", "min", "importance-weighted bound on -log p(x) per image with k samples"),
+    MetricKey("test/mi", "nats", "none", "I(x; z) under q, x uniform over the first mi_images test images (<= log N)"),
+    MetricKey("test/active_units", "", "none", "latent dims whose posterior mean varies with x (Cov > 0.01)"),
+    MetricKey("test/enc_log_var", "", "none", "the encoder's mean log sigma^2 (0 = the prior's; -20 = its floor)"),
     MetricKey("test/bpd", "bits/dim", "min", "DDPM variational bound L_T + sum L_{t-1} + L_0 in bits per dimension"),
     MetricKey("test/bpd_prior", "bits/dim", "none", "L_T, the prior term of test/bpd"),
     MetricKey("test/bpd_diffusion", "bits/dim", "none", "sum of L_{t-1} for t >= 2, the denoising terms of test/bpd"),

@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,22 @@ from benchmarks.core.errors import ArchbenchError
 PARAMS_ENV = "ARCHBENCH_PARAMS"
 EXPERIMENT_SECTIONS = ("experiments", "full_experiments")
 SECTIONS = {"settings", "experiments", "full_experiments", "studies", "full_studies", "claims", "full_claims", "density"}
-EXPERIMENT_KEYS = {"model", "data", "model_args", "data_args", "trainer", "seeds", "description", "extends", "continues"}
+EXPERIMENT_KEYS = {"model", "data", "model_args", "data_args", "trainer", "seeds", "description", "extends", "continues",
+                   "tuned_by"}
+# Experiment, study and claim names become folder and file names (results/<exp>/, leases, MLflow run names): a
+# plain identifier, and none of the folders the suite keeps beside experiments in results/.
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+RESERVED_NAMES = {"report", "tune", "claims", "data", "code", "baselines", "density", "density_full"}
+
+
+def check_name(kind: str, name: Any) -> None:
+    """A name that is a plain identifier (letters, digits, _; a letter first) and not a reserved folder name."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ArchbenchError(f"{kind} name {name!r} is not a plain identifier (letters, digits and _, starting with a "
+                             f"letter; it becomes a folder name); rename it in params.yaml")
+    if name in RESERVED_NAMES:
+        raise ArchbenchError(f"{kind} name '{name}' is reserved (results/{name}/ holds the suite's "
+                             f"{'report' if name == 'report' else 'own files'}); rename it in params.yaml")
 
 
 @dataclass(frozen=True)
@@ -38,6 +54,7 @@ class Experiment:
     profile: str = "default"
     description: str = ""
     continues: str | None = None  # the experiment whose best checkpoint (same seed) this one goes on from
+    tuned_by: str | None = None  # the study whose best parameters it uses (shown in the report; not in the hash)
 
     def as_dict(self) -> dict[str, Any]:
         # "continues" only when set, so every other experiment keeps its config hash.
@@ -69,10 +86,15 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
         raise ArchbenchError(f"{p} is a folder, not a params file; pass --params PATH to a YAML file")
     if not p.is_file():
         raise ArchbenchError(f"{p} not found: run from the project root or pass --params PATH (or set {PARAMS_ENV})")
+    from benchmarks.core.yaml_safe import AliasBomb, load_yaml
+
     try:
-        # libyaml's parser where PyYAML has it: the same documents and errors, ~8x faster than the
-        # pure-Python one (0.1 s for params.yaml, paid by every command).
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        # libyaml's parser where PyYAML has it (0.1 s for params.yaml, paid by every command), refusing
+        # duplicate keys and runaway aliases.
+        data = load_yaml(p.read_text(encoding="utf-8"))
+    except AliasBomb as exc:
+        where = f" (at {exc.where})" if exc.where else ""
+        raise ArchbenchError(f"{p}: {exc}{where}; write the values out, or use fewer nested aliases") from None
     except UnicodeDecodeError:
         raise ArchbenchError(f"{p} is not a text file (not UTF-8); point --params at a YAML params file") from None
     except yaml.YAMLError as exc:
@@ -108,6 +130,7 @@ def raw_experiments(params: dict[str, Any]) -> dict[str, tuple[str, dict[str, An
             raise ArchbenchError(f"params section '{section}' must be a mapping of experiment names, got {type(entries).__name__}")
         profile = "default" if section == "experiments" else "full"
         for name, raw in entries.items():
+            check_name("experiment", name)
             if name in found:
                 raise ArchbenchError(f"experiment '{name}' is defined twice; rename one of them")
             if not isinstance(raw, dict):
@@ -126,7 +149,9 @@ def _resolve_raw(name: str, table: dict[str, tuple[str, dict[str, Any]]], seen: 
     if parent in seen:
         raise ArchbenchError(f"experiment '{name}': 'extends' forms a cycle through '{parent}'")
     base = _resolve_raw(parent, table, seen + (name,))
-    return deep_merge({k: v for k, v in base.items() if k != "extends"}, raw)
+    # tuned_by names the study that chose this entry's own values: an entry that extends it and overrides some
+    # of them was not tuned by it, so it says so itself or not at all.
+    return deep_merge({k: v for k, v in base.items() if k not in ("extends", "tuned_by")}, raw)
 
 
 def experiment_from_params(params: dict[str, Any], name: str) -> Experiment:
@@ -153,6 +178,9 @@ def experiment_from_params(params: dict[str, Any], name: str) -> Experiment:
     if continues is not None and (not isinstance(continues, str) or continues not in table or continues == name):
         raise ArchbenchError(f"experiment '{name}': 'continues' must name another experiment in params.yaml, "
                              f"got {continues!r}")
+    tuned_by = raw.get("tuned_by")
+    if tuned_by is not None and tuned_by not in (params.get("studies") or {}) | (params.get("full_studies") or {}):
+        raise ArchbenchError(f"experiment '{name}': 'tuned_by' must name a study in params.yaml, got {tuned_by!r}")
     data_args = dict(raw.get("data_args") or {})
     return Experiment(
         name=name,
@@ -165,6 +193,7 @@ def experiment_from_params(params: dict[str, Any], name: str) -> Experiment:
         profile=table[name][0],
         description=str(raw.get("description", "")),
         continues=continues,
+        tuned_by=tuned_by,
     )
 
 

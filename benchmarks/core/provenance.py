@@ -132,16 +132,14 @@ def machine(threads: int) -> dict[str, Any]:
     """What ran it: host, CPU, cores, torch threads and the accelerator, for the ledger and the report."""
     import torch
 
-    from lightning_modules.recurrent import native
-
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    # The CPU's model and the vector ISA torch dispatches to: MKL and ATen pick kernels by it (AVX2 or
+    # The CPU's model and the vector ISA torch dispatches to: MKL, oneDNN and ATen pick kernels by it (AVX2 or
     # AVX-512), so two CPUs round differently and a seed's numbers agree across them only statistically.
     return {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
             "threads": threads, "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
-            # The LSTM step's elementwise math: the C kernel or torch ops round differently (native.py).
-            "lstm_step": native.describe()}
+            # On a GPU the LSTM / Elman layers run cuDNN's kernels, a library versioned apart from torch.
+            "cudnn": torch.backends.cudnn.version() if gpu else None}
 
 
 def cpu_model() -> str | None:

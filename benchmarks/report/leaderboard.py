@@ -2,17 +2,19 @@
 Markdown and JSON twins (leaderboard.md, leaderboard.json) for terminals and diffs.
 
 The report reads the user's results/ and the committed ledger (ledger/*.json), so a fresh clone renders
-the published benchmark before anything is trained.
+the published benchmark before anything is trained. Seeds that are no longer current (another config, code or
+data made them) are named and left out. The site is built in a folder beside results/report/ and swapped in
+whole, so a full disk or a kill leaves the previous report as it was, never half of a new one.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from benchmarks.claim.claims import claims_section
+from benchmarks.core.files import atomic_copy, atomic_write_text, check_writable, swapped_in
+from benchmarks.report.current import leave_out_stale
 
 
 def write_report(results_dir: Path, params: dict[str, Any] | None = None, *, ledger_dir: Path | None = None,
@@ -22,19 +24,21 @@ def write_report(results_dir: Path, params: dict[str, Any] | None = None, *, led
     from benchmarks.report.site.build import build_site, gather
 
     out = results_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(results_dir, "results_dir")
     if ledger is None:
         ledger = load_ledger(ledger_dir or ledger_dir_for(results_dir))
-    model = gather(results_dir, ledger, params, mlflow_url)
-    index = build_site(model, out)
-    (out / "leaderboard.md").write_text(leaderboard_markdown(model) + claims_section(results_dir, out)
-                                        + density_section(results_dir, out))
-    board = {name: {"model": e["model"], "data": e["data"], "source": e["source"],
-                    "seeds": [s["seed"] for s in e["seeds"]], "summary": _json_stats(e["summary"]),
-                    "budget": e["budget"], "settings": e["settings"]}
-             for name, e in {**model["published"], **model["entries"]}.items()}
-    (out / "leaderboard.json").write_text(json.dumps(board, indent=2, sort_keys=True) + "\n")
-    return index
+    model = gather(results_dir, ledger, params, mlflow_url, ledger_dir or ledger_dir_for(results_dir))
+    leave_out_stale(model, results_dir, params)
+    with swapped_in(out, "the previous report is left as it was") as build:
+        build_site(model, build)
+        atomic_write_text(build / "leaderboard.md", leaderboard_markdown(model) + findings_markdown(model)
+                          + density_section(results_dir, build))
+        board = {name: {"model": e["model"], "data": e["data"], "source": e["source"],
+                        "seeds": [s["seed"] for s in e["seeds"]], "summary": _json_stats(e["summary"]),
+                        "budget": e["budget"], "settings": e["settings"]}
+                 for name, e in {**model["published"], **model["entries"]}.items()}
+        atomic_write_text(build / "leaderboard.json", json.dumps(board, indent=2, sort_keys=True) + "\n")
+    return out / "index.html"
 
 
 def _json_stats(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -42,41 +46,66 @@ def _json_stats(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
 
 
 def leaderboard_markdown(model: dict[str, Any]) -> str:
-    from benchmarks.report.site.html import mean_ci
-    from benchmarks.report.site.pages import board_keys, rows_for, sort_value
-    from benchmarks.report.site.anchors import anchors_for
+    """One table per task, as on index.html: ranked rows, the trivial baseline, anchors; units in the headers."""
+    from benchmarks.report.site.board_model import boards, cell
+    from benchmarks.report.site.boards import recipe_keys, recipe_text
+    from benchmarks.report.site.html import mean_ci, num
 
-    entries, published, ledger = model["entries"], model["published"], model["ledger"]
     lines = ["# archbench leaderboard", "",
              "Test metrics and the best validation value, mean ± half-width of the 95% t-interval over seeds "
-             "(n = number of seeds). Rows marked (published) come from ledger/; anchors are published references.", ""]
-    for data in sorted({str(e["data"]) for e in [*entries.values(), *published.values()]}):
-        rows = rows_for(data, entries, published)
-        anchors = anchors_for(data)
-        primary, keys = board_keys(rows, anchors)
-        lines += [f"## {data}", "", "| experiment | model | n | " + " | ".join(keys) + " | published | parameters | stopped by |",
-                  "|---|---|---|" + "---|" * len(keys) + "---|---|---|"]
-        for e in sorted(rows, key=lambda e: (sort_value(e["summary"].get(primary, {}).get("mean"), primary), e["name"])):
-            cells = [mean_ci(e["summary"].get(k)) for k in keys]
-            pub = (ledger.get(e["name"]) or {}).get("summary", {}).get(primary) if e["source"] == "results" else None
-            size = f"{e['parameters']:,}" if isinstance(e.get("parameters"), int) else "–"
-            stopped = ", ".join(sorted({str(s["stopped_by"]) for s in e["seeds"]})) + (" (truncated)" if e["truncated"] else "")
-            name = e["name"] + (" (published)" if e["source"] == "ledger" else "")
-            lines.append(f"| {name} | {e['model']} | {len(e['seeds'])} | " + " | ".join(cells)
-                         + f" | {mean_ci(pub) if pub else '–'} | {size} | {stopped} |")
-        for a in anchors:
-            lines.append(f"| *{a['model']}* (anchor: {a['source']}) | | | "
-                         + " | ".join(f"{a['value']}" if k == a["metric"] else "–" for k in keys) + f" | {a['protocol']} | | |")
-        lines.append("")
-    studies = model["studies"]
-    if studies:
-        lines += ["## Tuned hyperparameters", ""]
-        for best in studies:
-            repeats = f", {best['n_repeats']} of them repeats" if best.get("n_repeats") else ""
-            lines.append(f"- **{best['study']}** ({best['n_complete']} complete{repeats}, {best['n_pruned']} pruned trials): "
-                         f"{best['metric']} = {best['value']:.4f} with `{json.dumps(best['params'])}`")
+             "(n = number of seeds). Rows marked (published) come from ledger/; (baseline) rows are computed by "
+             "`archbench baselines` on the same split; anchors are published references.", ""]
+    for table in boards(model["entries"], model["published"], model["baselines"]):
+        heads = [f"{k} ({u})" if u else k for k, u in table["columns"]]
+        keys = recipe_keys(table)
+        lines += [f"## {table['title']}", "", "| row | model | recipe | n | " + " | ".join(heads) + " | stopped by |",
+                  "|---|---|---|---|" + "---|" * len(heads) + "---|"]
+        for row in table["rows"]:
+            cells = []
+            for column in table["columns"]:
+                stat = cell(row, column)
+                cells.append("–" if not stat else mean_ci(stat) if row["kind"] == "run" else num(stat["mean"]))
+            recipe = ""
+            if row["kind"] == "anchor":
+                name, n, stopped = f"*{row['model']}* (anchor: {row['source']})", "", row["protocol"]
+            elif row["kind"] == "baseline":
+                name, n, stopped, recipe = f"{row['name']} (baseline)", "", "", row["recipe"]
+            else:
+                name = row["name"] + (" (published)" if row["source"] == "ledger" else "")
+                n, recipe = str(len(row["seeds"])), recipe_text(row, keys)
+                stopped = ", ".join(sorted({str(s["stopped_by"]) for s in row["seeds"]})) + (
+                    " (truncated)" if row["truncated"] else "")
+            lines.append(f"| {name} | {row['model']} | {recipe} | {n} | " + " | ".join(cells) + f" | {stopped} |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def findings_markdown(model: dict[str, Any]) -> str:
+    """The claims (statement, verdict, effect ± CI) and the studies (best value and parameters)."""
+    from benchmarks.report.compute import cpu_hours
+    from benchmarks.report.effects import effect_text, verdict_numbers
+
+    lines = []
+    if model["claims"]:
+        lines += ["## Claims", "", "| claim | verdict | effect (95% CI) | seeds per cell | source |", "|---|---|---|---|---|"]
+        for claim in model["claims"]:
+            effects = [effect_text(n, claim.get("unit", "")) for v in claim.get("verdicts", [])
+                       if (n := v.get("numbers") or verdict_numbers(claim, v))]
+            seeds = sorted({len(r.get("seeds", [])) for r in claim.get("table", [])})
+            lines.append(f"| {claim['claim']}: {claim.get('statement')} | {claim.get('outcome') or 'not judged'} | "
+                         f"{'; '.join(effects) or '–'} | {', '.join(map(str, seeds))} | {claim.get('source')} |")
+        lines.append("")
+    if model["studies"]:
+        lines += ["## Studies", ""]
+        for s in model["studies"]:
+            best, counts = s.get("best") or {}, s.get("counts") or {}
+            spent = (s.get("compute") or {}).get("cpu_s")
+            lines.append(f"- **{s['study']}** ({counts.get('COMPLETE')} complete, {counts.get('PRUNED')} pruned of "
+                         f"{s.get('n_trials')}; {s.get('source')}"
+                         + (f"; {cpu_hours(spent)}" if spent is not None else "") + f"): {s.get('metric')} = "
+                         f"{best.get('value'):.4f} with `{json.dumps(best.get('params'), sort_keys=True)}`")
+        lines.append("")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def density_section(results_dir: Path, out: Path) -> str:
@@ -91,7 +120,7 @@ def density_section(results_dir: Path, out: Path) -> str:
         study = json.loads(path.read_text())
         image = "kde_vs_dim.png" if folder == "density" else f"kde_vs_dim_{folder.removeprefix('density_')}.png"
         if path.with_name("kde_vs_dim.png").is_file():
-            shutil.copy(path.with_name("kde_vs_dim.png"), out / image)
+            atomic_copy(path.with_name("kde_vs_dim.png"), out / image)
         md += ["", f"## Density estimation: MLE vs KDE against the dimension ({label})", "",
                "Held-out mean log-likelihood in nats per dimension (higher is better), PCA fitted on train.", ""]
         for name, entry in study["results"].items():

@@ -12,10 +12,14 @@ Breaking a stale lease is a rename to a unique name first, so two breakers canno
 rename of the path succeeds, and the winner checks that what it took is still the stale lease it judged
 (not a fresh lease created in between, which it puts back). Then it competes for the key like anyone else.
 
+A holder that was frozen (SIGSTOP, a hung machine) past ``stale_after_s`` wakes up without its lease. So a
+worker *fences* its writes: before it writes a result, a checkpoint or a tracked value it calls
+``lease.check()``, which raises ``LeaseLost`` (one line) once the file is no longer its own, and it stops.
+
     lease = acquire(Path("leases"), "cell_a.seed0")
     if lease is not None:
         with lease:
-            train()
+            train(before_each_write=lease.check)
 """
 
 from __future__ import annotations
@@ -26,11 +30,19 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from benchmarks.core.errors import ArchbenchError
+
 SUFFIX = ".lease"
+Clock = Callable[[], float]
+
+
+class LeaseLost(ArchbenchError):
+    """This worker's lease was taken over (it was silent past stale_after): another worker does its work now."""
 
 
 def _read(path: Path) -> tuple[dict[str, Any], float] | None:
@@ -57,9 +69,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_stale(content: dict[str, Any], mtime: float, stale_after_s: float) -> bool:
+def is_stale(content: dict[str, Any], mtime: float, stale_after_s: float, clock: Clock = time.time) -> bool:
     """A lease whose heartbeat stopped, or whose holder on this very host has died."""
-    if time.time() - mtime > stale_after_s:
+    if clock() - mtime > stale_after_s:
         return True
     pid = content.get("pid")
     return content.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
@@ -89,9 +101,17 @@ class Lease:
         found = _read(self.path)
         return found is not None and found[0].get("token") == self.token
 
+    def check(self, what: str = "anything") -> None:
+        """The fence before a write: LeaseLost when another worker has taken this lease over."""
+        if not self.held():
+            raise LeaseLost(f"lost the lease {self.path} (this worker was silent past its stale limit and another "
+                            f"worker took the work over); stopped without writing {what}; the other worker finishes it")
+
     def release(self) -> None:
         self._stop.set()
         self._thread.join()
+        if not self.held():
+            return  # broken and re-leased while this worker was frozen: the file is the new holder's, left alone
         grave = _take(self.path)
         if grave is None:
             return
@@ -129,8 +149,10 @@ def _put_back(grave: Path, path: Path) -> bool:
     return restored
 
 
-def acquire(dir: Path, key: str, heartbeat_s: float = 20.0, stale_after_s: float = 120.0) -> Lease | None:
-    """The lease on ``key`` under ``dir``, or None while a live worker holds it."""
+def acquire(dir: Path, key: str, heartbeat_s: float = 20.0, stale_after_s: float = 120.0,
+            clock: Clock = time.time) -> Lease | None:
+    """The lease on ``key`` under ``dir``, or None while a live worker holds it (``clock``: the wall clock that
+    heartbeats are judged by; tests pass their own)."""
     if not key or "/" in key or key.startswith("."):
         raise ValueError(f"lease key {key!r} must be a plain file name")
     if not 0 < heartbeat_s < stale_after_s:
@@ -146,14 +168,14 @@ def acquire(dir: Path, key: str, heartbeat_s: float = 20.0, stale_after_s: float
             if found is None:
                 continue  # released or broken just now: try again
             content, mtime = found
-            if not is_stale(content, mtime, stale_after_s):
+            if not is_stale(content, mtime, stale_after_s, clock):
                 return None
             grave = _take(path)
             if grave is None:
                 continue  # another breaker won the rename
             taken = _read(grave)
             if taken is not None and (taken[0].get("token") != content.get("token") or
-                                      not is_stale(taken[0], taken[1], stale_after_s)):
+                                      not is_stale(taken[0], taken[1], stale_after_s, clock)):
                 _put_back(grave, path)  # a fresh lease slipped in between our look and the rename
                 return None
             grave.unlink(missing_ok=True)
@@ -166,11 +188,11 @@ def acquire(dir: Path, key: str, heartbeat_s: float = 20.0, stale_after_s: float
     raise RuntimeError(f"could not settle the lease {path} in 100 rounds; is the folder on a working filesystem?")
 
 
-def holders(dir: Path, stale_after_s: float = 120.0) -> dict[str, dict[str, Any]]:
+def holders(dir: Path, stale_after_s: float = 120.0, clock: Clock = time.time) -> dict[str, dict[str, Any]]:
     """key -> content of every live lease under ``dir`` (for progress messages)."""
     live = {}
     for path in sorted(dir.glob(f"*{SUFFIX}")):
         found = _read(path)
-        if found is not None and not is_stale(found[0], found[1], stale_after_s):
+        if found is not None and not is_stale(found[0], found[1], stale_after_s, clock):
             live[path.name.removesuffix(SUFFIX)] = found[0]
     return live

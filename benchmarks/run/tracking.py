@@ -80,13 +80,27 @@ def sqlite_creation_lock(uri: str) -> Iterator[None]:
         yield
         return
     db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
+    # Its folder is checked to exist before (check_tracking_uri, check_storage): never made here, as root, for a typo.
     with open(f"{db}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Before a run: an embedded store's folder must exist and be writable (a server is checked on contact,
+    with the tracker link's bounded retries)."""
+    from benchmarks.core.errors import ArchbenchError
+    from benchmarks.core.files import check_writable
+
+    if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise ArchbenchError(f"the MLflow store {uri} ({TRACKING_ENV}) is in a folder that does not exist ({folder}); "
+                                 f"create it or fix the path")
+        check_writable(folder, "the folder of the MLflow store")
 
 
 def ensure_tracking_store(uri: str) -> None:

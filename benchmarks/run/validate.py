@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +80,6 @@ def check_trainer(exp: Experiment, args: dict[str, Any]) -> None:
     import lightning.pytorch as pl
     import torch
 
-    strategy = args.get("strategy")
-    if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
-        from lightning_modules import MODELS
-
-        if getattr(MODELS.get(exp.model), "alternates_networks", False):
-            raise ArchbenchError(f"experiment '{exp.name}': model {exp.model} updates its networks in turn, so each "
-                                 f"step leaves one without gradients, which plain DDP refuses; use trainer.strategy: "
-                                 f"{strategy}_find_unused_parameters_true")
     accelerator = str(args.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ArchbenchError(f"experiment '{exp.name}': trainer.accelerator is '{accelerator}' but this machine has "
@@ -108,13 +99,40 @@ def check_trainer(exp: Experiment, args: dict[str, Any]) -> None:
             log.setLevel(level)
 
 
-def check_writable(folder: Path, what: str) -> None:
-    """The nearest existing ancestor must be a writable folder: found now, not after hours of training."""
-    path = Path(folder)
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ArchbenchError(f"{what} {path} is not a folder ({probe} is a file); point settings.{what} elsewhere")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ArchbenchError(f"{what} {path} is not writable ({probe}); fix its permissions or change settings.{what}")
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def resolve_strategy(exp: Experiment, args: dict[str, Any]) -> dict[str, Any]:
+    """The Trainer arguments with a DDP strategy that lets a step leave networks without gradients, for a model that
+    updates its networks in turn (``alternates_networks``: the GAN, pix2pix, CycleGAN). Plain DDP refuses such a
+    step, so ``strategy: ddp`` becomes ``ddp_find_unused_parameters_true``, and ``auto`` does too when the run
+    will have more than one device (Lightning's ``auto`` picks plain DDP there). Other models keep their arguments."""
+    from lightning_modules import MODELS
+    from lightning_modules.contracts import declared
+
+    if not declared(MODELS[exp.model], "alternates_networks"):
+        return args
+    strategy = args.get("strategy", "auto")
+    if strategy in DDP_STRATEGIES:
+        return args | {"strategy": f"{strategy}_find_unused_parameters_true"}
+    if strategy == "auto" and device_count(args) > 1:
+        return args | {"strategy": "ddp_find_unused_parameters_true"}
+    return args
+
+
+def device_count(args: dict[str, Any]) -> int:
+    """How many devices the Trainer arguments give one node, as Lightning counts them."""
+    import torch
+
+    accelerator, devices = str(args.get("accelerator", "auto")), args.get("devices", "auto")
+    gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if devices == "auto":
+        return gpus or 1
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        return gpus if devices == -1 else devices
+    return 1
+

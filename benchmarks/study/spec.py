@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from benchmarks.core.errors import ArchbenchError
-from benchmarks.core.params import Experiment
+from benchmarks.core.params import Experiment, check_name
 
 STUDY_KEYS = {"experiment", "n_trials", "metric", "direction", "seed", "pruner", "search_space", "trainer",
               "description", "heartbeat_s", "max_retry"}
@@ -30,6 +30,9 @@ def study_config(params: dict[str, Any], name: str) -> dict[str, Any]:
     if name not in studies:
         raise ArchbenchError(f"unknown study '{name}' (known: {', '.join(sorted(studies)) or 'none'}); define it under 'studies' in params.yaml")
     conf = studies[name]
+    check_name("study", name)
+    if not isinstance(conf, dict):
+        raise ArchbenchError(f"study '{name}' must be a mapping (experiment, n_trials, metric, search_space, ...)")
     unknown = set(conf) - STUDY_KEYS
     if unknown:
         raise ArchbenchError(f"study '{name}': unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(STUDY_KEYS))})")
@@ -106,11 +109,29 @@ def check_metric(study: str, metric: Any, direction: str) -> None:
         raise ArchbenchError(f"study '{study}': {metric} is better when {known.direction}imised; set direction: {wanted}")
 
 
+_DEFINING = ("metric", "direction", "seed", "pruner", "search_space", "trainer")
+
+
+def _digest(parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def definition_hash(conf: dict[str, Any], base: Experiment) -> str:
-    """What a trial's value depends on; n_trials, description and worker settings may change as a study goes on."""
-    keys = ("metric", "direction", "seed", "pruner", "search_space", "trainer")
-    return hashlib.sha256(json.dumps([{k: conf.get(k) for k in keys}, base.as_dict()], sort_keys=True, default=str)
-                          .encode()).hexdigest()[:12]
+    """What a trial's value depends on; n_trials, description and worker settings may change as a study goes on.
+
+    The base experiment counts without the values of the searched keys (every trial sets its own) and without its
+    seeds (a trial runs the study's seed): applying a study's best to its base experiment leaves the study current.
+    """
+    searched = set(conf.get("search_space") or {})
+    shown = base.as_dict() | {"seeds": None,
+                              "model_args": {k: v for k, v in base.model_args.items() if k not in searched}}
+    return _digest([{k: conf.get(k) for k in _DEFINING}, shown])
+
+
+def legacy_definition_hash(conf: dict[str, Any], base: Experiment) -> str:
+    """The stamp studies carried before the base's searched keys and seeds were left out: a study stamped so is
+    restamped where its definition is unchanged (see study.parent and ``archbench tune --restamp-from``)."""
+    return _digest([{k: conf.get(k) for k in _DEFINING}, base.as_dict()])
 
 
 def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -157,14 +178,16 @@ def metric_check(study: str, model: str, metric: str) -> Any:
     import lightning.pytorch as pl
 
     class MetricCheck(pl.Callback):
-        def _check(self, trainer: Any) -> None:
-            if metric not in trainer.callback_metrics:
+        def _check(self, trainer: Any, promised: bool = False) -> None:
+            if metric not in trainer.callback_metrics and not promised:
                 logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/")) or ["none"]
                 raise ArchbenchError(f"study '{study}': model {model} does not log '{metric}' (its validation keys: "
                                      f"{', '.join(logged)}); set the study's metric to one of them")
 
         def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
-            self._check(trainer)
+            # A model's own checkpoint key may be logged only by a real validation pass (a GAN's val/fid skips
+            # the sanity batches): that one is checked at the first validation end instead.
+            self._check(trainer, promised=metric == pl_module.monitor)
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if not trainer.sanity_checking:

@@ -70,6 +70,7 @@ class GAN(MonitorsFID, pl.LightningModule):
         lr_decay_from: int | None = None,
         r1_gamma: float = 0.0,
         fid_repeats: int = 25,
+        lr_decay_after: float | None = None,
     ) -> None:
         super().__init__()
         check_image_shape(image_shape)
@@ -89,6 +90,10 @@ class GAN(MonitorsFID, pl.LightningModule):
             raise ValueError(f"d_norm must be one of {D_NORMS}, got {d_norm!r}")
         if isinstance(r1_gamma, bool) or not isinstance(r1_gamma, (int, float)) or not 0 <= r1_gamma < math.inf:
             raise ValueError(f"r1_gamma must be a number >= 0 (0 turns the penalty off), got {r1_gamma!r}")
+        if lr_decay_after is not None and (isinstance(lr_decay_after, bool) or not 0 <= lr_decay_after < 1
+                                           or lr_decay_from is not None):
+            raise ValueError(f"lr_decay_after must be a fraction of max_epochs in [0, 1) (0.5: decay over the second "
+                             f"half), and not given with lr_decay_from; got {lr_decay_after!r}")
         if isinstance(ema_decay, bool) or not 0 <= ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0 turns the weight average off), got {ema_decay!r}")
         self.save_hyperparameters()
@@ -115,10 +120,11 @@ class GAN(MonitorsFID, pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         # Annealing both players' steps shrinks the orbit the iterates trace around the equilibrium. The
         # factor is a function of the epoch alone, so a resumed run lands on the same schedule.
-        start = self.hparams.lr_decay_from
+        start, end = self.hparams.lr_decay_from, self.trainer.max_epochs
+        if self.hparams.lr_decay_after is not None and end is not None:
+            start = int(self.hparams.lr_decay_after * end)  # the schedule follows the budget
         if start is None:
             return
-        end = self.trainer.max_epochs
         if end is None or end <= start:
             raise ValueError(f"lr_decay_from ({start}) needs a trainer max_epochs above it, got {end}; "
                              f"set trainer.max_epochs or lower lr_decay_from")

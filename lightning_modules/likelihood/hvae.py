@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lightning_modules.likelihood.bounds import LogWeightFn, bernoulli_log_prob, normal_kl, normal_log_prob, randn
 from lightning_modules.likelihood.evaluation import LatentVariableModel, check_int, check_nll_settings
+from lightning_modules.likelihood.sample_fid import SampleFID, bernoulli_draw, check_fid_settings
 from lightning_modules.likelihood.vae import check_binary, check_image_shape, mlp
 
 
@@ -45,7 +46,7 @@ def _sample(mean: Tensor, log_var: Tensor, generator: torch.Generator | None) ->
     return mean + torch.exp(0.5 * log_var) * eps  # reparameterised
 
 
-class HierarchicalVAE(LatentVariableModel):
+class HierarchicalVAE(SampleFID, LatentVariableModel):
     """L diagonal-Gaussian stages between a Bernoulli decoder and an N(0, I) top prior (see the module text)."""
 
     def __init__(
@@ -60,9 +61,13 @@ class HierarchicalVAE(LatentVariableModel):
         nll_images: int | None = None,
         nll_chunk: int = 50,
         sample_count: int = 64,
+        fid_checkpoint: str | None = None,
+        fid_samples: int = 2000,
+        fid_repeats: int = 25,
     ) -> None:
         super().__init__()
         dims = check_image_shape(image_shape)
+        check_fid_settings(fid_samples, fid_repeats)
         if (not isinstance(latent_dims, (list, tuple)) or len(latent_dims) < 2
                 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in latent_dims)):
             raise ValueError(f"latent_dims must list at least 2 positive integers (one per stage), got {latent_dims!r}")
@@ -78,6 +83,7 @@ class HierarchicalVAE(LatentVariableModel):
         self.encoders = nn.ModuleList(GaussianLayer(a, hidden_dim, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.priors = nn.ModuleList(GaussianLayer(b, hidden_dim, a) for a, b in zip(latent_dims[:-1], latent_dims[1:]))
         self.decoder = mlp([latent_dims[0], hidden_dim, hidden_dim, dims])  # p(x|z_1) logits
+        self.init_fid()
 
     # ---- the model ------------------------------------------------------------------------------
     def _infer(self, x: Tensor, generator: torch.Generator | None
@@ -133,6 +139,10 @@ class HierarchicalVAE(LatentVariableModel):
             z = _sample(*prior(z), generator)
         return torch.sigmoid(self.decoder(z)).view(n, *self.hparams.image_shape)
 
+    def draw_images(self, n: int, generator: torch.Generator) -> Tensor:
+        """Binary images [n, C, H, W] as the data are: Bernoulli draws of the decoder at an ancestral z."""
+        return bernoulli_draw(self.sample(n, generator), generator)
+
     def reconstruct(self, x: Tensor) -> Tensor:
         z1 = self.encoders[0](x.flatten(1))[0]  # the mean of q(z_1|x)
         return torch.sigmoid(self.decoder(z1)).view_as(x)
@@ -169,4 +179,4 @@ class HierarchicalVAE(LatentVariableModel):
             "decoder": "Bernoulli on binarized pixels",
             "latent_dims": list(self.hparams.latent_dims),
             "kl_warmup_epochs": self.hparams.kl_warmup_epochs,
-        } | self.nll_settings("q(z_1..L|x)")
+        } | self.nll_settings("q(z_1..L|x)") | self.fid_settings("Bernoulli draws at an ancestral z (binary, as the data)")

@@ -1,159 +1,173 @@
-"""Recurrent cells (Elman, LSTM, peephole LSTM) written from their equations.
+"""Recurrent cells (Elman, LSTM, peephole LSTM) written from their equations: the specification.
 
-Only plain tensor ops are used (no nn.RNN / nn.LSTM) so the benchmark measures
-the architectures themselves; torch's modules serve as test oracles only.
+Each cell is one time step in plain tensor ops, with the notes' names: input x_t, state s_t, LSTM output
+y_t, input weights U (``weight_ih``), recurrent weights W (``weight_hh``), bias b. The parameters are laid
+out as torch's recurrent modules lay out one layer (gates stacked in torch's order i, f, g, o; b kept as
+torch's two vectors, ``b = bias_ih + bias_hh``), so that a cell whose equations are exactly torch's
+declares that module as its ``kernel`` and its weights copy over by name. StackedRNN (stack.py) then
+trains it with torch's kernel (oneDNN on the CPU, cuDNN on the GPU) unless asked for the equations; a
+cell torch lacks (the peephole LSTM, a variant) declares no kernel and trains from these equations. An
+oracle test holds each kernel and its cell equal (tests/test_recurrent.py).
 
-Speed notes (2-core CPU): the input projection ``U x_t + b`` does not depend on
-the recurrence, so it is hoisted out of the time loop as one big matmul per
-layer. The loop then iterates over ``xw.unbind(1)`` (indexing ``xw[:, t]`` makes
-autograd write a full-size gradient tensor every step) and does a single fused
-``addmm`` for all gates per step. That per-step autograd loop is StackedRNN's
-readable reference (``fused=False``); the default runs the same equations as
-whole-sequence Functions with hand-written BPTT (recurrent/fused.py), which also
-handle ``torch.autocast`` (bf16 matmuls, float32 state). ``archbench speed``
-times both against torch.nn.LSTM / nn.RNN.
+To add a cell: subclass RecurrentCell with its ``n_gates``, ``n_state``, ``init_state``, ``step`` and
+(only if torch computes exactly its equations, with the same parameter names and shapes) its ``kernel``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Union
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.recurrent.fused import run_fused
+# A cell's state: one tensor (Elman, as torch's RNN hx) or a pair (y, s) (LSTMs, as torch's LSTM (h, c)).
+State = Tensor | tuple[Tensor, Tensor]
 
-# Elman state is a single tensor s; LSTM state is the pair (y, s).
-State = Union[Tensor, tuple[Tensor, Tensor]]
-
-__all__ = [
-    "CELLS",
-    "ElmanCell",
-    "ElmanNet",
-    "LSTMCell",
-    "PeepholeLSTMCell",
-    "StackedRNN",
-    "detach_state",
-]
+__all__ = ["CELLS", "ElmanCell", "LSTMCell", "PeepholeLSTMCell", "RecurrentCell", "State", "TorchKernel",
+           "check_positive_int", "detach_state"]
 
 
-def _check_positive_int(name: str, value: object) -> None:
+def check_positive_int(name: str, value: object) -> None:
     # bool is an int subclass; True as a size is almost certainly a bug.
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-class _RecurrentCell(nn.Module):
-    """Shared parameters and helpers; subclasses define ``n_gates``, ``init_state`` and ``step``."""
+@dataclass(frozen=True)
+class TorchKernel:
+    """torch's module that computes exactly a cell's equations (e.g. nn.LSTM), and its fixed options.
 
-    n_gates: int = 1
-    n_state: int = 1  # number of tensors in the state (1 for Elman, 2 for LSTMs)
+    Declaring one promises that the cell's parameters are the module's per-layer ones under the same names
+    (``weight_ih`` is the module's ``weight_ih_l{k}``, and so on) and that its state is the module's hx
+    for one layer (a tensor, or a pair as nn.LSTM's (h, c))."""
+
+    module: type[nn.RNNBase]
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. {"nonlinearity": "tanh"} for nn.RNN
+
+
+class RecurrentCell(nn.Module):
+    """One layer's parameters and its step; subclasses set the ClassVars and write ``init_state`` and ``step``."""
+
+    n_gates: ClassVar[int]  # gates stacked in weight_ih / weight_hh / the biases
+    n_state: ClassVar[int]  # tensors in the state: 1 (a tensor) or 2 (a pair)
+    forget_gate: ClassVar[int | None] = None  # the forget gate's place among the gates, if there is one
+    kernel: ClassVar[TorchKernel | None] = None  # torch's module for exactly these equations, or None
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float = 0.0) -> None:
         super().__init__()
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden_size", hidden_size)
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        if not bias and forget_bias != 0.0 and self.forget_gate is not None:
+            raise ValueError(f"forget_bias requires bias=True, got forget_bias={forget_bias} with bias=False")
         self.input_size = input_size
         self.hidden_size = hidden_size
-        self.forget_bias = float(forget_bias)
+        self.forget_bias = float(forget_bias)  # no meaning (ignored) for a cell without a forget gate
         gh = self.n_gates * hidden_size
-        # Stacked U's and W's so one matmul serves all gates.
-        self.weight_ih = nn.Parameter(torch.empty(gh, input_size))  # [n_gates*hidden, input]
-        self.weight_hh = nn.Parameter(torch.empty(gh, hidden_size))  # [n_gates*hidden, hidden]
-        self.bias: nn.Parameter | None = nn.Parameter(torch.empty(gh)) if bias else None  # [n_gates*hidden]
+        self.weight_ih = nn.Parameter(torch.empty(gh, input_size))  # U, all gates: [n_gates*hidden, input]
+        self.weight_hh = nn.Parameter(torch.empty(gh, hidden_size))  # W, all gates: [n_gates*hidden, hidden]
+        self.bias_ih = nn.Parameter(torch.empty(gh)) if bias else None  # [n_gates*hidden]
+        self.bias_hh = nn.Parameter(torch.empty(gh)) if bias else None  # [n_gates*hidden]
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Same scheme as torch.nn.RNN/LSTM, so learning curves are comparable to the oracles.
+        # torch's scheme for nn.RNN / nn.LSTM, so both paths start from the same distribution.
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in (self.weight_ih, self.weight_hh, self.bias):
+        for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
             if p is not None:
                 nn.init.uniform_(p, -bound, bound)
+        self.shift_forget_bias_(self.bias_ih, self.forget_bias)
+
+    @classmethod
+    def shift_forget_bias_(cls, bias: Tensor | None, value: float) -> None:
+        """Add ``value`` to the forget gate's slice of ``bias`` (this cell's or its kernel's); a no-op without one."""
+        if cls.forget_gate is None or bias is None or value == 0.0:
+            return
+        h = bias.shape[0] // cls.n_gates
+        with torch.no_grad():
+            bias[cls.forget_gate * h:(cls.forget_gate + 1) * h].add_(value)
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The notes' b: torch keeps it as two vectors, the equations read their sum."""
+        return None if self.bias_ih is None else self.bias_ih + self.bias_hh
 
     def project_input(self, x: Tensor) -> Tensor:
-        """``U x + b`` for any leading shape: [..., input] -> [..., n_gates*hidden]."""
+        """``U x + b`` for any leading shape: [..., input] -> [..., n_gates*hidden]; the part of every gate
+        that does not depend on the recurrence, so a sequence takes it in one matmul."""
         return F.linear(x, self.weight_ih, self.bias)
 
     def init_state(self, batch: int, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> State:
-        raise NotImplementedError
+        """The fixed s_0 (zeros): a tensor or a pair of [batch, hidden]."""
+        zeros = [torch.zeros(batch, self.hidden_size, device=device, dtype=dtype) for _ in range(self.n_state)]
+        return zeros[0] if self.n_state == 1 else tuple(zeros)
 
     def step(self, xw_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step from the projected input ``U x_t + b`` [batch, n_gates*hidden]: (output [batch, hidden], state)."""
         raise NotImplementedError
 
     def forward(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """One time step from raw input x_t [batch, input]; returns (y_t [batch, hidden], new state)."""
+        """One time step from raw input x_t [batch, input]; returns (output [batch, hidden], new state)."""
         if state is None:
             state = self.init_state(x_t.shape[0], x_t.device, x_t.dtype)
         return self.step(self.project_input(x_t), state)
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias is not None}"
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias_ih is not None}"
 
 
-class ElmanCell(_RecurrentCell):
-    """``s_t = tanh(U x_t + W s_{t-1} + b)``; the output is the state itself."""
+class ElmanCell(RecurrentCell):
+    """``s_t = tanh(U x_t + W s_{t-1} + b)``; the output is the state itself. torch's nn.RNN (tanh) exactly."""
 
     n_gates = 1
     n_state = 1
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float = 0.0) -> None:
-        # forget_bias is accepted for a uniform constructor but has no meaning here (no forget gate).
-        super().__init__(input_size, hidden_size, bias, forget_bias)
-        self.reset_parameters()
-
-    def init_state(self, batch: int, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> Tensor:
-        return torch.zeros(batch, self.hidden_size, device=device, dtype=dtype)  # [batch, hidden]
+    kernel = TorchKernel(nn.RNN, {"nonlinearity": "tanh"})
 
     def step(self, xw_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        # addmm fuses "+ U x_t + b" into the recurrent matmul.
-        s = torch.tanh(torch.addmm(xw_t, state, self.weight_hh.t()))  # [batch, hidden]
+        s_prev = state  # [batch, hidden]
+        s = torch.tanh(xw_t + s_prev @ self.weight_hh.t())  # [batch, hidden]
         return s, s
 
 
-class LSTMCell(_RecurrentCell):
-    """LSTM without peepholes; stacked gate order i, f, g, o (as torch.nn.LSTM)."""
+class LSTMCell(RecurrentCell):
+    """The notes' LSTM, gates stacked i, f, g, o; torch's nn.LSTM exactly.
+
+    ``f_t = σ(U^f x_t + W^f y_{t-1} + b^f)``, likewise i_t and o_t; ``g = tanh(U^g x_t + W^g y_{t-1} + b^g)``;
+    ``s_t = s_{t-1} ⊙ f_t + g ⊙ i_t``; ``y_t = tanh(s_t) ⊙ o_t``. ``forget_bias`` is added to b^f at init.
+    """
 
     n_gates = 4
     n_state = 2
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float = 0.0) -> None:
-        super().__init__(input_size, hidden_size, bias, forget_bias)
-        if not bias and self.forget_bias != 0.0:
-            raise ValueError(f"forget_bias requires bias=True, got forget_bias={forget_bias} with bias=False")
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        if self.bias is not None and self.forget_bias != 0.0:
-            h = self.hidden_size
-            with torch.no_grad():
-                self.bias[h:2 * h].add_(self.forget_bias)  # forget slice (order i, f, g, o)
-
-    def init_state(self, batch: int, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
-        y = torch.zeros(batch, self.hidden_size, device=device, dtype=dtype)  # [batch, hidden]
-        return y, torch.zeros_like(y)
+    forget_gate = 1
+    kernel = TorchKernel(nn.LSTM)
 
     def step(self, xw_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        y, s = state
-        gates = torch.addmm(xw_t, y, self.weight_hh.t())  # [batch, 4*hidden]
-        i, f, g, o = gates.chunk(4, dim=1)  # each [batch, hidden]
-        s = s * torch.sigmoid(f) + torch.tanh(g) * torch.sigmoid(i)
-        y = torch.tanh(s) * torch.sigmoid(o)
+        y_prev, s_prev = state  # each [batch, hidden]
+        # U x_t + b (given) + W y_{t-1}, every gate in one matmul: [batch, 4*hidden]
+        pre_i, pre_f, pre_g, pre_o = torch.addmm(xw_t, y_prev, self.weight_hh.t()).chunk(4, dim=1)
+        f = torch.sigmoid(pre_f)
+        i = torch.sigmoid(pre_i)
+        o = torch.sigmoid(pre_o)
+        g = torch.tanh(pre_g)
+        s = s_prev * f + g * i
+        y = torch.tanh(s) * o
         return y, (y, s)
 
 
 class PeepholeLSTMCell(LSTMCell):
-    """LSTM with diagonal peephole connections (Gers & Schmidhuber).
+    """LSTM with diagonal peepholes (Gers & Schmidhuber): each gate also sees the cell state in its field.
 
-    ``peephole`` [3, hidden] holds p^i, p^f, p^o (rows in that order). The input
-    and forget gates look at s_{t-1}; the output gate looks at the new s_t.
-    ``peephole_scale``: init range ±scale; None means 1/sqrt(hidden) (non-zero so
-    the peepholes actually matter from the start), 0.0 gives a plain LSTM at init.
+    ``f_t = σ(U^f x_t + W^f y_{t-1} + p^f ⊙ s_{t-1} + b^f)`` and likewise i_t (both see s_{t-1});
+    g and s_t as in the LSTM; ``o_t = σ(U^o x_t + W^o y_{t-1} + p^o ⊙ s_t + b^o)`` sees the new s_t.
+    ``peephole`` [3, hidden] holds p^i, p^f, p^o. torch has no kernel for it.
+    ``peephole_scale``: init range ±scale; None means 1/sqrt(hidden) (non-zero so the peepholes matter from
+    the start), 0.0 gives a plain LSTM at init.
     """
+
+    kernel = None
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float = 0.0,
                  *, peephole_scale: float | None = None) -> None:
@@ -171,22 +185,23 @@ class PeepholeLSTMCell(LSTMCell):
             nn.init.uniform_(self.peephole, -scale, scale)
 
     def step(self, xw_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        y, s = state
-        p_i, p_f, p_o = self.peephole.unbind(0)  # each [hidden], broadcast over batch
-        gates = torch.addmm(xw_t, y, self.weight_hh.t())  # [batch, 4*hidden]
-        i, f, g, o = gates.chunk(4, dim=1)
-        i = torch.sigmoid(torch.addcmul(i, p_i, s))  # sees s_{t-1}
-        f = torch.sigmoid(torch.addcmul(f, p_f, s))
-        s = s * f + torch.tanh(g) * i
-        o = torch.sigmoid(torch.addcmul(o, p_o, s))  # sees the new s_t
+        y_prev, s_prev = state  # each [batch, hidden]
+        p_i, p_f, p_o = self.peephole.unbind(0)  # each [hidden], broadcast over the batch
+        pre_i, pre_f, pre_g, pre_o = torch.addmm(xw_t, y_prev, self.weight_hh.t()).chunk(4, dim=1)
+        # addcmul(a, p, s) is a + p * s in one op: this cell trains from these lines, ~10% faster so.
+        f = torch.sigmoid(torch.addcmul(pre_f, p_f, s_prev))  # sees s_{t-1}
+        i = torch.sigmoid(torch.addcmul(pre_i, p_i, s_prev))  # sees s_{t-1}
+        g = torch.tanh(pre_g)
+        s = s_prev * f + g * i
+        o = torch.sigmoid(torch.addcmul(pre_o, p_o, s))  # sees the new s_t
         y = torch.tanh(s) * o
         return y, (y, s)
 
 
-CELLS: dict[str, type[nn.Module]] = {"elman": ElmanCell, "lstm": LSTMCell, "peephole": PeepholeLSTMCell}
+CELLS: dict[str, type[RecurrentCell]] = {"elman": ElmanCell, "lstm": LSTMCell, "peephole": PeepholeLSTMCell}
 
 
-def detach_state(state: list) -> list:
+def detach_state(state: Any) -> Any:
     """Detach every tensor in a (nested) state, keeping its structure; cuts the graph for truncated BPTT."""
     if isinstance(state, Tensor):
         return state.detach()
@@ -197,114 +212,3 @@ def detach_state(state: list) -> list:
     if state is None:
         return None
     raise TypeError(f"state must be a tensor or a nested list/tuple of tensors, got {type(state).__name__}")
-
-
-class StackedRNN(nn.Module):
-    """``num_layers`` cells stacked in depth; batch-first sequences in, top-layer outputs out."""
-
-    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
-                 forget_bias: float = 0.0, learn_s0: bool = False, bias: bool = True, fused: bool = True) -> None:
-        super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden_size", hidden_size)
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be an integer >= 1, got {num_layers!r}")
-        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.cell_type = cell
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.dropout = float(dropout)
-        self.learn_s0 = learn_s0
-        # fused: whole-sequence Functions with hand-written BPTT (recurrent/fused.py); False keeps the
-        # per-step autograd path below, the readable reference the fused path is tested against.
-        self.fused = fused
-        cls = CELLS[cell]
-        self.layers = nn.ModuleList(
-            cls(input_size if k == 0 else hidden_size, hidden_size, bias=bias, forget_bias=forget_bias)
-            for k in range(num_layers)
-        )
-        self.drop = nn.Dropout(self.dropout)
-        # One [hidden] vector per state tensor per layer, flattened layer-major.
-        self.s0 = (
-            nn.ParameterList(nn.Parameter(torch.zeros(hidden_size))
-                             for layer in self.layers for _ in range(layer.n_state))
-            if learn_s0 else None
-        )
-
-    def initial_state(self, batch: int) -> list[State]:
-        """One state per layer: zeros, or the learned s_0 expanded over the batch (grads flow to s_0)."""
-        ref = self.layers[0].weight_hh
-        if self.s0 is None:
-            return [layer.init_state(batch, ref.device, ref.dtype) for layer in self.layers]
-        states: list[State] = []
-        it = iter(self.s0)
-        for layer in self.layers:
-            ts = [next(it).expand(batch, self.hidden_size) for _ in range(layer.n_state)]  # each [batch, hidden]
-            states.append(ts[0] if len(ts) == 1 else tuple(ts))
-        return states
-
-    def forward(self, x: Tensor, state: list[State] | None = None) -> tuple[Tensor, list[State]]:
-        """x [batch, time, input] -> (top-layer outputs [batch, time, hidden], final state per layer)."""
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"x must be [batch, time, {self.input_size}], got {list(x.shape)}")
-        batch, steps, _ = x.shape
-        if state is None:
-            state = self.initial_state(batch)
-        elif len(state) != self.num_layers:
-            raise ValueError(f"state must have one entry per layer ({self.num_layers}), got {len(state)}")
-        if steps == 0:
-            return x.new_zeros(batch, 0, self.hidden_size), list(state)
-        if self.fused:
-            return run_fused(self.layers, x, state, self.drop, self.dropout)
-
-        inp = x  # [batch, time, in]
-        final: list[State] = []
-        for k, (layer, st) in enumerate(zip(self.layers, state)):
-            if k > 0 and self.dropout > 0.0:
-                inp = self.drop(inp)  # between layers only; nn.Dropout is a no-op in eval mode
-            xw = layer.project_input(inp)  # [batch, time, n_gates*hidden], one matmul for all steps
-            step = layer.step
-            ys: list[Tensor] = []
-            for xw_t in xw.unbind(1):  # xw_t [batch, n_gates*hidden]
-                y, st = step(xw_t, st)
-                ys.append(y)
-            inp = torch.stack(ys, dim=1)  # [batch, time, hidden]
-            final.append(st)
-        return inp, final
-
-
-_OUTPUT_FNS = ("identity", "sigmoid", "softmax", "step")
-
-
-class ElmanNet(nn.Module):
-    """Elman's full network: recurrent state s_t, read out as ``y_t = f(V s_t)``.
-
-    ``step`` is a hard threshold at 0.5 on the sigmoid, applied only in eval mode;
-    in training it is the sigmoid so that gradients exist.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, output_size: int, output_fn: str = "identity",
-                 num_layers: int = 1) -> None:
-        super().__init__()
-        _check_positive_int("output_size", output_size)
-        if output_fn not in _OUTPUT_FNS:
-            raise ValueError(f"output_fn must be one of {list(_OUTPUT_FNS)}, got {output_fn!r}")
-        self.output_fn = output_fn
-        self.rnn = StackedRNN("elman", input_size, hidden_size, num_layers=num_layers)
-        # No bias: the seed's equation is y_t = f(V s_t).
-        self.readout = nn.Linear(hidden_size, output_size, bias=False)  # V
-
-    def forward(self, x: Tensor) -> Tensor:
-        s, _ = self.rnn(x)  # [batch, time, hidden]
-        z = self.readout(s)  # [batch, time, output]
-        if self.output_fn == "identity":
-            return z
-        if self.output_fn == "softmax":
-            return torch.softmax(z, dim=-1)
-        if self.output_fn == "step" and not self.training:
-            return (z > 0).to(z.dtype)  # sigmoid(z) > 0.5  <=>  z > 0
-        return torch.sigmoid(z)

@@ -1,6 +1,6 @@
 """Character-level language model: synchronous many-to-many next-character prediction.
 
-The recurrent core is the suite's own cells (Elman, LSTM, peephole; see recurrent.py). Training is
+The recurrent core is a StackedRNN of the suite's cells (Elman, LSTM, peephole; stack.py, cells.py). Training is
 backpropagation through time on the unrolled net, either full (one backward per sequence) or truncated
 (the sequence is cut into chunks of ``tbptt_steps``; the state flows forward across chunks but the
 gradient stops at each cut). Lightning 2 has no built-in truncated BPTT, so the loop is written here
@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_modules.recurrent.cells import StackedRNN, detach_state
+from lightning_modules.recurrent.cells import detach_state
+from lightning_modules.recurrent.stack import StackedRNN
 
 IGNORE = -100  # padded targets; the datamodules use cross_entropy's ignore_index
 
@@ -27,14 +28,14 @@ class CharNet(nn.Module):
     """Input encoding -> stacked recurrent net -> output projection V (the seed's y_t = f(V s_t), f = softmax)."""
 
     def __init__(self, vocab_size: int, cell: str, hidden_size: int, num_layers: int, embed_dim: int,
-                 dropout: float, forget_bias: float, learn_s0: bool) -> None:
+                 dropout: float, forget_bias: float, learn_s0: bool, impl: str = "auto") -> None:
         super().__init__()
         self.vocab_size = vocab_size
         # embed_dim 0 keeps the seed's one-hot input; otherwise a learned embedding.
         self.embed = nn.Embedding(vocab_size, embed_dim) if embed_dim > 0 else None
         in_size = embed_dim if embed_dim > 0 else vocab_size
         self.rnn = StackedRNN(cell, in_size, hidden_size, num_layers, dropout=dropout,
-                              forget_bias=forget_bias, learn_s0=learn_s0)
+                              forget_bias=forget_bias, learn_s0=learn_s0, impl=impl)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, vocab_size)
 
@@ -84,6 +85,7 @@ class CharLM(pl.LightningModule):
         sample_count: int = 8,
         sample_length: int = 200,
         temperature: float = 1.0,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         if not vocab:
@@ -100,7 +102,7 @@ class CharLM(pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.stoi = {ch: i for i, ch in enumerate(vocab)}
-        self.net = CharNet(len(vocab), cell, hidden_size, num_layers, embed_dim, dropout, forget_bias, learn_s0)
+        self.net = CharNet(len(vocab), cell, hidden_size, num_layers, embed_dim, dropout, forget_bias, learn_s0, impl)
 
     def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list]:
         return self.net(x, state)
@@ -123,14 +125,27 @@ class CharLM(pl.LightningModule):
         self.log("train/loss", mean, on_step=False, on_epoch=True, prog_bar=True, batch_size=total)
         return mean
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        x, y = batch
+    def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> None:
+        x, y = batch[0], batch[1]  # [batch, time] each
         logits, _ = self(x)
-        n = int((y != IGNORE).sum())
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-        # Weighted by target count so the epoch value is the per-character mean, not a mean of batch means.
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
-        self.log(f"{stage}/bpc", loss / math.log(2), on_epoch=True, batch_size=n, sync_dist=True)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="none").view_as(y)
+        counted = y != IGNORE  # [batch, time]
+        if len(batch) == 3:  # test windows (tag 1) with val windows (tag 0): also val + test as one text
+            self._log_mean(f"{stage}/loss_valtest", losses, counted)
+            counted = counted & (batch[2] == 1)[:, None]
+        loss = self._log_mean(f"{stage}/loss", losses, counted, prog_bar=stage == "val")
+        if loss is not None:
+            self.log(f"{stage}/bpc", loss / math.log(2), on_epoch=True, batch_size=int(counted.sum()), sync_dist=True)
+
+    def _log_mean(self, key: str, losses: Tensor, counted: Tensor, prog_bar: bool = False) -> Tensor | None:
+        """Logs the mean loss over the counted targets; weighted by their number, so the epoch value is the
+        per-character mean over the split, not a mean of batch means. None when the batch counts none."""
+        n = int(counted.sum())
+        if not n:
+            return None
+        loss = (losses * counted).sum() / n
+        self.log(key, loss, on_epoch=True, prog_bar=prog_bar, batch_size=n, sync_dist=True)
+        return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -142,7 +157,10 @@ class CharLM(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def metric_settings(self) -> dict[str, str]:
-        return {"loss_unit": "nats per character", "bpc": "loss / ln 2"}
+        return {"loss_unit": "nats per character", "bpc": "loss / ln 2",
+                "eval_context": "windows scored from a zero state, each target seeing only its window's earlier chars",
+                "loss_valtest": "test pass on tiny-shakespeare: the per-character loss over the val and test windows "
+                                "together (the text's last 10%, nanoGPT's validation split)"}
 
     # ---- sampling -------------------------------------------------------------------------------
     def _start(self) -> int:
@@ -193,6 +211,32 @@ class CharLM(pl.LightningModule):
         ids = torch.cat(out, dim=1).tolist()
         texts = ["".join(self.hparams.vocab[i] for i in row) for row in ids]
         return [t.split(self.hparams.end_symbol)[0] for t in texts] if end is not None else texts
+
+    @torch.no_grad()
+    def continue_text(self, prime: str, length: int, temperature: float = 1.0, seed: int = 0) -> str:
+        """``prime`` followed by up to ``length`` sampled characters (fewer when the end symbol comes first),
+        read after the start symbol as in training; its own CPU generator, so a seed gives the same text."""
+        unknown = sorted(set(prime) - self.stoi.keys())
+        if unknown:
+            raise ValueError(f"the prime has characters outside this model's vocabulary: {unknown!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        x = torch.tensor([[self._start()] + [self.stoi[c] for c in prime]], device=self.device)  # [1, time]
+        end = self.stoi.get(self.hparams.end_symbol) if self.hparams.end_symbol else None
+        state, out = None, []
+        for _ in range(length):
+            logits, state = self(x, state)
+            probs = (logits[0, -1] / temperature).softmax(-1).cpu()  # [vocab]
+            nxt = int(torch.multinomial(probs, 1, generator=gen))
+            if nxt == end:
+                break
+            out.append(self.hparams.vocab[nxt])
+            x = torch.tensor([[nxt]], device=self.device)
+        self.train(was_training)
+        return prime + "".join(out)
 
     def make_samples(self) -> dict[str, str]:
         if not self.hparams.sample_count:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.classification import ClassificationModule
-from lightning_modules.recurrent.cells import StackedRNN
+from lightning_modules.recurrent.stack import StackedRNN
 
 
 class FrameEncoder(nn.Module):
@@ -46,7 +46,7 @@ class FrameEncoder(nn.Module):
 class FrameLabellerNet(nn.Module):
     def __init__(self, frame_shape: list[int], num_classes: int, cell: str, recurrent: bool, bidirectional: bool,
                  channels: int, feature_dim: int, hidden_size: int, num_layers: int, dropout: float,
-                 forget_bias: float) -> None:
+                 forget_bias: float, impl: str = "auto") -> None:
         super().__init__()
         self.encoder = FrameEncoder(frame_shape[0], channels, feature_dim)
         self.drop = nn.Dropout(dropout)
@@ -54,7 +54,8 @@ class FrameLabellerNet(nn.Module):
         out_size = feature_dim
         if recurrent:
             def stack() -> StackedRNN:
-                return StackedRNN(cell, feature_dim, hidden_size, num_layers, dropout=dropout, forget_bias=forget_bias)
+                return StackedRNN(cell, feature_dim, hidden_size, num_layers, dropout=dropout, forget_bias=forget_bias,
+                                  impl=impl)
 
             self.rnn = stack()
             self.back_rnn = stack() if bidirectional else None
@@ -92,6 +93,7 @@ class FrameLabeller(ClassificationModule):
         dropout: float = 0.2,
         lr: float = 2e-3,
         forget_bias: float = 1.0,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         if len(frame_shape) != 3 or min(frame_shape) < 1 or min(frame_shape[1:]) < 4:
@@ -112,7 +114,7 @@ class FrameLabeller(ClassificationModule):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.save_hyperparameters()
         self.net = FrameLabellerNet(list(frame_shape), num_classes, cell, recurrent, bidirectional, channels,
-                                    feature_dim, hidden_size, num_layers, dropout, forget_bias)
+                                    feature_dim, hidden_size, num_layers, dropout, forget_bias, impl)
         self.init_accuracy(num_classes)
 
     def forward(self, frames: Tensor) -> Tensor:

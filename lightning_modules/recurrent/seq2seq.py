@@ -8,7 +8,7 @@ W_a h_s is computed once per sentence, not at every step. The attentional state
 h~_t = tanh(W_c [c_t; h_t]) feeds the output layer, and with ``input_feeding`` the next input too.
 
 Speed (2 CPU cores): with full teacher forcing and no input feeding the decoder does not depend on
-its own outputs, so the whole target runs through StackedRNN at once (hoisted input projections) and
+its own outputs, so the whole target runs through StackedRNN at once (torch's kernel, one call) and
 attention is two batched matmuls over all steps. Otherwise a per-step loop collects the features. In
 both cases the output projection and the loss run once, over all steps, after the recurrence.
 The networks are in seq2seq_nets.py; this file holds the system: losses, decoding, BLEU.
@@ -17,6 +17,7 @@ The networks are in seq2seq_nets.py; this file holds the system: losses, decodin
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_modules.recurrent.decoding import (PAD, SPECIALS, beam_search, bleu_signature, corpus_bleu, detokenize,
-                                        greedy_decode, ids_to_tokens)
+from lightning_modules.recurrent.decoding import (EOS, PAD, SPECIALS, UNK, beam_search, bleu_signature, corpus_bleu,
+                                                  detokenize, greedy_decode, ids_to_tokens)
 # Re-exported: the networks live in seq2seq_nets.py, the tests and older imports reach them from here.
 from lightning_modules.recurrent.seq2seq_nets import ATTENTIONS, Seq2SeqNet, run_masked  # noqa: F401
 
@@ -39,7 +40,11 @@ class Seq2Seq(pl.LightningModule):
     ``val/loss`` and ``test/loss`` are the teacher-forced NLL in nats per target token (<eos> included,
     no label smoothing, whatever ``label_smoothing`` trains with); ``*/ppl`` is exp of that epoch mean.
     BLEU: sacrebleu on detokenized hypotheses against the datamodule's raw references
-    (``references(split)``), greedy at validation, beam search (``beam_size`` > 1) at test.
+    (``references(split)``), greedy at validation; at test both, ``test/bleu`` with beam search (``beam_size``)
+    and ``test/bleu_greedy``, the figure that sits beside greedy anchors.
+
+    ``early_stopping_patience``: the budget stays ``max_epochs``, and Lightning's EarlyStopping ends the fit once
+    val/loss has not improved for that many epochs (recorded as ``stopped_by: early_stopping``).
     """
 
     monitor = "val/loss"  # the checkpoint keeps the epoch of the lowest validation objective
@@ -66,17 +71,26 @@ class Seq2Seq(pl.LightningModule):
         length_penalty: float = 0.6,
         max_decode_len: int = 60,
         sample_count: int = 10,
+        impl: str = "auto",
+        src_itos: list[str] | None = None,
+        token_pattern: str = "",
+        early_stopping_patience: int | None = None,
     ) -> None:
         super().__init__()
         for name, value, low in (("src_vocab_size", src_vocab_size, len(SPECIALS) + 1),
                                  ("tgt_vocab_size", tgt_vocab_size, len(SPECIALS) + 1), ("embed_dim", embed_dim, 1),
                                  ("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1),
                                  ("beam_size", beam_size, 1), ("max_decode_len", max_decode_len, 1),
-                                 ("sample_count", sample_count, 0)):
+                                 ("sample_count", sample_count, 0),
+                                 *((("early_stopping_patience", early_stopping_patience, 1),)
+                                   if early_stopping_patience is not None else ())):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if len(tgt_itos) != tgt_vocab_size or tuple(tgt_itos[: len(SPECIALS)]) != SPECIALS:
             raise ValueError(f"tgt_itos must hold tgt_vocab_size={tgt_vocab_size} tokens starting with {list(SPECIALS)}")
+        # What translating new text needs, carried in the checkpoint: the source vocabulary and the tokenizer.
+        if src_itos is not None and (len(src_itos) != src_vocab_size or tuple(src_itos[: len(SPECIALS)]) != SPECIALS):
+            raise ValueError(f"src_itos must hold src_vocab_size={src_vocab_size} tokens starting with {list(SPECIALS)}")
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {list(ATTENTIONS)}, got {attention!r}")
         for name, value, ok, valid in (
@@ -89,7 +103,7 @@ class Seq2Seq(pl.LightningModule):
                 raise ValueError(f"{name} must be {valid}, got {value!r}")
         self.save_hyperparameters()
         self.net = Seq2SeqNet(src_vocab_size, tgt_vocab_size, cell, embed_dim, hidden_size, num_layers, dropout,
-                              attention, input_feeding, reverse_source)
+                              attention, input_feeding, reverse_source, impl)
         self._reset_eval()
         self._sample_src: tuple[Tensor, Tensor] | None = None  # first val sentences, decoded by make_samples
         self._bleu_info: dict[str, Any] = {}
@@ -124,6 +138,25 @@ class Seq2Seq(pl.LightningModule):
     def detok(self, ids: list[int]) -> str:
         return detokenize(ids_to_tokens(ids, self.hparams.tgt_itos))
 
+    def encode_source(self, sentence: str) -> tuple[list[int], list[str]]:
+        """Raw source text -> ids (words + <eos>) by the checkpoint's own tokenizer and vocabulary, and the
+        tokens it maps to <unk> (reported, not hidden)."""
+        if not self.hparams.src_itos or not self.hparams.token_pattern:
+            raise ValueError("this checkpoint has no source vocabulary or tokenizer (trained before they were "
+                             "saved); train it again to translate raw text")
+        stoi = {w: i for i, w in enumerate(self.hparams.src_itos)}
+        tokens = re.findall(self.hparams.token_pattern, sentence.lower())
+        return [stoi.get(t, UNK) for t in tokens] + [EOS], [t for t in tokens if t not in stoi]
+
+    def translate_text(self, sentences: list[str], beam_size: int | None = None) -> list[str]:
+        """Translations of raw source sentences (beam search at the model's beam_size unless given)."""
+        ids = [self.encode_source(s)[0] for s in sentences]
+        src = torch.nn.utils.rnn.pad_sequence([torch.tensor(i) for i in ids], batch_first=True,
+                                              padding_value=PAD).to(self.device)  # [batch, S]
+        src_len = torch.tensor([len(i) for i in ids], device=self.device)  # [batch]
+        with torch.no_grad():
+            return self.translate(src, src_len, beam_size)
+
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         src, src_len, tgt = batch  # [batch, S], [batch], [batch, T]
@@ -144,10 +177,19 @@ class Seq2Seq(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        patience = self.hparams.early_stopping_patience
+        if patience is None:
+            return []
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        return [EarlyStopping(monitor="val/loss", mode="min", patience=patience)]
+
     # ---- evaluation -----------------------------------------------------------------------------
     def _reset_eval(self) -> None:
         self._nll, self._tokens = 0.0, 0
         self._hyps: list[str] = []
+        self._greedy: list[str] = []  # greedy decodes beside beam search at test, for the greedy anchors
         self._tgt_refs: list[str] = []  # detokenized targets: the fallback references without a datamodule
 
     def _eval_step(self, batch: tuple[Tensor, Tensor, Tensor], beam_size: int) -> None:
@@ -157,23 +199,26 @@ class Seq2Seq(pl.LightningModule):
         self._nll += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD, reduction="sum"))
         self._tokens += int((target != PAD).sum())
         self._hyps += self.translate(src, src_len, beam_size)
+        if self._trainer is not None and self.trainer.testing:
+            self._greedy += self._hyps[-len(src):] if beam_size == 1 else self.translate(src, src_len, 1)
         self._tgt_refs += [self.detok(row) for row in tgt.tolist()]
 
-    def _gathered(self) -> tuple[float, int, list[str], list[str]]:
-        """The summed NLL, token count, hypotheses and target references: this rank's, or under DDP all
-        ranks' (each decoded its own shard), so every rank logs the same corpus-level numbers."""
+    def _gathered(self) -> tuple[float, int, list[str], list[str], list[str]]:
+        """The summed NLL, token count, hypotheses, greedy hypotheses (test) and target references: this rank's,
+        or under DDP all ranks' (each decoded its own shard), so every rank logs the same corpus-level numbers."""
         if self._trainer is None or self.trainer.world_size == 1:
-            return self._nll, self._tokens, self._hyps, self._tgt_refs
+            return self._nll, self._tokens, self._hyps, self._greedy, self._tgt_refs
         import torch.distributed as dist
 
         sums = torch.tensor([self._nll, float(self._tokens)], dtype=torch.float64, device=self.device)
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         parts: list[Any] = [None] * self.trainer.world_size
-        dist.all_gather_object(parts, (self._hyps, self._tgt_refs))
-        return float(sums[0]), int(sums[1]), [h for p in parts for h in p[0]], [r for p in parts for r in p[1]]
+        dist.all_gather_object(parts, (self._hyps, self._greedy, self._tgt_refs))
+        return (float(sums[0]), int(sums[1]), [h for p in parts for h in p[0]], [g for p in parts for g in p[1]],
+                [r for p in parts for r in p[2]])
 
     def _eval_end(self, stage: str) -> None:
-        nll, tokens, hyps, tgt_refs = self._gathered()
+        nll, tokens, hyps, greedy, tgt_refs = self._gathered()
         if not tokens:
             return
         loss = nll / tokens
@@ -182,6 +227,8 @@ class Seq2Seq(pl.LightningModule):
         self.log(f"{stage}/ppl", math.exp(min(loss, 50.0)), sync_dist=True)
         refs, kind = self._references(stage, len(hyps), tgt_refs)
         self.log(f"{stage}/bleu", corpus_bleu(hyps, refs), prog_bar=stage == "val", sync_dist=True)
+        if greedy:
+            self.log(f"{stage}/bleu_greedy", corpus_bleu(greedy, refs), sync_dist=True)
         if stage == "test":
             self._bleu_info = {"bleu_references": kind, "bleu_sentences": len(hyps)}
         self._reset_eval()
@@ -234,6 +281,9 @@ class Seq2Seq(pl.LightningModule):
             "length_penalty": f"GNMT ((5+|y|)/6)**alpha, alpha={self.hparams.length_penalty}",
             "max_decode_len": self.hparams.max_decode_len,
             "val_bleu_decoding": "greedy",
+            "bleu_greedy": "test BLEU of greedy decodes, the same references and tokenizer",
+            "early_stopping": (f"val/loss, patience {self.hparams.early_stopping_patience} epochs"
+                               if self.hparams.early_stopping_patience else "none"),
             "loss_unit": "nats per target token incl. <eos>, teacher forced, no label smoothing",
             "ppl": "exp(loss)",
         } | self._bleu_info

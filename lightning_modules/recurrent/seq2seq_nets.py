@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules.recurrent.decoding import PAD
-from lightning_modules.recurrent.cells import StackedRNN
+from lightning_modules.recurrent.stack import StackedRNN, reverse_padded
 
 ATTENTIONS = ("none", "luong")
 
@@ -42,56 +42,26 @@ def _select(obj: Any, rows: Tensor) -> Any:
     return obj
 
 
-def _where(keep: Tensor, new: Any, old: Any) -> Any:
-    if isinstance(new, Tensor):
-        return torch.where(keep, new, old)
-    return tuple(_where(keep, n, o) for n, o in zip(new, old))
-
-
 def run_masked(rnn: StackedRNN, x: Tensor, lengths: Tensor) -> tuple[Tensor, list]:
-    """StackedRNN over right-padded sequences; each row's final state is taken at its own last token.
-
-    Up to the shortest row every row is real, so that head runs through StackedRNN's own (fused)
-    forward. In the tail a row's state is frozen once t >= its length (torch.where), so padding never
-    reaches the state handed to the decoder. Length-bucketed batches make the tail a few steps.
-    Outputs at padded positions are left as computed: attention masks them.
-    """
-    batch, steps, _ = x.shape
-    head = int(lengths.min())
-    out, state = rnn(x[:, :head])  # [batch, head, hidden], state after step head-1 of every layer
-    if head == steps:
-        return out, state
-    valid = torch.arange(head, steps, device=x.device)[None, :] < lengths[:, None]  # [batch, tail]
-    inp, final = x[:, head:], []  # [batch, tail, in]
-    for k, (layer, st) in enumerate(zip(rnn.layers, state)):
-        if k > 0 and rnn.dropout > 0.0:
-            inp = rnn.drop(inp)
-        xw = layer.project_input(inp)  # [batch, tail, n_gates*hidden]
-        ys: list[Tensor] = []
-        for t, xw_t in enumerate(xw.unbind(1)):
-            y, new = layer.step(xw_t, st)
-            st = _where(valid[:, t, None], new, st)
-            ys.append(y)
-        inp = torch.stack(ys, dim=1)  # [batch, tail, hidden]
-        final.append(st)
-    return torch.cat([out, inp], dim=1), final
+    """StackedRNN over right-padded sequences x [batch, S, in]: each row's final state is taken at its own last
+    token, so padding never reaches the state handed to the decoder; outputs past a row's length are zero
+    (attention masks them)."""
+    return rnn(x, lengths=lengths)
 
 
 class Encoder(nn.Module):
     def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int, num_layers: int, cell: str,
-                 dropout: float, reverse: bool) -> None:
+                 dropout: float, reverse: bool, impl: str) -> None:
         super().__init__()
         self.reverse = reverse
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
         self.drop = nn.Dropout(dropout)
-        self.rnn = StackedRNN(cell, embed_dim, hidden_size, num_layers, dropout=dropout)
+        self.rnn = StackedRNN(cell, embed_dim, hidden_size, num_layers, dropout=dropout, impl=impl)
 
     def forward(self, src: Tensor, src_len: Tensor) -> tuple[Tensor, list]:
         # src [batch, S] right-padded ids; src_len [batch]
         if self.reverse:  # reverse each row's real tokens in place; padding stays at the end
-            pos = torch.arange(src.size(1), device=src.device)[None, :]  # [1, S]
-            last = src_len[:, None] - 1
-            src = src.gather(1, torch.where(pos <= last, last - pos, pos))
+            src = reverse_padded(src, src_len)
         return run_masked(self.rnn, self.drop(self.embed(src)), src_len)
 
 
@@ -117,15 +87,17 @@ class LuongAttention(nn.Module):
 
 class Seq2SeqNet(nn.Module):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, cell: str, embed_dim: int, hidden_size: int,
-                 num_layers: int, dropout: float, attention: str, input_feeding: bool, reverse_source: bool) -> None:
+                 num_layers: int, dropout: float, attention: str, input_feeding: bool, reverse_source: bool,
+                 impl: str = "auto") -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.input_feeding = input_feeding
-        self.encoder = Encoder(src_vocab_size, embed_dim, hidden_size, num_layers, cell, dropout, reverse_source)
+        self.encoder = Encoder(src_vocab_size, embed_dim, hidden_size, num_layers, cell, dropout, reverse_source,
+                               impl)
         self.embed = nn.Embedding(tgt_vocab_size, embed_dim, padding_idx=PAD)
         self.drop = nn.Dropout(dropout)
         self.decoder = StackedRNN(cell, embed_dim + (hidden_size if input_feeding else 0), hidden_size, num_layers,
-                                  dropout=dropout)
+                                  dropout=dropout, impl=impl)
         self.attention = LuongAttention(hidden_size) if attention == "luong" else None
         self.out = nn.Linear(hidden_size, tgt_vocab_size)
 
@@ -143,13 +115,8 @@ class Seq2SeqNet(nn.Module):
         x = self.drop(self.embed(prev))  # [N, embed]
         if ds.feed is not None:
             x = torch.cat([x, ds.feed], dim=-1)
-        states = []
-        for k, (layer, st) in enumerate(zip(self.decoder.layers, ds.rnn)):
-            if k > 0 and self.decoder.dropout > 0.0:
-                x = self.decoder.drop(x)
-            x, st = layer.step(layer.project_input(x), st)  # [N, hidden]
-            states.append(st)
-        feat = x if self.attention is None else self.attention(x[:, None], ds.memory)[0][:, 0]
+        h, states = self.decoder(x[:, None], ds.rnn)  # one step through every layer: [N, 1, hidden]
+        feat = h[:, 0] if self.attention is None else self.attention(h, ds.memory)[0][:, 0]
         return feat, DecState(states, feat if self.input_feeding else None, ds.memory)
 
     def project(self, feat: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.classification import ClassificationModule
-from lightning_modules.recurrent.cells import StackedRNN
+from lightning_modules.recurrent.stack import StackedRNN
 
 
 # Adam rescales each parameter's step by its own gradient history, so a vanishing but consistent signal
@@ -29,9 +29,10 @@ class RecurrentClassifierNet(nn.Module):
     """StackedRNN -> last top-layer output -> linear map to class logits."""
 
     def __init__(self, input_size: int, num_classes: int, cell: str, hidden_size: int, num_layers: int,
-                 dropout: float, forget_bias: float) -> None:
+                 dropout: float, forget_bias: float, impl: str = "auto") -> None:
         super().__init__()
-        self.rnn = StackedRNN(cell, input_size, hidden_size, num_layers, dropout=dropout, forget_bias=forget_bias)
+        self.rnn = StackedRNN(cell, input_size, hidden_size, num_layers, dropout=dropout, forget_bias=forget_bias,
+                              impl=impl)
         self.head = nn.Linear(hidden_size, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -48,7 +49,9 @@ def input_grad_norms(net: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tens
     made inside cannot join one; this leaves inference mode, turns grad on, and differentiates a fresh
     copy of the inputs only (``autograd.grad`` with ``inputs=x``, so no parameter .grad is touched).
     """
-    with torch.inference_mode(False), torch.enable_grad():
+    # cuDNN's RNN backward runs only in training mode, and the model is in eval mode here: off for this
+    # measurement (a no-op on the CPU).
+    with torch.inference_mode(False), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
         x = x.clone().requires_grad_(True)  # [batch, T, input], a normal tensor even if x was an inference one
         loss = F.cross_entropy(net(x), y.clone(), reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)  # [batch, T, input]
@@ -70,6 +73,7 @@ class SequenceClassifier(ClassificationModule):
         lr: float = 3e-3,
         optimizer: str = "adam",
         grad_batches: int = 4,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         for name, value, low in (("input_size", input_size, 1), ("num_classes", num_classes, 2),
@@ -82,7 +86,8 @@ class SequenceClassifier(ClassificationModule):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
         self.save_hyperparameters()
-        self.net = RecurrentClassifierNet(input_size, num_classes, cell, hidden_size, num_layers, dropout, forget_bias)
+        self.net = RecurrentClassifierNet(input_size, num_classes, cell, hidden_size, num_layers, dropout, forget_bias,
+                                          impl)
         self.init_accuracy(num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

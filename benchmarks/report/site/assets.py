@@ -29,6 +29,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 td.rank { color: #6a7385; text-align: right; }
 tr.row-anchor td { background: #fbf8ef; font-style: italic; }
 tr.row-ledger td { background: #f3f7ff; }
+tr.row-baseline td { background: #f1f4ef; color: #3d4a36; }
+td.recipe { font-size: 12px; color: #39435a; max-width: 260px; }
+ul.claims-here { font-size: 13px; color: #39435a; }
 td.pub { font-size: 12px; color: #39435a; }
 a { color: #1a5fc4; } a.run, span.run { font-family: ui-monospace, monospace; font-size: 12px; margin-right: 4px; }
 .badge { display: inline-block; padding: 0 6px; border-radius: 9px; font-size: 11px; font-style: normal;
@@ -36,6 +39,7 @@ a { color: #1a5fc4; } a.run, span.run { font-family: ui-monospace, monospace; fo
 .badge.ok { background: #d9f2e0; color: #17622f; } .badge.bad { background: #fadddd; color: #8a1c1c; }
 .badge.warn { background: #fdeccc; color: #7a4a00; } .badge.anchor { background: #f3e7bf; color: #6b5200; }
 .badge.pubd { background: #dbe7fb; color: #1a4a8a; }
+.badge.base { background: #e3ecd9; color: #35502a; } .badge.tuned { background: #efe1fa; color: #55207a; text-decoration: none; }
 .chart { width: 100%; max-width: 1100px; min-height: 340px; }
 figure { display: inline-block; margin: 8px 16px 8px 0; vertical-align: top; }
 figure img { max-width: 560px; border: 1px solid #dde2ea; }
@@ -43,10 +47,11 @@ figcaption { font-size: 12px; color: #545e70; }
 pre.sample { max-width: 720px; max-height: 320px; overflow: auto; background: #fff; border: 1px solid #dde2ea;
              padding: 8px; white-space: pre-wrap; }
 fieldset { border: 1px solid #dde2ea; background: #fff; margin: 6px 0; } fieldset label { margin-right: 14px; }
+#compare-table td { overflow-wrap: anywhere; }  /* a 64-digit data hash must not widen its column past the screen */
 #compare-table td.best { font-weight: 700; color: #17622f; }
 #compare-table tr.differs td, #compare-table tr.differs th { background: #fff6d8; }
 #compare-table tr.section th { background: #1d2430; color: #fff; }
-#compare-table .delta { color: #6a7385; font-size: 12px; }
+#compare-table .delta { display: block; color: #6a7385; font-size: 12px; }
 #compare-table.only-diff tr.same { display: none; }
 code { font-size: 12px; }
 """
@@ -84,7 +89,9 @@ JS = r"""
     var rank = 0;
     rows.forEach(function (r) {
       body.appendChild(r);
-      if (!r.classList.contains("row-anchor")) { r.cells[0].textContent = String(++rank); }
+      if (!r.classList.contains("row-anchor") && !r.classList.contains("row-baseline")) {
+        r.cells[0].textContent = String(++rank);
+      }
     });
     table.querySelectorAll("th.sorted").forEach(function (h) { h.classList.remove("sorted"); });
     th.classList.add("sorted");
@@ -185,6 +192,8 @@ JS = r"""
   }
   function renderCompare() {
     var cmp = data.compare, ids = picked(), out = document.getElementById("compare-out");
+    // The address names what is ticked, so a link or a reload shows the same comparison.
+    history.replaceState(null, "", "#" + ids.map(encodeURIComponent).join(","));
     out.innerHTML = "";
     if (ids.length < 2) {
       out.appendChild(el("p", "Pick at least two experiments.", "hint"));
@@ -200,7 +209,7 @@ JS = r"""
     table.appendChild(head);
     sectionRow(table, "metrics (mean ± 95% CI)", ids.length); metricRows(table, cmp, ids);
     sectionRow(table, "parameters and settings", ids.length); paramRows(table, cmp, ids);
-    out.appendChild(table);
+    var wrap = el("div", null, "scroll"); wrap.appendChild(table); out.appendChild(wrap);  // wide tables scroll
     drawCompareCurves(cmp, ids);
   }
   function initCompare() {

@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import os
-import sqlite3
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +46,25 @@ def _http(uri: str | None) -> str | None:
 
 
 def mlflow_experiment_id(tracking_uri: str | None, run_id: str | None) -> str | None:
-    """The MLflow experiment id of a run in a local SQLite store (read-only, no server needed)."""
+    """The MLflow experiment id of a run in a local SQLite store, through MlflowClient (MLflow's own API keeps
+    working when MLflow migrates its tables); None when the store or the run is not here."""
     if not tracking_uri or not run_id or not tracking_uri.startswith("sqlite:///"):
         return None
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
-    if not db.is_file():
+    if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         return None
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        row = con.execute("SELECT experiment_id FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
-    return str(row[0]) if row else None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_mlflow_client(tracking_uri).get_run(run_id).info.experiment_id)
+    except MlflowException:
+        return None
+
+
+@functools.cache
+def _mlflow_client(tracking_uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def run_link(provenance: dict[str, Any], server: str | None) -> str | None:
@@ -108,7 +118,8 @@ def _seed_record(seed: int, result: dict[str, Any], provenance: dict[str, Any], 
             "epochs": result.get("epochs"), "steps": result.get("steps"), "run_id": prov.get("run_id"),
             "link": run_link(prov, server), "commit": prov.get("git_commit"), "machine": machine,
             "threads": machine.get("threads", prov.get("threads")), "device": prov.get("device"),
-            "fit_s": prov.get("fit_s"), "finished_at": prov.get("finished_at"), "tracking_uri": prov.get("tracking_uri")}
+            "fit_s": prov.get("fit_s"), "cpu_s": prov.get("cpu_s"), "finished_at": prov.get("finished_at"),
+            "tracking_uri": prov.get("tracking_uri")}
 
 
 def entry_from_results(exp_dir: Path, server: str | None) -> dict[str, Any] | None:

@@ -1,66 +1,13 @@
-"""The claims, studies, density and compare pages."""
+"""The density and compare pages (the claims and studies pages: findings.py)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from benchmarks.report.site.charts import claim_chart, density_chart
-from benchmarks.report.site.collect import verdict_status
-from benchmarks.report.site.html import chart_div, esc, finite, flat, num, page, table
-from benchmarks.report.site.vocab import direction, label, label_with
-
-BADGE = {"Supported": "ok", "Refuted": "bad", "Inconclusive": "warn"}
-
-
-def claims_page(claims: list[dict[str, Any]], images: dict[str, str]) -> str:
-    charts, parts = {}, ['<h1>Claims</h1><p>Each claim of the course notes as an experiment: arms × a sweep × seeds; '
-                         'cells are mean ± half-width of the 95% t-interval. A verdict is Supported or Refuted by '
-                         'Welch\'s interval of the gain (or Refuted by an equivalence test at its margin), else '
-                         'Inconclusive; a claim is Refuted if any verdict is.</p>']
-    for claim in claims:
-        name = str(claim.get("claim"))
-        metrics = [claim.get("metric"), *claim.get("also", [])]
-        verdicts = "".join(f'<li><span class="badge {BADGE.get(verdict_status(v), "")}">{esc(verdict_status(v))}</span> '
-                           f'{esc(v.get("type"))}' + (f' (margin {num(v["margin"])})' if finite(v.get("margin")) else "")
-                           + f': {esc(v.get("text"))}</li>' for v in claim.get("verdicts", []))
-        outcome = claim.get("outcome") or "not judged"
-        rows = [[esc(r.get("arm")), esc(r.get("value")), str(len(r.get("seeds", []))),
-                 *[esc(f"{num(r[m]['mean'])} ± {num(r[m].get('ci'), 2)}") if isinstance(r.get(m), dict) else "–"
-                   for m in metrics]] for r in claim.get("table", [])]
-        charts[f"claim-{name}"] = claim_chart(claim)
-        png = images.get(str(claim.get("png")))
-        parts.append(f'<section class="claim" id="claim-{esc(name)}"><h2>{esc(name)} <span class="badge '
-                     f'{BADGE.get(outcome, "")}">{esc(outcome)}</span></h2>'
-                     f'<p class="statement">{esc(claim.get("statement"))}</p><ul class="verdicts">{verdicts}</ul>'
-                     + table(["arm", esc((claim.get("sweep") or {}).get("path") or ""), "n",
-                              *[esc(label(m)) for m in metrics]], rows, "claim-table")
-                     + chart_div(f"claim-{name}")
-                     + (f'<figure><img src="{esc(png)}" alt="{esc(name)} plot"><figcaption>claim.png</figcaption></figure>'
-                        if png else "") + "</section>")
-    if not claims:
-        parts.append('<p class="empty">No claim has run yet: <code>archbench claim NAME</code>.</p>')
-    return page("Claims", "claims.html", "".join(parts), {"charts": charts})
-
-
-def studies_page(studies: list[dict[str, Any]], images: dict[str, str]) -> str:
-    parts = ["<h1>Studies</h1><p>Optuna studies: the best trial's parameters and each study's history.</p>"]
-    for s in studies:
-        facts = [["experiment", esc(s.get("experiment"))], ["objective", esc(f"{label(str(s.get('metric')))}, "
-                                                                          f"{s.get('direction', 'minimize')}")],
-                 ["best value", f"<b>{esc(num(s.get('value'), 6))}</b> (trial {esc(s.get('trial'))})"],
-                 ["trials", esc(f"{s.get('n_complete')} complete ({s.get('n_repeats') or 0} repeats), "
-                                f"{s.get('n_pruned')} pruned, of {s.get('n_trials')}")]]
-        params = [[esc(k), f"<code>{esc(json.dumps(v))}</code>"] for k, v in sorted((s.get("params") or {}).items())]
-        png = images.get(str(s.get("png")))
-        parts.append(f'<section class="study"><h2>{esc(s.get("study"))}</h2>' + table(["", ""], facts, "facts")
-                     + "<h3>Best parameters</h3>" + table(["parameter", "value"], params, "params")
-                     + (f'<figure><img src="{esc(png)}" alt="history of {esc(s.get("study"))}">'
-                        f'<figcaption>history.png: objective per trial</figcaption></figure>' if png else "")
-                     + "</section>")
-    if not studies:
-        parts.append('<p class="empty">No study has run yet: <code>archbench tune STUDY</code>.</p>')
-    return page("Studies", "studies.html", "".join(parts))
+from benchmarks.report.site.charts import density_chart
+from benchmarks.report.site.html import chart_div, esc, flat, page, table
+from benchmarks.report.site.vocab import direction, label_with
 
 
 def density_page(density: list[dict[str, Any]], images: dict[str, str]) -> str:

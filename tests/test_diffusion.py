@@ -86,7 +86,7 @@ def test_the_strided_bound_is_an_unbiased_estimate_of_the_full_sum() -> None:
     x = _digits_like(1, 3).expand(1024, -1, -1, -1)
     full = model.vlb_terms(x, torch.Generator().manual_seed(4))[1]  # [1024]
     model.hparams.bpd_timesteps = 5
-    assert model.bpd_stride() == 4 and "every 4th t" in model.metric_settings()["bpd_terms"]
+    assert model.bound_timesteps().stride == 4 and "every 4th t" in model.metric_settings()["bpd_terms"]
     strided = model.vlb_terms(x, torch.Generator().manual_seed(5))[1]
     se = math.sqrt(full.var().item() / len(full) + strided.var().item() / len(strided))
     assert abs(strided.mean().item() - full.mean().item()) < 4 * se

@@ -27,56 +27,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.likelihood.bounds import bits_per_dim, randint, randn
-from lightning_modules.likelihood.diffusion_scheduler import (
-    NoiseScheduler,
-    geometric_strata,
-    strided_timesteps,
-    stratified_timesteps,
-)
+from lightning_modules.likelihood.diffusion_bound import BoundTimesteps
+from lightning_modules.likelihood.diffusion_scheduler import NoiseScheduler
+from lightning_modules.likelihood.diffusion_settings import check_settings
 from lightning_modules.likelihood.diffusion_unet import DecoderHead, UNet
-from lightning_modules.likelihood.evaluation import EVAL_SEED, SeededEvaluation, check_int, grid_figure
+from lightning_modules.likelihood.evaluation import EVAL_SEED, SeededEvaluation, grid_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 SAMPLE_BATCH = 256  # images generated at once for the FID
-BPD_STRATA = ("systematic", "geometric")
-
-
-def check_settings(args: dict[str, Any]) -> None:
-    """One-line ValueErrors for bad model_args (the scheduler checks its own names)."""
-    shape = args["image_shape"]
-    if (not isinstance(shape, (list, tuple)) or len(shape) != 3
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape)):
-        raise ValueError(f"image_shape must be [channels, height, width] of positive integers, got {shape!r}")
-    mults = args["channel_mults"]
-    if not isinstance(mults, (list, tuple)) or not mults:
-        raise ValueError(f"channel_mults must be a non-empty list of positive integers, got {mults!r}")
-    for m in mults:
-        check_int("channel_mults entries", m, 1)
-    factor = 2 ** (len(mults) - 1)
-    if shape[1] % factor or shape[2] % factor:
-        raise ValueError(f"image_shape height and width must be divisible by {factor} for {len(mults)} "
-                         f"channel_mults (pad with the datamodule's pad_to), got {list(shape)}")
-    for name, minimum in (("timesteps", 2), ("base_channels", 1), ("num_res_blocks", 1), ("warmup_steps", 0),
-                          ("decoder_head", 0),
-                          ("decoder_batch", 1), ("pixel_levels", 2), ("bpd_images", 0), ("sample_count", 0), ("fid_samples", 1)):
-        check_int(name, args[name], minimum)
-    for name in ("bpd_timesteps", "sample_steps", "fid_sample_steps"):
-        if args[name] is not None:
-            check_int(name, args[name], 1)
-    if args["bpd_strata"] not in BPD_STRATA:
-        raise ValueError(f"bpd_strata must be one of {list(BPD_STRATA)}, got {args['bpd_strata']!r}")
-    if not 0 < args["beta_start"] <= args["beta_end"] < 1:
-        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={args['beta_start']}, "
-                         f"beta_end={args['beta_end']}")
-    for name in ("dropout", "ema_decay"):
-        if not 0 <= args[name] < 1:
-            raise ValueError(f"{name} must be in [0, 1), got {args[name]}")
-    if not 0 <= args["small_t_fraction"] <= 1:
-        raise ValueError(f"small_t_fraction must be in [0, 1], got {args['small_t_fraction']}")
-    if not args["lr"] > 0 or not args["vlb_weight"] >= 0:
-        raise ValueError(f"need lr > 0 and vlb_weight >= 0, got lr={args['lr']}, vlb_weight={args['vlb_weight']}")
 
 
 class DDPM(SeededEvaluation):
@@ -280,31 +240,15 @@ class DDPM(SeededEvaluation):
         x1, mean, log_var = model_at(torch.ones(len(x), dtype=torch.long, device=x.device))
         decoder = self.scheduler.decoder_nll(x0, self.decoder_mean(x1, mean), log_var, self.hparams.pixel_levels)
         middle = torch.zeros(len(x), device=x.device, dtype=x0.dtype)
-        for t, weight in self.bound_timesteps(len(x), generator, x.device):
+        for t, weight in self.bound_timesteps().pairs(len(x), generator, x.device):
             xt, mean, log_var = model_at(t)
             middle += weight * self.scheduler.kl(x0, xt, t, mean, log_var)
         return prior, middle, decoder
 
-    def bound_timesteps(self, n: int, generator: torch.Generator | None,
-                        device: torch.device | str) -> list[tuple[Tensor, Tensor]]:
-        """(t [n], weight [n]) pairs whose Σ weight L_{t-1} estimates Σ_{t=2}^T L_{t-1} without bias.
-
-        ``systematic``: every stride-th t from a random offset per image, weight stride. ``geometric``: strata whose
-        widths grow geometrically from single t's at small t, one uniform t per stratum, weight its width; its
-        variance is far lower, because the terms change fastest (like 1/t) exactly where its strata are narrow.
-        """
-        if self.hparams.bpd_strata == "geometric":
-            return stratified_timesteps(self.bpd_geometric(), n, generator, device)
-        return strided_timesteps(self.hparams.timesteps, self.bpd_stride(), n, generator, device)
-
-    def bpd_stride(self) -> int:
-        """Every stride-th t of {2..T} enters the systematic estimate of Σ L_{t-1}; 1 = all of them (exact)."""
-        k = self.hparams.bpd_timesteps
-        return 1 if k is None else max(1, math.ceil((self.hparams.timesteps - 1) / k))
-
-    def bpd_geometric(self) -> list[tuple[int, int]]:
-        k = self.hparams.bpd_timesteps
-        return geometric_strata(self.hparams.timesteps, self.hparams.timesteps if k is None else k)
+    def bound_timesteps(self) -> BoundTimesteps:
+        """Which t's enter Σ L_{t-1} and with what weight (the exact sum, or an unbiased stratified estimate)."""
+        hp = self.hparams
+        return BoundTimesteps(hp.timesteps, hp.bpd_timesteps, hp.bpd_strata)
 
     # ---- Lightning: validation and test ---------------------------------------------------------
     def _check_levels(self, x: Tensor) -> None:
@@ -363,24 +307,14 @@ class DDPM(SeededEvaluation):
         self._fid = None
 
     def metric_settings(self) -> dict[str, Any]:
-        hp, stride, T = self.hparams, self.bpd_stride(), self.hparams.timesteps
-        if hp.bpd_strata == "geometric":
-            strata = self.bpd_geometric()
-            calls = len(strata)
-            terms = ("all t" if calls == T - 1 else
-                     f"stratified estimate: {calls} strata of t with geometrically growing widths (single t up to "
-                     f"t={max([lo for lo, w in strata if w == 1], default=1)}), one uniform t per stratum, weight its width")
-        else:
-            calls = math.ceil((T - 1) / stride)
-            terms = ("all t" if stride == 1
-                     else f"stratified estimate: every {stride}th t from a random offset, weight {stride}")
+        hp, T, bound = self.hparams, self.hparams.timesteps, self.bound_timesteps()
         settings: dict[str, Any] = {
             "loss": "epsilon MSE per pixel (L_simple, Ho et al. 2020 eq. 14), one t ~ U{1..T} and one noise per image",
             "loss_unit": "mean squared error of the noise prediction, per pixel",
             "bpd": "variational bound L_T + sum L_{t-1} + L_0 (eq. 5), discretised Gaussian L_0, bits per dimension",
             "bpd_images": self._bpd_seen or hp.bpd_images,
-            "bpd_terms": terms,
-            "bpd_network_calls_per_image": 1 + calls,
+            "bpd_terms": bound.describe(),
+            "bpd_network_calls_per_image": 1 + bound.network_calls(),
             "pixel_levels": hp.pixel_levels,
             "schedule": hp.schedule,
             "reverse_variance": hp.reverse_variance,

@@ -158,3 +158,51 @@ def test_a_full_disk_without_a_hint_ends_at_the_fix(tmp_path: Path, monkeypatch:
     with pytest.raises(files.DiskFullError) as err:
         results.portable_checkpoint(tmp_path / "a.ckpt", tmp_path / "b.ckpt")
     assert str(err.value).endswith("then rerun"), str(err.value)
+
+
+def test_the_data_now_follows_archbench_data_dir_within_one_process(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data hash is cached per process and setting; ARCHBENCH_DATA_DIR is part of the setting, because the
+    datamodule finds its files there first: another folder there is other data, never the cached hash."""
+    real = results.data_hash
+    monkeypatch.setattr(results, "_DATA_HASHES", {})
+    exp = experiment_from_params(tiny_params(), "words_lstm")
+    hashes = []
+    for folder, words in (("a", ["alpha", "beta", "gamma", "delta"]), ("b", ["epsilon", "zeta", "eta", "theta"])):
+        listing = tmp_path / folder / "words" / "american-english"
+        listing.parent.mkdir(parents=True)
+        listing.write_text("\n".join(w + suffix for w in words for suffix in ("", "s", "ed", "ing", "er")) + "\n")
+        monkeypatch.setenv("ARCHBENCH_DATA_DIR", str(tmp_path / folder))
+        hashes.append(real(exp, None))
+    assert hashes[0] != hashes[1]
+    monkeypatch.setenv("ARCHBENCH_DATA_DIR", str(tmp_path / "a"))
+    assert real(exp, None) == hashes[0]  # back to the first folder: its hash, from the cache
+
+
+def test_a_full_disk_while_copying_sample_images_leaves_the_ledger_as_it_was(project: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.core.files as files
+    from benchmarks.report.ledger import copy_sample_files
+
+    exp_dir, ledger = project / "results" / "hello_lstm", project / "ledger"
+    (exp_dir / "seeds" / "seed_0" / "samples").mkdir(parents=True)
+    (exp_dir / "seeds" / "seed_0" / "samples" / "grid.png").write_bytes(b"new image")
+    old = ledger / "samples" / "hello_lstm" / "seed_0" / "grid.png"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"old image")
+    record = {"experiment": "hello_lstm",
+              "samples": {"0": [{"name": "grid.png", "file": "samples/hello_lstm/seed_0/grid.png"}]}}
+
+    def full(src: Path, dst: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    real_copy = files._copy_file
+    monkeypatch.setattr(files, "_copy_file", full)
+    with pytest.raises(files.DiskFullError) as err:
+        copy_sample_files(record, exp_dir, ledger)
+    assert str(err.value).endswith("then rerun; the ledger is left as it was"), str(err.value)
+    assert old.read_bytes() == b"old image"
+    assert sorted(p.name for p in (ledger / "samples").iterdir()) == ["hello_lstm"]  # no build folder left
+    monkeypatch.setattr(files, "_copy_file", real_copy)
+    copy_sample_files(record, exp_dir, ledger)
+    assert old.read_bytes() == b"new image"

@@ -74,6 +74,15 @@ def test_the_champion_is_the_best_seed_by_the_key_its_run_monitored() -> None:
     assert best_seed({0: {}, 1: {"val/loss_best": float("nan")}, 2: {"val/loss_best": 3.0}}) == 2
     assert best_seed({3: {"val/loss_best": 2.0}, 1: {"val/loss_best": 2.0}}) == 1
     assert best_seed({}) is None
+    assert best_seed({2: {"test/loss": 1.0}, 1: {}}) == 1  # nothing monitored was recorded: the lowest seed
+    # Seeds chosen on different keys (an override, or two in one seed) cannot be ranked: one line, no champion.
+    from benchmarks.core.errors import ArchbenchError
+
+    for mixed in ({0: {"val/fid_best": 3.0}, 1: {"val/loss_best": 1.0}}, {0: {"val/fid_best": 3.0, "val/loss_best": 1.0}}):
+        with pytest.raises(ArchbenchError, match=r"chosen on different keys \(val/fid_best, val/loss_best\)"):
+            best_seed(mixed)
+    with pytest.raises(ArchbenchError, match="val/made_up has no direction"):
+        best_seed({0: {"val/made_up_best": 1.0}})
 
 
 def _is_type_name(node: ast.AST) -> bool:
@@ -97,3 +106,16 @@ def test_exceptions_are_matched_by_type_not_by_text() -> None:
                     or _is_text_test(node):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)[:80]}")
     assert not found, found
+
+
+def test_evaluating_on_val_compares_the_key_the_seeds_checkpoint_was_chosen_on() -> None:
+    """`archbench evaluate --split val` sets the recomputed value beside the recorded best of the key the run chose
+    its checkpoint on (here an override of the model's own val/loss), and nothing beside the other keys."""
+    from benchmarks.use.evaluation import compare
+
+    model = MODELS["char_lm"]
+    fresh = {"val/bpc": 2.0, "val/loss": 1.4}
+    assert compare({"val/bpc_best": 2.1}, fresh, "val", model) == [("val/bpc", 2.1, 2.0), ("val/loss", None, 1.4)]
+    assert compare({"val/loss_best": 1.5}, fresh, "val", model) == [("val/bpc", None, 2.0), ("val/loss", 1.5, 1.4)]
+    assert compare({}, fresh, "val", model) == [("val/bpc", None, 2.0), ("val/loss", None, 1.4)]
+    assert compare({"test/loss": 1.0}, {"test/loss": 1.1, "val/x": 0.0}, "test", model) == [("test/loss", 1.0, 1.1)]

@@ -103,6 +103,9 @@ def test_geometric_bound_estimate_is_unbiased_and_exact_with_every_t() -> None:
     x = _digits_like(1, 3).expand(1024, -1, -1, -1)
     full = model.vlb_terms(x, torch.Generator().manual_seed(4))[1]  # bpd_timesteps None: every t, weight 1
     assert model.metric_settings()["bpd_terms"] == "all t"
+    model.hparams.bpd_strata = "systematic"  # the same draws through the systematic path's every t: the same sum
+    assert torch.equal(model.vlb_terms(x, torch.Generator().manual_seed(4))[1], full)
+    model.hparams.bpd_strata = "geometric"
     model.hparams.bpd_timesteps = 8
     strided = model.vlb_terms(x, torch.Generator().manual_seed(5))[1]
     se = math.sqrt(full.var().item() / len(full) + strided.var().item() / len(strided))
@@ -299,3 +302,19 @@ def test_the_ddpm_code_hash_does_not_cover_the_vaes() -> None:
     names = {p.name for p in code_files(experiment_from_params(load_params(ROOT / "params.yaml"), "fashion_ddpm"))}
     assert {"diffusion.py", "diffusion_scheduler.py", "diffusion_unet.py"} <= names
     assert not names & {"vae.py", "hvae.py"}
+
+
+def test_the_head_and_the_network_are_clipped_apart_and_small_t_refuses_learned_variances() -> None:
+    """One joint norm would let the head's large L_0 gradient shrink the ε-network's step; each is clipped alone."""
+    model = _tiny(timesteps=10, pixel_levels=17, decoder_head=4)
+    for p in model.net.parameters():
+        p.grad = torch.full_like(p, 1e-4)
+    for p in model.head.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    before = [p.grad.clone() for p in model.net.parameters()]
+    model.configure_gradient_clipping(torch.optim.SGD(model.parameters(), lr=0.1), 1.0, "norm")
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.net.parameters(), before))  # under 1: untouched
+    head_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.head.parameters()]))
+    assert head_norm.item() == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(ValueError, match="small_t_fraction needs uniform training t's"):
+        _tiny(timesteps=10, small_t_fraction=0.5, reverse_variance="learned")

@@ -197,3 +197,25 @@ def test_geometric_strata_cover_every_t_once_and_their_estimate_is_unbiased(T: i
     # The expectation over each stratum's uniform t: width x the stratum's mean term = the stratum's sum.
     expectation = sum(w * terms[lo: lo + w].mean() for lo, w in strata)
     assert expectation.item() == pytest.approx(terms[2:].sum().item(), rel=1e-12)
+
+
+@pytest.mark.parametrize(("T", "k", "words"), [
+    (1000, 100, "stratified estimate: 100 strata of t with geometrically growing widths (t = 2 to 25 each alone), one "
+                "uniform t per stratum, weight its width"),
+    (20, 3, "stratified estimate: 3 strata of t with geometrically growing widths, one uniform t per stratum, weight "
+            "its width"),
+    (30, 1, "stratified estimate: 1 stratum of t with geometrically growing widths, one uniform t per stratum, "
+            "weight its width"),
+    (30, 29, "all t"),
+])
+def test_the_geometric_estimate_is_described_as_it_is_drawn(T: int, k: int, words: str) -> None:
+    """The words stored beside every bits/dim name the strata as they are: how many, and which small t's are taken
+    alone (the leading run of one-t strata; none when the first stratum is wider)."""
+    from lightning_modules.likelihood.diffusion_bound import BoundTimesteps
+
+    bound = BoundTimesteps(T, k, "geometric")
+    strata = bound.geometric()
+    assert bound.describe() == words and bound.network_calls() == len(strata)
+    if k < T - 1 and strata[0][1] == 1:
+        alone = next(i for i, (_, width) in enumerate(strata) if width > 1)
+        assert f"t = 2 to {strata[alone - 1][0]} each alone" in words

@@ -114,7 +114,8 @@ def test_publishing_without_samples_leaves_no_samples_folder(project: Path) -> N
 def test_a_full_disk_while_writing_a_seed_says_the_trained_seed_is_safe(tmp_path: Path, failing: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Whichever of a finished seed's files meets a full disk, the one line says where the trained seed is kept and
-    the command that writes its results without training again; result.json (the seed's "complete") never lands."""
+    the command that writes its results without training again; an older result.json (the seed's "complete") is
+    removed first, and the new one never lands."""
     import torch
 
     import benchmarks.core.files as files
@@ -124,6 +125,9 @@ def test_a_full_disk_while_writing_a_seed_says_the_trained_seed_is_safe(tmp_path
     (state / "curve.csv").write_text("epoch,val/loss\n0,1.5\n")
     (state / "samples" / "samples.txt").write_text("hello\n")
     torch.save({"state_dict": {"w": torch.ones(2)}, "callbacks": {}}, tmp_path / "best.ckpt")
+    stale = out / "seeds" / "seed_4" / "result.json"  # an older run's result: gone before anything is written
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"experiment": "hello_lstm", "seed": 4, "metrics": {"test/loss": 9.0}}')
     real_write, real_copy = files._write_file, files._copy_file
 
     def full(path: Path) -> None:
@@ -138,7 +142,7 @@ def test_a_full_disk_while_writing_a_seed_says_the_trained_seed_is_safe(tmp_path
     message = str(err.value)
     assert message.endswith(f"; the trained seed is safe in {state}: `archbench train hello_lstm --seed 4` writes "
                             f"its results without training it again"), message
-    assert not (out / "seeds" / "seed_4" / "result.json").exists()
+    assert not stale.exists()  # so the seed reads as unfinished, never as the older run's numbers
 
 
 def test_a_full_disk_without_a_hint_ends_at_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,6 +103,8 @@ METRIC_KEYS: tuple[MetricKey, ...] = (
     MetricKey("test/bpd_prior", "bits/dim", "none", "L_T, the prior term of test/bpd"),
     MetricKey("test/bpd_diffusion", "bits/dim", "none", "sum of L_{t-1} for t >= 2, the denoising terms of test/bpd"),
     MetricKey("test/bpd_decoder", "bits/dim", "none", "L_0, the discretised decoder term of test/bpd"),
+    MetricKey("train/decoder_nll", "nats/dim", "min", "L_0 per pixel on training images, what the DDPM's decoder head "
+              "fits (the epsilon-network's x_0 estimate held fixed)"),
 )
 
 

@@ -200,25 +200,37 @@ def register_champion(exp: Any, seed: int, run_id: str, checkpoint: Path, uri: s
 
 
 def best_seed(metrics: dict[int, dict[str, float]]) -> int | None:
-    """The seed whose checkpoint has the best monitored validation value, compared in that key's direction; ties,
-    missing and non-finite values fall to the lowest seed.
+    """The seed whose checkpoint has the best monitored validation value, compared in that key's direction; seeds
+    without a finite value lose, ties fall to the lowest seed.
 
     Each seed's run recorded the value its checkpoint was chosen on as ``<monitor>_best`` (run/fit.py), under the
     monitor that run used: read there, not from the model class, because an image model's monitor depends on its
-    arguments (val/fid with an FID extractor, else its fallback) and a run may override it."""
+    arguments (val/fid with an FID extractor, else its fallback) and a run may override it. Seeds chosen on
+    different keys cannot be ranked against each other: one line says so."""
     import math
 
+    from benchmarks.core.errors import ArchbenchError
     from benchmarks.core.metric_keys import direction
 
-    def score(seed: int) -> float:
-        recorded = [(key.removesuffix("_best"), value) for key, value in metrics[seed].items()
-                    if key.startswith("val/") and key.endswith("_best")]
-        if len(recorded) != 1 or not math.isfinite(float(recorded[0][1])):
-            return math.inf
-        key, value = recorded[0]
-        return (-1.0 if direction(key) == "max" else 1.0) * float(value)
+    keys = {key for seed_metrics in metrics.values() for key in seed_metrics if key.endswith("_best")}
+    if len(keys) > 1:
+        raise ArchbenchError(f"the seeds' checkpoints were chosen on different keys ({', '.join(sorted(keys))}), so "
+                             f"no seed is the best of them; retrain them with one monitor")
+    if not keys:
+        return min(metrics) if metrics else None
+    key = keys.pop()
+    mode = direction(key.removesuffix("_best"))
+    if mode not in ("min", "max"):
+        raise ArchbenchError(f"{key.removesuffix('_best')} has no direction in benchmarks/core/metric_keys.py, so "
+                             f"no seed is the best by it; add the key there with 'min' or 'max'")
 
-    return min(sorted(metrics), key=score) if metrics else None
+    def score(seed: int) -> float:
+        value = metrics[seed].get(key)
+        if value is None or not math.isfinite(float(value)):
+            return math.inf
+        return (-1.0 if mode == "max" else 1.0) * float(value)
+
+    return min(sorted(metrics), key=score)
 
 
 def publish_model(exp: Any, record: dict[str, Any], results_dir: Path) -> dict[str, Any]:

@@ -4,11 +4,13 @@ The system is three parts, as in diffusers: the noise schedule (diffusion_schedu
 posterior, one reverse step, the bound's terms), the ε-network (diffusion_unet.py) and this module, which reads
 as the paper's algorithms: ``training_step`` is algorithm 1 (the simple ε-MSE of eq. 14), ``sample`` is
 algorithm 2, and ``vlb_terms`` is the bound of eq. 5 (L_T + Σ L_{t-1} + L_0) in nats, reported in bits per dim.
+Which t's estimate the bound's middle sum is diffusion_bound.py's; the model_args checks are diffusion_settings.py.
 
 Options beyond the paper, each a model_arg: the cosine schedule and learned reverse variances trained with
 L_hybrid = L_simple + λ L_vlb (Nichol & Dhariwal 2021, https://arxiv.org/abs/2102.09672), an exponential moving
-average of the weights that val, test and sampling use (Ho et al. appendix B: decay 0.9999), and a linear
-learning-rate warm-up.
+average of the weights that val, test and sampling use (Ho et al. appendix B: decay 0.9999), a linear
+learning-rate warm-up, a decoder head that refines L_0's mean (trained on L_0 alone), a share of training t's drawn
+log-uniformly (``small_t_fraction``), and the bound's sum estimated over geometric strata of t (``bpd_strata``).
 
 Pixels [0, 1] are mapped to [-1, 1]. The U-Net halves the resolution len(channel_mults) - 1 times, so 28x28
 Fashion-MNIST runs natively (28 -> 14 -> 7) and the bound counts exactly the 784 real pixels; with the
@@ -29,7 +31,7 @@ from torch import Tensor
 from lightning_modules.likelihood.bounds import bits_per_dim, randint, randn
 from lightning_modules.likelihood.diffusion_bound import BoundTimesteps
 from lightning_modules.likelihood.diffusion_scheduler import NoiseScheduler
-from lightning_modules.likelihood.diffusion_settings import check_settings
+from lightning_modules.likelihood.diffusion_settings import check_settings, recorded_settings
 from lightning_modules.likelihood.diffusion_unet import DecoderHead, UNet
 from lightning_modules.likelihood.evaluation import EVAL_SEED, SeededEvaluation, grid_figure
 
@@ -66,7 +68,7 @@ class DDPM(SeededEvaluation):
         pixel_levels: int = 256,
         bpd_images: int = 256,
         bpd_timesteps: int | None = None,  # network calls for Σ L_{t-1} per image (None = every t: exact)
-        bpd_strata: str = "systematic",  # how those t's are drawn (see ``bound_timesteps``)
+        bpd_strata: str = "systematic",  # how those t's are drawn (diffusion_bound.BoundTimesteps)
         sample_count: int = 16,
         sample_steps: int | None = 100,  # the grid only: 100 strided steps, not T (None = all T)
         fid_checkpoint: str | None = None,
@@ -115,7 +117,9 @@ class DDPM(SeededEvaluation):
 
         The bound's terms are largest at small t (the ε-weight of L_{t-1} is about 1 / (2 (t - 1)) there, fifty
         times its value at large t, and the ε-MSE is largest there too), but uniform t gives t <= 20 only 2% of the
-        updates. The loss stays the unweighted ε-MSE: this changes where the network practises, not what it fits.
+        updates. The loss stays the unweighted ε-MSE, so this reweights L_simple towards small t (as L_simple
+        itself reweights the bound's terms); with learned variances it would bias L_vlb's estimate, whose x T assumes
+        uniform t, so diffusion_settings refuses that combination.
         """
         T = self.hparams.timesteps
         t = torch.randint(1, T + 1, (n,), device=device)
@@ -173,10 +177,24 @@ class DDPM(SeededEvaluation):
         x, _ = batch  # [batch, C, H, W] in [0, 1]
         losses = self.losses(x, self.net, t=self.training_timesteps(len(x), x.device))
         loss = losses["loss"]
-        if self.head is not None:
-            loss = loss + self.decoder_loss(x[: self.hparams.decoder_batch])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
-        return loss
+        if self.head is None:
+            return loss
+        # L_0 (nats per pixel) trains only the head; logged under its own key, so train/loss keeps one unit.
+        decoder = self.decoder_loss(x[: self.hparams.decoder_batch])
+        self.log("train/decoder_nll", decoder, on_step=False, on_epoch=True, batch_size=self.hparams.decoder_batch)
+        return loss + decoder
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """The ε-network and the decoder head are clipped apart: they fit different losses (L_simple, L_0), and one
+        joint norm would let the head's gradient shrink the ε-network's steps. Without a head, Lightning's own."""
+        if self.head is None or gradient_clip_val is None:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        clip = (torch.nn.utils.clip_grad_value_ if gradient_clip_algorithm == "value"
+                else torch.nn.utils.clip_grad_norm_)
+        for module in (self.net, self.head):
+            clip(module.parameters(), gradient_clip_val)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """θ_ema <- d θ_ema + (1 - d) θ after every optimiser step, d warmed up as min(decay, (1 + n) / (10 + n))
@@ -307,26 +325,8 @@ class DDPM(SeededEvaluation):
         self._fid = None
 
     def metric_settings(self) -> dict[str, Any]:
-        hp, T, bound = self.hparams, self.hparams.timesteps, self.bound_timesteps()
-        settings: dict[str, Any] = {
-            "loss": "epsilon MSE per pixel (L_simple, Ho et al. 2020 eq. 14), one t ~ U{1..T} and one noise per image",
-            "loss_unit": "mean squared error of the noise prediction, per pixel",
-            "bpd": "variational bound L_T + sum L_{t-1} + L_0 (eq. 5), discretised Gaussian L_0, bits per dimension",
-            "bpd_images": self._bpd_seen or hp.bpd_images,
-            "bpd_terms": bound.describe(),
-            "bpd_network_calls_per_image": 1 + bound.network_calls(),
-            "pixel_levels": hp.pixel_levels,
-            "schedule": hp.schedule,
-            "reverse_variance": hp.reverse_variance,
-            "timesteps": T,
-            "ema_decay": hp.ema_decay,
-            "weights": "EMA" if self.ema is not None else "trained",
-            "sample_steps": len(self.scheduler.sampling_timesteps(hp.sample_steps)) - 1,
-            "sampler": (f"ancestral over evenly spaced t's, each jump drawn from the posterior at the clipped x̂_0 with "
-                        f"the {hp.reverse_variance} variance of the jump; the last step returns x̂_0"),
-            "eval_seed": EVAL_SEED,
-        }
-        return settings | self._fid_settings
+        return recorded_settings(self.hparams, self.scheduler, self.bound_timesteps(), self.head is not None,
+                                 self.ema is not None, self._bpd_seen or self.hparams.bpd_images) | self._fid_settings
 
     @torch.no_grad()
     def make_samples(self) -> dict[str, Figure]:

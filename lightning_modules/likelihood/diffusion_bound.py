@@ -52,9 +52,15 @@ class BoundTimesteps:
             strata = self.geometric()
             if len(strata) == self.timesteps - 1:
                 return "all t"
-            single = max([lo for lo, width in strata if width == 1], default=1)
-            return (f"stratified estimate: {len(strata)} strata of t with geometrically growing widths (single t up to "
-                    f"t={single}), one uniform t per stratum, weight its width")
+            alone = 0  # the leading run of strata holding one t each (the smallest t's, taken exactly)
+            for lo, width in strata:
+                if width != 1:
+                    break
+                alone = lo
+            single = f" (t = 2 to {alone} each alone)" if alone > 2 else " (t = 2 alone)" if alone == 2 else ""
+            count = f"{len(strata)} stratum" if len(strata) == 1 else f"{len(strata)} strata"
+            return (f"stratified estimate: {count} of t with geometrically growing widths{single}, one uniform t per "
+                    f"stratum, weight its width")
         if self.stride == 1:
             return "all t"
         return f"stratified estimate: every {self.stride}th t from a random offset, weight {self.stride}"

@@ -1,12 +1,13 @@
-"""The DDPM's model_args checked at construction: one-line ValueErrors naming the argument and what it must be
-(the scheduler checks its own names)."""
+"""The DDPM's model_args checked at construction (one-line ValueErrors naming the argument and what it must be;
+the scheduler checks its own names), and the settings recorded beside its numbers, in words."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lightning_modules.likelihood.diffusion_bound import STRATA
-from lightning_modules.likelihood.evaluation import check_int
+from lightning_modules.likelihood.diffusion_bound import STRATA, BoundTimesteps
+from lightning_modules.likelihood.diffusion_scheduler import NoiseScheduler
+from lightning_modules.likelihood.evaluation import EVAL_SEED, check_int
 
 
 def check_settings(args: dict[str, Any]) -> None:
@@ -41,5 +42,48 @@ def check_settings(args: dict[str, Any]) -> None:
             raise ValueError(f"{name} must be in [0, 1), got {args[name]}")
     if not 0 <= args["small_t_fraction"] <= 1:
         raise ValueError(f"small_t_fraction must be in [0, 1], got {args['small_t_fraction']}")
+    if args["small_t_fraction"] and args["reverse_variance"] == "learned":
+        raise ValueError("small_t_fraction needs uniform training t's with reverse_variance 'learned' (L_vlb's "
+                         "estimate assumes them): set small_t_fraction 0 or choose another reverse_variance")
     if not args["lr"] > 0 or not args["vlb_weight"] >= 0:
         raise ValueError(f"need lr > 0 and vlb_weight >= 0, got lr={args['lr']}, vlb_weight={args['vlb_weight']}")
+
+
+def recorded_settings(hp: Any, scheduler: NoiseScheduler, bound: BoundTimesteps, has_head: bool, averaged: bool,
+                      bpd_images: int) -> dict[str, Any]:
+    """What the DDPM's numbers depend on (its ``metric_settings`` without the FID's)."""
+    training_t = ("one t ~ U{1..T}" if not hp.small_t_fraction else
+                  f"one t per image, U{{1..T}} or, for a share {hp.small_t_fraction:g}, log-uniform on {{1..T}}")
+    return {
+        "loss": f"epsilon MSE per pixel (L_simple, Ho et al. 2020 eq. 14), {training_t} and one noise per image",
+        "loss_unit": "mean squared error of the noise prediction, per pixel",
+        "bpd": "variational bound L_T + sum L_{t-1} + L_0 (eq. 5), discretised Gaussian L_0, bits per dimension",
+        "decoder": decoder_words(hp, scheduler, has_head),
+        "bpd_images": bpd_images,
+        "bpd_terms": bound.describe(),
+        "bpd_network_calls_per_image": 1 + bound.network_calls(),
+        "pixel_levels": hp.pixel_levels,
+        "schedule": hp.schedule,
+        "reverse_variance": hp.reverse_variance,
+        "timesteps": hp.timesteps,
+        "ema_decay": hp.ema_decay,
+        "weights": "EMA" if averaged else "trained",
+        "sample_steps": len(scheduler.sampling_timesteps(hp.sample_steps)) - 1,
+        "sampler": (f"ancestral over evenly spaced t's, each jump drawn from the posterior at the clipped x̂_0 with "
+                    f"the {hp.reverse_variance} variance of the jump; the last jump returns the clipped x̂_0"
+                    + (", or the decoder head's mean when it starts at t = 1" if has_head else "")),
+        "eval_seed": EVAL_SEED,
+    }
+
+
+def decoder_words(hp: Any, scheduler: NoiseScheduler, has_head: bool) -> str:
+    """L_0's mean in words, and whether the sampler of the grid and of the FID reaches the decoder head."""
+    if not has_head:
+        return "Ho et al.'s: the discretised Gaussian at x̂_0 (eq. 13)"
+    visits = {name: 1 in scheduler.sampling_timesteps(steps)
+              for name, steps in (("grid", hp.sample_steps), ("FID", hp.fid_sample_steps))}
+    reach = ", ".join(f"the {name}'s sampler {'does' if hit else 'does not (its last jump starts above t = 1)'}"
+                      for name, hit in visits.items())
+    return (f"the discretised Gaussian at x̂_0 refined by a decoder head ({hp.decoder_head} hidden channels, trained "
+            f"on L_0 alone, on the x̂_0 of the network evaluation uses; its own weights are not averaged); the "
+            f"bound's L_0 uses it, and a sampler only when it steps from t = 1: {reach}")

@@ -210,3 +210,34 @@ def test_a_full_disk_while_copying_sample_images_leaves_the_ledger_as_it_was(pro
     monkeypatch.setattr(files, "_copy_file", real_copy)
     copy_sample_files(record, exp_dir, ledger)
     assert old.read_bytes() == b"new image"
+
+
+@pytest.mark.parametrize(("folder", "content", "problem"), [
+    ("seed_0", "[1, 2]", "is not a seed result (a JSON object with experiment, seed and metrics)"),
+    ("seed_0", '{"experiment": "hello_lstm", "seed": 0}', "is not a seed result (a JSON object with experiment, seed "
+                                                           "and metrics)"),
+    ("seed_0", '{"experiment": "hello_lstm", "seed": 3, "metrics": {}}', "says seed 3 but lies in seed_0/"),
+    ("seed_0", '{"experiment": "words_lstm", "seed": 0, "metrics": {}}', "is a result of experiment 'words_lstm', not "
+                                                                        "'hello_lstm'"),
+])
+def test_a_result_file_that_is_not_this_seeds_result_is_one_line_naming_it(tmp_path: Path, folder: str, content: str,
+                                                                           problem: str) -> None:
+    """A result.json copied into another seed's or experiment's folder, or not a result at all, would stand in for
+    that seed's numbers: refused in one line that names the file, the problem and the fix."""
+    path = tmp_path / "hello_lstm" / "seeds" / folder / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(ArchbenchError) as err:
+        results.load_seed_results(tmp_path / "hello_lstm")
+    assert str(err.value) == (f"{path} {problem}; delete it and rerun that seed "
+                              f"(`archbench train hello_lstm --seed 0`)")
+
+
+def test_a_folder_among_the_seeds_that_is_not_a_seed_folder_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "hello_lstm" / "seeds" / "seed_best" / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{}")
+    with pytest.raises(ArchbenchError) as err:
+        results.load_seed_results(tmp_path / "hello_lstm")
+    assert str(err.value) == (f"{path.parent} is not a seed folder (seed_<N>); move it out of "
+                              f"{tmp_path / 'hello_lstm' / 'seeds'}")

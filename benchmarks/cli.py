@@ -220,6 +220,7 @@ def cmd_density(args: argparse.Namespace) -> int:
     report = run_density_study(
         conf["datasets"], sorted(set(conf["dims"])), conf.get("n_train"), conf.get("n_test"), int(conf.get("seed", 0)),
         int(conf.get("gmm_components", 4)), out, cv_folds=int(conf.get("cv_folds", 5)), progress=not args.no_progress,
+        threads=int(settings(params)["threads"]),
     )
     for name, entry in report["results"].items():
         print(f"{name}: crossover d = {entry['crossover']}")

@@ -144,6 +144,12 @@ def test_density_study_small(tmp_path: Path) -> None:
     r = saved["results"]["digits"]["dims"]["8"]
     assert r["kde"]["test_mean_log_lik_per_dim"] == pytest.approx(r["kde"]["test_mean_log_lik"] / 8)
     assert saved["results"]["digits"]["n_train"] == 300 and saved["settings"]["seed"] == 0
+    # The study runs at the threads it is given, whatever the process had: the same bytes from a 2-thread process.
+    torch.set_num_threads(2)
+    run_density_study(["toy_ring", "digits"], [2, 8], n_train=300, n_test=200, seed=0, gmm_components=3,
+                      out_dir=tmp_path / "again", progress=False)
+    assert torch.get_num_threads() == 1
+    assert (tmp_path / "again" / "density.json").read_bytes() == (tmp_path / "density.json").read_bytes()
 
 
 def test_a_large_n_test_never_empties_the_digits_training_set() -> None:

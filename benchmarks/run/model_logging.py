@@ -199,6 +199,11 @@ def register_champion(exp: Any, seed: int, run_id: str, checkpoint: Path, uri: s
     return str(version.version)
 
 
+def chosen_keys(metrics: dict[str, float]) -> set[str]:
+    """The key(s) a seed's checkpoint was chosen on, as its run recorded them (``<monitor>_best``, run/fit.py)."""
+    return {key.removesuffix("_best") for key in metrics if key.endswith("_best")}
+
+
 def best_seed(metrics: dict[int, dict[str, float]]) -> int | None:
     """The seed whose checkpoint has the best monitored validation value, compared in that key's direction; seeds
     without a finite value lose, ties fall to the lowest seed.
@@ -212,20 +217,21 @@ def best_seed(metrics: dict[int, dict[str, float]]) -> int | None:
     from benchmarks.core.errors import ArchbenchError
     from benchmarks.core.metric_keys import direction
 
-    keys = {key for seed_metrics in metrics.values() for key in seed_metrics if key.endswith("_best")}
+    keys = set().union(*map(chosen_keys, metrics.values()))
     if len(keys) > 1:
-        raise ArchbenchError(f"the seeds' checkpoints were chosen on different keys ({', '.join(sorted(keys))}), so "
-                             f"no seed is the best of them; retrain them with one monitor")
+        raise ArchbenchError(f"the seeds' checkpoints were chosen on different keys "
+                             f"({', '.join(sorted(k + '_best' for k in keys))}), so no seed is the best of them; "
+                             f"retrain them with one monitor")
     if not keys:
         return min(metrics) if metrics else None
-    key = keys.pop()
-    mode = direction(key.removesuffix("_best"))
+    monitor = keys.pop()
+    mode = direction(monitor)
     if mode not in ("min", "max"):
-        raise ArchbenchError(f"{key.removesuffix('_best')} has no direction in benchmarks/core/metric_keys.py, so "
+        raise ArchbenchError(f"{monitor} has no direction in benchmarks/core/metric_keys.py, so "
                              f"no seed is the best by it; add the key there with 'min' or 'max'")
 
     def score(seed: int) -> float:
-        value = metrics[seed].get(key)
+        value = metrics[seed].get(f"{monitor}_best")
         if value is None or not math.isfinite(float(value)):
             return math.inf
         return (-1.0 if mode == "max" else 1.0) * float(value)

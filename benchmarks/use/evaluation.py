@@ -49,6 +49,8 @@ def compare(recorded: dict[str, float], fresh: dict[str, float], split: str, mod
         keys = sorted(k for k in fresh if k.startswith("test/"))
         return [(k, recorded.get(k), fresh[k]) for k in keys]
     # The key this seed's checkpoint was chosen on, as its run recorded it (a run may override the model's own).
-    chosen = [k.removesuffix("_best") for k in recorded if k.endswith("_best")]
-    monitor = chosen[0] if len(chosen) == 1 else declared(model, "monitor")
+    from benchmarks.run.model_logging import chosen_keys
+
+    chosen = chosen_keys(recorded)
+    monitor = chosen.pop() if len(chosen) == 1 else declared(model, "monitor")
     return [(k, recorded.get(f"{k}_best") if k == monitor else None, fresh[k]) for k in sorted(fresh)]

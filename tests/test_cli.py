@@ -40,7 +40,7 @@ def test_list_shows_models_datasets_experiments(project: Path, capsys: pytest.Ca
 
 
 def test_the_summary_line_gives_the_95_ci_and_none_for_one_seed(capsys: pytest.CaptureFixture[str]) -> None:
-    from benchmarks.cli import _print_summary
+    from benchmarks.commands import _print_summary
     from benchmarks.run.results import mean_std_ci
 
     _print_summary("x", {"summary": {"test/acc": mean_std_ci([0.5, 0.6, 0.7]), "test/loss": mean_std_ci([1.25])}})

@@ -5,7 +5,8 @@ Lightning's test loop, as ``archbench train`` runs it) against an independent co
 against such an oracle (a library's own API, a count by hand, a closed form); ``NO_ORACLE_YET`` lists the
 keys still without one, with what the oracle would be. A new metric adds its row, and its test, in one of
 the two: ``test_every_ranked_metric_names_its_oracle`` fails for a key in neither. (The aggregation of these
-numbers over seeds, metrics.json and the ledger, is checked in tests/test_published_numbers.py.)
+numbers over seeds, metrics.json and the ledger, is checked in tests/test_published_numbers.py and
+tests/test_published_ledger.py.)
 """
 
 from __future__ import annotations

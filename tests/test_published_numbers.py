@@ -1,78 +1,35 @@
-"""The numbers archbench publishes, against a second computation: metrics.json (``archbench collect``) and the
-ledger (``archbench publish``) recomputed with ``statistics`` and scipy from the per-seed values written here,
-and the staleness rule that decides which seeds count at all. No training: the seed files are written in the
-layout train.py leaves (benchmarks/run/results.py), so each test takes milliseconds.
+"""The numbers archbench publishes, against a second computation: metrics.json (``archbench collect``)
+recomputed with ``statistics`` and scipy from the per-seed values written here, the staleness rule that decides
+which seeds count at all, and what a finished seed leaves. No training: the seed files are written in the layout
+train.py leaves (tests/published_seeds.py), so each test takes milliseconds. The ledger: test_published_ledger.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
-from scipy import stats
 
 from benchmarks.core.errors import ArchbenchError
-from benchmarks.core.params import Experiment, experiment_from_params
 from benchmarks.run.results import current_seeds, merge_seeds
-from tests.conftest import tiny_params
-
-CODE = "c0de00c0de00"  # the code hash these seeds were made by (merge_seeds takes it as an argument)
-DATA = "d0"  # the data hash they saw; the data "now" is that too, unless a test says otherwise
-
-
-import benchmarks.run.results as _results  # noqa: E402
-
-REAL_DATA_HASH = _results.data_hash  # before the fixture below stands in for it
+from tests.published_seeds import (
+    CODE,
+    REAL_DATA_HASH,
+    VALUES,
+    _results,
+    assert_numbers,
+    data_now_is_d0,
+    experiment,
+    write_seed,
+)
 
 
 @pytest.fixture(autouse=True)
 def _data_now_is_d0(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Merging and publishing compare each seed's data hash with the data as it is now (one build of the
-    datamodule); these seeds are written by hand, so the data now is the hash they were written with."""
-    import benchmarks.run.results as results
-
-    monkeypatch.setattr(results, "data_hash", lambda exp, data_dir: DATA)
-# Per-seed values, chosen so that the sample and the population std differ by a fifth (n = 3).
-VALUES = {0: {"test/loss": 1.50, "test/bpc": 2.164}, 1: {"test/loss": 1.62, "test/bpc": 2.337},
-          2: {"test/loss": 1.41, "test/bpc": 2.034}}
-
-
-def experiment(seeds: tuple[int, ...] = (0, 1, 2)) -> Experiment:
-    return replace(experiment_from_params(tiny_params(), "hello_lstm"), seeds=seeds)
-
-
-def write_seed(results: Path, exp: Experiment, seed: int, metrics: dict[str, float], **override: Any) -> Path:
-    """results/<exp>/seeds/seed_N/result.json and provenance.json as train.py writes them."""
-    seed_dir = results / exp.name / "seeds" / f"seed_{seed}"
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    result = {"experiment": exp.name, "seed": seed, "metrics": metrics, "stopped_by": "max_epochs", "epochs": 2,
-              "steps": 10 + seed, "budget": {"max_epochs": 2}, "settings": {"loss_unit": "nats per character"},
-              "config_hash": exp.config_hash(), "code_hash": CODE, "data_hash": "d0"} | override
-    (seed_dir / "provenance.json").write_text(json.dumps({"run_id": f"run{seed}", "git_commit": "abc"}))
-    (seed_dir / "result.json").write_text(json.dumps(result))
-    return seed_dir
-
-
-def oracle(values: list[float]) -> dict[str, float]:
-    """mean, sample std and 95% t half-width computed independently of benchmarks.core.stats."""
-    mean = statistics.mean(values)
-    low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
-    return {"mean": mean, "std": statistics.stdev(values), "ci95": (high - low) / 2, "n": len(values)}
-
-
-def assert_numbers(published: dict[str, Any], values: dict[int, dict[str, float]]) -> None:
-    keys = sorted({k for m in values.values() for k in m})
-    assert sorted(k for k in published if k != "n_seeds") == keys
-    for key in keys:
-        expected = oracle([m[key] for m in values.values() if key in m])
-        assert set(published[key]) == set(expected), key
-        for stat, value in expected.items():
-            assert published[key][stat] == pytest.approx(value, rel=1e-12), (key, stat)
+    data_now_is_d0(monkeypatch)
 
 
 # --- metrics.json and summary.json -------------------------------------------------------------------------
@@ -190,142 +147,6 @@ def test_a_corrupt_seed_file_is_one_line_naming_it(tmp_path: Path) -> None:
                               f"(`archbench train hello_lstm --seed 0`)")
 
 
-# --- the ledger ----------------------------------------------------------------------------------------------
-def _publishable(project: Path, seeds: tuple[int, ...], values: dict[int, dict[str, float]]) -> dict[str, Any]:
-    """params whose hello_lstm has ``seeds``, and those seeds written under project/results for the current code."""
-    from benchmarks.core.provenance import code_hash
-
-    params = tiny_params()
-    params["experiments"]["hello_lstm"]["seeds"] = list(seeds)
-    exp = experiment_from_params(params, "hello_lstm")
-    for seed in seeds:
-        if seed in values:
-            write_seed(project / "results", exp, seed, values[seed], code_hash=code_hash(exp))
-    return params
-
-
-def test_the_ledger_publishes_the_numbers_statistics_and_scipy_give(project: Path) -> None:
-    from benchmarks.report.ledger import publish
-
-    params = _publishable(project, (0, 1, 2, 3), VALUES)  # seed 3 never ran: published only when asked
-    with pytest.raises(ArchbenchError, match=r"seed \[3\] not finished.*--allow-missing"):
-        publish(params, "hello_lstm", project / "results")
-    path = publish(params, "hello_lstm", project / "results", allow_missing=True)
-    assert path == project / "ledger" / "hello_lstm.json"
-    record = json.loads(path.read_text())
-    assert_numbers(record["summary"], VALUES)
-    numbers = json.loads((project / "ledger" / "metrics" / "hello_lstm.json").read_text())
-    assert numbers == record["summary"] | {"n_seeds": 3}
-    assert record["seeds"]["1"] == {"metrics": VALUES[1], "stopped_by": "max_epochs", "epochs": 2, "steps": 11,
-                                    "provenance": {"run_id": "run1", "git_commit": "abc", "experiment_id": None}}
-    assert sorted(record["seeds"]) == ["0", "1", "2"] and record["missing_seeds"] == [3]
-    exp = experiment_from_params(params, "hello_lstm")
-    assert record["config"] == json.loads(json.dumps(exp.as_dict())) and record["config_hash"] == exp.config_hash()
-    assert {k: record[k] for k in ("experiment", "model", "data", "profile", "data_hash", "budget", "settings",
-                                   "truncated", "schema", "description")} == {
-        "description": exp.description,
-        "experiment": "hello_lstm", "model": exp.model, "data": exp.data, "profile": exp.profile, "data_hash": "d0",
-        "budget": {"max_epochs": 2}, "settings": {"loss_unit": "nats per character"}, "truncated": False, "schema": 1}
-    # the same numbers as metrics.json: one rule for both
-    merge_seeds(exp, project / "results", code=record["code_hash"])
-    assert json.loads((project / "results" / "hello_lstm" / "metrics.json").read_text()) == numbers
-
-
-def test_the_ledger_std_is_the_sample_std_and_one_seed_has_no_spread(project: Path) -> None:
-    from benchmarks.report.ledger import publish
-
-    publish(_publishable(project, (0, 1, 2), VALUES), "hello_lstm", project / "results")
-    std = json.loads((project / "ledger" / "metrics" / "hello_lstm.json").read_text())["test/loss"]["std"]
-    assert std == pytest.approx(statistics.stdev([m["test/loss"] for m in VALUES.values()]), rel=1e-12)
-    publish(_publishable(project / "one", (0,), VALUES), "hello_lstm", project / "one" / "results")
-    assert json.loads((project / "one" / "ledger" / "metrics" / "hello_lstm.json").read_text()) == {
-        "test/bpc": {"mean": 2.164, "n": 1}, "test/loss": {"mean": 1.5, "n": 1}, "n_seeds": 1}
-
-
-def test_the_ledger_refuses_a_seed_from_another_config(project: Path) -> None:
-    from benchmarks.report.ledger import publish
-
-    params = _publishable(project, (0, 1), VALUES)
-    seed1 = project / "results" / "hello_lstm" / "seeds" / "seed_1" / "result.json"
-    seed1.write_text(json.dumps(json.loads(seed1.read_text()) | {"config_hash": "feedfeedfeed"}))
-    with pytest.raises(ArchbenchError) as err:
-        publish(params, "hello_lstm", project / "results")
-    assert str(err.value) == ("cannot publish hello_lstm: seed 1: made by another config of hello_lstm "
-                              "(feedfeedfeed); run `archbench train hello_lstm` for it (or publish the current "
-                              "seeds alone with --allow-missing, which the ledger records)")
-    assert not (project / "ledger").exists()
-
-
-def test_the_ledger_refuses_no_seeds_and_diverged_seeds(project: Path) -> None:
-    from benchmarks.report.ledger import publish
-
-    params = _publishable(project, (0, 1), {})
-    with pytest.raises(ArchbenchError) as err:
-        publish(params, "hello_lstm", project / "results")
-    assert str(err.value) == (f"cannot publish hello_lstm: no finished seed under "
-                              f"{project / 'results' / 'hello_lstm' / 'seeds'}; run `archbench train hello_lstm` first")
-    params = _publishable(project, (0, 1), VALUES)
-    seed0 = project / "results" / "hello_lstm" / "seeds" / "seed_0" / "result.json"
-    seed0.write_text(json.dumps(json.loads(seed0.read_text()) | {"stopped_by": "diverged"}))
-    with pytest.raises(ArchbenchError) as err:
-        publish(params, "hello_lstm", project / "results")
-    assert str(err.value) == "cannot publish hello_lstm: seed 0 diverged; fix the recipe and rerun it"
-
-
-def test_ledger_curves_are_thinned_to_the_last_point_at_six_digits(project: Path) -> None:
-    from benchmarks.report.ledger import MAX_CURVE_POINTS, publish, thin
-
-    params = _publishable(project, (0, 1), VALUES)
-    rows = ["epoch,val/loss,val/bleu"] + [f"{e},{1 + 1 / (e + 3)},{'' if e % 2 else e / 7}" for e in range(450)]
-    curves = project / "results" / "hello_lstm" / "curves"
-    curves.mkdir(parents=True)
-    (curves / "seed_0.csv").write_text("\n".join(rows) + "\n")
-    (curves / "seed_5.csv").write_text("epoch,val/loss\n0,1.0\n")  # a seed that is not current
-    record = json.loads(publish(params, "hello_lstm", project / "results").read_text())
-    assert sorted(record["curves"]) == ["0"]
-    curve = record["curves"]["0"]
-    kept = list(range(0, 450, 3)) + [449]  # ceil(450 / 200) = 3
-    assert MAX_CURVE_POINTS == 200 and curve["epoch"] == [float(e) for e in kept]
-    assert curve["val/loss"] == [float(f"{1 + 1 / (e + 3):.6g}") for e in kept]
-    assert curve["val/bleu"] == [None if e % 2 else float(f"{e / 7:.6g}") for e in kept]
-    assert thin({"a": [0.123456789, None]}) == {"a": [0.123457, None]} and thin({}) == {}
-    assert thin({"a": [float(i) for i in range(200)]})["a"] == [float(i) for i in range(200)]
-    assert thin({"a": [float(i) for i in range(201)]})["a"] == [float(i) for i in range(0, 201, 2)]
-
-
-def test_ledger_samples_inline_text_of_every_seed_and_images_of_the_first(project: Path) -> None:
-    from benchmarks.report.ledger import publish
-
-    params = _publishable(project, (0, 1), VALUES)
-    seeds = project / "results" / "hello_lstm" / "seeds"
-    for seed in (0, 1):
-        (seeds / f"seed_{seed}" / "samples").mkdir()
-        (seeds / f"seed_{seed}" / "samples" / "words.txt").write_text(f"hello {seed}\n")
-        (seeds / f"seed_{seed}" / "samples" / "grid.png").write_bytes(b"\x89PNG seed %d" % seed)
-        (seeds / f"seed_{seed}" / "samples" / "more.png").write_bytes(b"\x89PNG more %d" % seed)
-    stale = project / "ledger" / "samples" / "hello_lstm" / "seed_7"
-    stale.mkdir(parents=True)
-    record = json.loads(publish(params, "hello_lstm", project / "results").read_text())
-    assert record["samples"] == {
-        "0": [{"name": "grid.png", "file": "samples/hello_lstm/seed_0/grid.png"},
-              {"name": "more.png", "file": "samples/hello_lstm/seed_0/more.png"},
-              {"name": "words.txt", "text": "hello 0\n"}],
-        "1": [{"name": "words.txt", "text": "hello 1\n"}]}
-    assert (project / "ledger" / "samples" / "hello_lstm" / "seed_0" / "grid.png").read_bytes() == b"\x89PNG seed 0"
-    assert not stale.exists() and not (project / "ledger" / "samples" / "hello_lstm" / "seed_1").exists()
-    assert not list((project / "ledger").rglob(".*.tmp"))
-
-
-def test_publishing_twice_gives_the_same_bytes(project: Path) -> None:
-    from benchmarks.report.ledger import publish
-
-    params = _publishable(project, (0, 1, 2), VALUES)
-    first = publish(params, "hello_lstm", project / "results").read_bytes()
-    assert publish(params, "hello_lstm", project / "results").read_bytes() == first
-    assert list(json.loads(first)) == sorted(json.loads(first)) and first.endswith(b"}\n")
-    assert not math.isnan(json.loads(first)["summary"]["test/loss"]["ci95"])
-
-
 # --- what a finished seed leaves, and the compare view's "within" --------------------------------------------
 def test_a_finished_seed_leaves_its_files_with_the_result_last(tmp_path: Path) -> None:
     import torch
@@ -403,26 +224,6 @@ def test_a_rerun_seed_overwrites_its_files_and_any_checkpoint_loads(tmp_path: Pa
     assert saved == {"hyper_parameters": {"ratio": Fraction(1, 3)}, "epoch": 1}
 
 
-def test_the_ledger_keeps_each_seeds_provenance_and_marks_a_truncated_run(project: Path) -> None:
-    from benchmarks.report.ledger import publish
-
-    params = _publishable(project, (0, 1, 2), VALUES)
-    seeds = project / "results" / "hello_lstm" / "seeds"
-    (seeds / "seed_0" / "provenance.json").write_text(json.dumps({"run_id": "r0", "experiment_id": "7"}))
-    (seeds / "seed_1" / "provenance.json").write_text(json.dumps({"git_commit": "abc"}))  # no MLflow run
-    (seeds / "seed_2" / "provenance.json").unlink()
-    result = json.loads((seeds / "seed_2" / "result.json").read_text())
-    (seeds / "seed_2" / "result.json").write_text(json.dumps(result | {"stopped_by": "max_time"}))
-    result = json.loads((seeds / "seed_0" / "result.json").read_text())  # the first seed, read for budget/settings
-    (seeds / "seed_0" / "result.json").write_text(json.dumps({k: v for k, v in result.items()
-                                                              if k not in ("budget", "settings")}))
-    record = json.loads(publish(params, "hello_lstm", project / "results").read_text())
-    assert [record["seeds"][s]["provenance"] for s in ("0", "1", "2")] == [
-        {"run_id": "r0", "experiment_id": "7"}, {"git_commit": "abc"}, {}]
-    assert record["truncated"] is True and record["seeds"]["2"]["stopped_by"] == "max_time"
-    assert (record["budget"], record["settings"]) == ({}, {})
-
-
 def test_merging_without_a_code_hash_uses_the_experiments_own(tmp_path: Path) -> None:
     from benchmarks.core.provenance import code_hash
 
@@ -440,12 +241,6 @@ def test_every_stale_seed_is_named_when_none_is_left(tmp_path: Path) -> None:
         merge_seeds(exp, tmp_path, code=CODE)
     assert str(err.value) == (f"hello_lstm: no finished seed to merge (seed 0: made by other code (old0, now {CODE}); "
                               f"seed 1: made by other code (old1, now {CODE})); run `archbench train hello_lstm` first")
-
-
-def test_an_empty_curve_thins_to_nothing() -> None:
-    from benchmarks.report.ledger import thin
-
-    assert thin({"epoch": [], "val/loss": []}) == {"epoch": [], "val/loss": []}
 
 
 def test_json_files_are_written_whole_with_their_folders_and_plain_values(tmp_path: Path) -> None:

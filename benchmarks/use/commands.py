@@ -57,10 +57,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     from benchmarks.use.images import write_samples
 
-    out = write_samples(model, args.count or 16, args.noise_seed, args.label, Path(args.out or "samples.png"), args.scale,
+    label = None if args.label is None else _label(args, model, chosen.experiment)
+    out = write_samples(model, args.count or 16, args.noise_seed, label, Path(args.out or "samples.png"), args.scale,
                         chosen.experiment)
     print(out)
     return 0
+
+
+def _label(args: argparse.Namespace, model: Any, experiment: str) -> int:
+    """--label as a class number: a number, or a class name of the data the experiment trains on."""
+    from benchmarks.core.params import experiment_from_params, load_params
+    from benchmarks.use.class_names import CLASS_NAMES, resolve_label
+    from benchmarks.use.images import check_conditional
+
+    check_conditional(model, experiment)
+    try:  # a model URI from another project may name an experiment this params file lacks: numbers only then
+        data = experiment_from_params(load_params(args.params), experiment).data
+    except ArchbenchError:
+        data = None
+    names = CLASS_NAMES.get(data) if data else None
+    label = resolve_label(args.label, names, int(model.hparams.num_classes), experiment)
+    print(f"# class {label}" + (f" ({names[label]})" if names else ""), file=sys.stderr)
+    return label
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
@@ -123,8 +141,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from benchmarks.core.params import load_params
-    from benchmarks.use.evaluation import compare, evaluate
     from benchmarks.use.checkpoints import choose, recorded_metrics
+    from benchmarks.use.evaluation import compare, evaluate
 
     params = load_params(args.params)
     if args.target.startswith(("models:/", "runs:/")):
@@ -164,7 +182,8 @@ def add_parsers(sub: Any, seed_type: Any) -> None:
     p.add_argument("--length", type=int, default=200, help="char LM: characters to sample after the prime")
     p.add_argument("--temperature", type=float, default=1.0, help="char LM: softmax temperature (lower is safer)")
     p.add_argument("--count", type=int, default=None, help="texts to print, or images in the grid (default 1; 16 for images)")
-    p.add_argument("--label", type=int, default=None, help="class-conditional generator: the class to draw")
+    p.add_argument("--label", default=None, metavar="CLASS",
+                   help="class-conditional generator: the class to draw, a number or a name (e.g. 'ankle boot')")
     p.add_argument("--out", default=None, help="image generators: the PNG to write (default samples.png)")
     p.add_argument("--scale", type=int, default=2, help="image generators: pixels per image pixel in the PNG")
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the sampling noise (same seed, same output)")

@@ -27,13 +27,18 @@ def draw(model: Any, count: int, seed: int, label: int | None, name: str) -> Any
         raise ArchbenchError(f"--count {count}: give at least one image")
     if label is None:
         return generate_images(model, count, seed)
-    if not is_conditional(model):
-        raise ArchbenchError(f"{name} is not class-conditional: drop --label (a conditional generator, e.g. the "
-                             f"cgan, takes generate(n, seed, label=K))")
+    check_conditional(model, name)
     classes = int(model.hparams.num_classes)
     if not 0 <= label < classes:
         raise ArchbenchError(f"--label {label}: {name} has classes 0..{classes - 1}")
     return generate_images(model, count, seed, label)
+
+
+def check_conditional(model: Any, name: str) -> None:
+    """One line for --label given to a generator that takes no class."""
+    if not is_conditional(model):
+        raise ArchbenchError(f"{name} is not class-conditional: drop --label (a conditional generator, e.g. the "
+                             f"cgan, takes generate(n, seed, label=K))")
 
 
 def grid_size(count: int, height: int, width: int, scale: int) -> tuple[int, int]:

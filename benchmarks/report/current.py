@@ -1,5 +1,7 @@
 """The report shows current numbers only: each seed of each experiment in results/ is checked against the config,
 code and data as they are now (the rule of ``collect`` and ``publish``), and a stale one is named and left out.
+A published entry stays (the ledger is the record of what was published), but one that today's config or code
+would no longer make says so beside its name: the number is the older recipe's until it is rerun and republished.
 
 An experiment no longer in params.yaml is shown as it is (there is nothing current to compare it with); one
 whose dataset cannot be found here is shown unchecked, and the report says so.
@@ -15,10 +17,20 @@ from benchmarks.core.errors import ArchbenchError
 
 def leave_out_stale(model: dict[str, Any], results_dir: Path, params: dict[str, Any] | None) -> list[str]:
     """Drop stale seeds from ``model["entries"]`` (an experiment left with none is dropped); returns what was said."""
-    from benchmarks.core.params import experiment_from_params, experiment_names, settings
+    from benchmarks.core.params import (
+        experiment_from_params,
+        experiment_names,
+        settings,
+    )
     from benchmarks.core.provenance import code_hash
     from benchmarks.report.site.collect import summarise
-    from benchmarks.run.results import RESULT_FILE, data_hash, load_seed_results, stale_reason, seed_results_dir
+    from benchmarks.run.results import (
+        RESULT_FILE,
+        data_hash,
+        load_seed_results,
+        seed_results_dir,
+        stale_reason,
+    )
 
     if not params:
         return []
@@ -53,3 +65,23 @@ def leave_out_stale(model: dict[str, Any], results_dir: Path, params: dict[str, 
     for line in said:
         print(line)
     return said
+
+
+def mark_older_published(published: dict[str, dict[str, Any]], ledger: dict[str, dict[str, Any]],
+                         params: dict[str, Any] | None) -> None:
+    """Set ``older`` on each published entry whose record's config or code hash is not the experiment's now
+    ("config", "code" or "config and code"; None while current). Data is not rebuilt here: the data hash needs the
+    dataset, which a fresh clone may not have."""
+    from benchmarks.core.params import experiment_from_params, experiment_names
+    from benchmarks.core.provenance import code_hash
+
+    known = set(experiment_names(params)) if params else set()
+    for name, entry in published.items():
+        record = ledger.get(name) or {}
+        if name not in known:
+            entry["older"] = None
+            continue
+        exp = experiment_from_params(params, name)
+        older = [what for what, then, now in (("config", record.get("config_hash"), exp.config_hash()),
+                                              ("code", record.get("code_hash"), code_hash(exp))) if then != now]
+        entry["older"] = " and ".join(older) or None

@@ -13,7 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core.files import atomic_copy, atomic_write_text, check_writable, swapped_in
+from benchmarks.core.files import (
+    atomic_copy,
+    atomic_write_text,
+    check_writable,
+    swapped_in,
+)
 from benchmarks.report.current import leave_out_stale
 
 
@@ -53,8 +58,9 @@ def leaderboard_markdown(model: dict[str, Any]) -> str:
 
     lines = ["# archbench leaderboard", "",
              "Test metrics and the best validation value, mean ± half-width of the 95% t-interval over seeds "
-             "(n = number of seeds). Rows marked (published) come from ledger/; (baseline) rows are computed by "
-             "`archbench baselines` on the same split; anchors are published references.", ""]
+             "(n = number of seeds). Rows marked (published) come from ledger/, and (older code: rerun pending) or (older "
+             "config: ...) marks a published row that today's params.yaml or code would no longer make; (baseline) rows "
+             "are computed by `archbench baselines` on the same split; anchors are published references.", ""]
     for table in boards(model["entries"], model["published"], model["baselines"]):
         heads = [f"{k} ({u})" if u else k for k, u in table["columns"]]
         keys = recipe_keys(table)
@@ -72,6 +78,7 @@ def leaderboard_markdown(model: dict[str, Any]) -> str:
                 name, n, stopped, recipe = f"{row['name']} (baseline)", "", "", row["recipe"]
             else:
                 name = row["name"] + (" (published)" if row["source"] == "ledger" else "")
+                name += f" (older {row['older']}: rerun pending)" if row.get("older") else ""
                 n, recipe = str(len(row["seeds"])), recipe_text(row, keys)
                 stopped = ", ".join(sorted({str(s["stopped_by"]) for s in row["seeds"]})) + (
                     " (truncated)" if row["truncated"] else "")

@@ -12,7 +12,14 @@ from benchmarks.report.compute import cpu_hours, run_compute, total
 from benchmarks.report.model_defaults import UNKNOWN, model_default
 from benchmarks.report.site.board_model import boards, cell, stat_of, unit_of
 from benchmarks.report.site.charts import overlay_chart
-from benchmarks.report.site.html import chart_div, esc, mean_ci, num, page, settings_tooltip
+from benchmarks.report.site.html import (
+    chart_div,
+    esc,
+    mean_ci,
+    num,
+    page,
+    settings_tooltip,
+)
 from benchmarks.report.site.pages import budget_text, run_links, stopped_text
 from benchmarks.report.site.vocab import direction, lookup
 
@@ -103,6 +110,12 @@ def _metric_cell(row: dict[str, Any], column: tuple[str, str]) -> str:
             f'title="{esc(tip)}"><a href="exp-{esc(row["name"])}.html#seeds">{esc(mean_ci(stat))}</a></td>')
 
 
+def older_text(row: dict[str, Any]) -> str:
+    """What the "older" badge means, for its tooltip and the Markdown twin."""
+    return (f"published from an older {row['older']} than params.yaml and the code define now: the number is the "
+            f"older recipe's until `archbench train {row['name']}` and `archbench publish {row['name']}` run again")
+
+
 def _published_cell(row: dict[str, Any], key: str | None, ledger: dict[str, dict[str, Any]]) -> str:
     if row["source"] == "ledger":
         return '<td class="pub">this row is the published result</td>'
@@ -129,6 +142,9 @@ def _row(row: dict[str, Any], table: dict[str, Any], keys: list[str], rank: int,
                 f'<td class="recipe">{esc(row["recipe"])}</td><td></td>{cells}<td class="pub">computed by the suite on the '
                 f'same split</td><td colspan="5"></td></tr>')
     badge = ' <span class="badge pubd">published</span>' if row["source"] == "ledger" else ""
+    if row.get("older"):  # published, but today's params or code would make another number
+        badge += (f' <span class="badge warn older" title="{esc(older_text(row))}">older {esc(row["older"])}'
+                  f'</span>')
     size = f"{row['parameters']:,}" if isinstance(row.get("parameters"), int) else "–"
     budget, budget_tip = budget_text(row)
     spent = entry_compute(row)
@@ -222,7 +238,9 @@ def index_page(entries: dict[str, dict[str, Any]], published: dict[str, dict[str
         sections.append(section.removesuffix("</section>") + "".join(chart_div(c) for c in drawn) + "</section>")
     intro = ('<h1>Leaderboards</h1><p>One table per task; a dataset may host several (a classifier, likelihood models '
              'and generators of Fashion-MNIST), and no column mixes units. Rows marked <span class="badge pubd">published'
-             '</span> come from the ledger (ledger/*.json, committed results); <span class="badge base">trivial baseline'
+             '</span> come from the ledger (ledger/*.json, committed results), and <span class="badge warn">older code'
+             '</span> or <span class="badge warn">older config</span> beside one says that today\'s params.yaml or code '
+             'would no longer make it (its number is the older recipe\'s until rerun); <span class="badge base">trivial baseline'
              '</span> rows are computed by <code>archbench baselines</code> on the rows\' own split; anchors are numbers '
              'from the literature, with their source and protocol.</p>' + ctx.get("compute_html", ""))
     if not sections:

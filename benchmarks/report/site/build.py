@@ -10,12 +10,24 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report.current import mark_older_published
 from benchmarks.report.site.assets import write_assets
 from benchmarks.report.site.boards import index_page
-from benchmarks.report.site.collect import attach_config, entry_from_ledger, load_density, load_experiments
+from benchmarks.report.site.collect import (
+    attach_config,
+    entry_from_ledger,
+    load_density,
+    load_experiments,
+)
 from benchmarks.report.site.findings import claims_page, studies_page
-from benchmarks.report.site.findings_data import (baselines_shown, claims_shown, claims_to_note, ledger_compute,
-                                                   studies_shown, tuned_by)
+from benchmarks.report.site.findings_data import (
+    baselines_shown,
+    claims_shown,
+    claims_to_note,
+    ledger_compute,
+    studies_shown,
+    tuned_by,
+)
 from benchmarks.report.site.pages import experiment_page
 from benchmarks.report.site.views import compare_page, density_page
 
@@ -64,6 +76,7 @@ def gather(results_dir: Path, ledger: dict[str, dict[str, Any]], params: dict[st
     entries = load_experiments(results_dir, mlflow_url) if results_dir.is_dir() else {}
     attach_config(entries, params)
     published = {name: entry_from_ledger(rec, mlflow_url) for name, rec in ledger.items()}
+    mark_older_published(published, ledger, params)
     claims, studies = claims_shown(results_dir, folder, params), studies_shown(results_dir, folder)
     return {"entries": entries, "published": published, "ledger": ledger, "claims": claims, "studies": studies,
             "claims_noted": claims_to_note(claims, params), "baselines": baselines_shown(results_dir, folder),

@@ -21,7 +21,7 @@ def test_a_number_or_any_spelling_of_a_name_is_that_class(text: str, number: int
     assert resolve_label(text, FASHION_MNIST, 10, "fashion_cgan") == number
 
 
-@pytest.mark.parametrize("text", ["10", "-1", "boots", "shirt/top", "", "s"])
+@pytest.mark.parametrize("text", ["10", "-1", "--1", "\u00b2", "3.0", "boots", "shirt/top", "", "s"])
 def test_anything_else_is_one_line_listing_every_class(text: str) -> None:
     with pytest.raises(ArchbenchError) as err:
         resolve_label(text, FASHION_MNIST, 10, "fashion_cgan")

@@ -48,11 +48,37 @@ def test_a_current_published_row_has_no_mark_and_older_code_or_config_is_named(p
     md, html = _rows(project, params)
     assert md.startswith("| hello_lstm (published) (older config and code: rerun pending) |")
     assert ">older config and code</span>" in html
+    board = json.loads((project / "results" / "report" / "leaderboard.json").read_text())
+    assert board["hello_lstm"]["older"] == "config and code"
+
+    path.write_text(json.dumps(record))  # the code it was made by, under the changed recipe
+    md, html = _rows(project, params)
+    assert md.startswith("| hello_lstm (published) (older config: rerun pending) |") and ">older config</span>" in html
 
 
-def test_an_experiment_no_longer_defined_is_shown_unmarked(project: Path) -> None:
+@pytest.mark.parametrize("missing", ["config_hash", "code_hash"])
+def test_a_record_without_its_hashes_is_not_called_older(project: Path, missing: str) -> None:
+    """Nothing to compare is not a difference: the row is shown as published, unmarked."""
     params = publishable(project, (0, 1, 2), VALUES)
-    publish(params, "hello_lstm", project / "results")
-    del params["experiments"]["hello_lstm"]
+    path = publish(params, "hello_lstm", project / "results")
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in record.items() if k != missing}))
     md, html = _rows(project, params)
     assert md.startswith("| hello_lstm (published) |") and "older" not in html
+
+
+def test_a_model_no_longer_registered_leaves_the_row_unmarked_and_the_report_whole(project: Path) -> None:
+    """An experiment whose params entry names a model the code no longer has cannot be compared: its published row
+    is shown unmarked and the rest of the report is written. (An entry params.yaml cannot read at all, e.g. an unknown
+    key, stops the report in one line naming the key, as every command does.)"""
+    from benchmarks.core.errors import ArchbenchError
+
+    params = publishable(project, (0, 1, 2), VALUES)
+    publish(params, "hello_lstm", project / "results")
+    defined = dict(params["experiments"]["hello_lstm"])
+    params["experiments"]["hello_lstm"]["model"] = "no_such_model"
+    md, html = _rows(project, params)
+    assert md.startswith("| hello_lstm (published) |") and "older" not in html
+    params["experiments"]["hello_lstm"] = defined | {"model_argz": {}}
+    with pytest.raises(ArchbenchError, match="^experiment 'hello_lstm': unknown key 'model_argz'"):
+        _rows(project, params)

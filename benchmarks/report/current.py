@@ -70,18 +70,21 @@ def leave_out_stale(model: dict[str, Any], results_dir: Path, params: dict[str, 
 def mark_older_published(published: dict[str, dict[str, Any]], ledger: dict[str, dict[str, Any]],
                          params: dict[str, Any] | None) -> None:
     """Set ``older`` on each published entry whose record's config or code hash is not the experiment's now
-    ("config", "code" or "config and code"; None while current). Data is not rebuilt here: the data hash needs the
-    dataset, which a fresh clone may not have."""
+    ("config", "code" or "config and code"); None while current, and None where it cannot be told (a record without
+    its hashes, an experiment no longer defined or no longer valid: the report shows it as published). Data is not
+    rebuilt here: the data hash needs the dataset, which a fresh clone may not have."""
     from benchmarks.core.params import experiment_from_params, experiment_names
     from benchmarks.core.provenance import code_hash
 
     known = set(experiment_names(params)) if params else set()
     for name, entry in published.items():
-        record = ledger.get(name) or {}
-        if name not in known:
-            entry["older"] = None
+        record, entry["older"] = ledger.get(name) or {}, None
+        if name not in known or not record.get("config_hash") or not record.get("code_hash"):
             continue
-        exp = experiment_from_params(params, name)
-        older = [what for what, then, now in (("config", record.get("config_hash"), exp.config_hash()),
-                                              ("code", record.get("code_hash"), code_hash(exp))) if then != now]
+        try:
+            exp = experiment_from_params(params, name)
+            now = {"config": exp.config_hash(), "code": code_hash(exp)}
+        except (ArchbenchError, KeyError):  # a definition that no longer validates, or names a model now gone
+            continue
+        older = [what for what in ("config", "code") if record[f"{what}_hash"] != now[what]]
         entry["older"] = " and ".join(older) or None

@@ -40,7 +40,7 @@ def write_report(results_dir: Path, params: dict[str, Any] | None = None, *, led
                           + density_section(results_dir, build))
         board = {name: {"model": e["model"], "data": e["data"], "source": e["source"],
                         "seeds": [s["seed"] for s in e["seeds"]], "summary": _json_stats(e["summary"]),
-                        "budget": e["budget"], "settings": e["settings"]}
+                        "budget": e["budget"], "settings": e["settings"], "older": e.get("older")}
                  for name, e in {**model["published"], **model["entries"]}.items()}
         atomic_write_text(build / "leaderboard.json", json.dumps(board, indent=2, sort_keys=True) + "\n")
     return out / "index.html"

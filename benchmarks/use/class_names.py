@@ -29,7 +29,10 @@ def resolve_label(text: str, names: Sequence[str] | None, classes: int, name: st
     """The class number ``text`` asks for: a number in 0..classes-1, or one of ``names`` (or one part of a name
     with a slash: "T-shirt", "top"). Anything else is one line listing the classes."""
     text = text.strip()
-    number: int | None = int(text) if text.lstrip("-").isdigit() else None
+    try:
+        number: int | None = int(text)
+    except ValueError:
+        number = None
     if number is None and names:
         wanted = _key(text)
         hits = {k for k, n in enumerate(names) if wanted and wanted in {_key(n), *(_key(p) for p in n.split("/"))}}

@@ -77,7 +77,7 @@ def _label(args: argparse.Namespace, model: Any, experiment: str) -> int:
         data = None
     names = CLASS_NAMES.get(data) if data else None
     label = resolve_label(args.label, names, int(model.hparams.num_classes), experiment)
-    print(f"# class {label}" + (f" ({names[label]})" if names else ""), file=sys.stderr)
+    print(f"# class {label}" + (f" ({names[label]})" if names and label < len(names) else ""), file=sys.stderr)
     return label
 
 

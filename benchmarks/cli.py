@@ -6,22 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks.commands import (
-    cmd_baselines,
-    cmd_claim,
-    cmd_code_hash,
-    cmd_collect,
-    cmd_density,
-    cmd_list,
-    cmd_overhead,
-    cmd_prepare,
-    cmd_publish,
-    cmd_report,
-    cmd_speed,
-    cmd_suite,
-    cmd_train,
-    cmd_tune,
-)
+from benchmarks.commands import (cmd_baselines, cmd_claim, cmd_code_hash, cmd_collect, cmd_density, cmd_list,
+                                 cmd_overhead, cmd_prepare, cmd_publish, cmd_report, cmd_speed, cmd_suite, cmd_train,
+                                 cmd_tune)
 from benchmarks.core.errors import ArchbenchError
 from benchmarks.core.files import FULL, READ_ONLY
 

@@ -27,14 +27,6 @@ VALUES = {0: {"test/loss": 1.50, "test/bpc": 2.164}, 1: {"test/loss": 1.62, "tes
           2: {"test/loss": 1.41, "test/bpc": 2.034}}
 
 
-def data_now_is_d0(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Merging and publishing compare each seed's data hash with the data as it is now (one build of the
-    datamodule); these seeds are written by hand, so the data now is the hash they were written with."""
-    import benchmarks.run.results as results
-
-    monkeypatch.setattr(results, "data_hash", lambda exp, data_dir: DATA)
-
-
 def experiment(seeds: tuple[int, ...] = (0, 1, 2)) -> Experiment:
     return replace(experiment_from_params(tiny_params(), "hello_lstm"), seeds=seeds)
 

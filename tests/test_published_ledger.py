@@ -15,17 +15,10 @@ import pytest
 from benchmarks.core.errors import ArchbenchError
 from benchmarks.core.params import experiment_from_params
 from benchmarks.run.results import merge_seeds
-from tests.published_seeds import (
-    VALUES,
-    assert_numbers,
-    data_now_is_d0,
-    publishable,
-)
+from tests.published_seeds import VALUES, assert_numbers, publishable
 
 
-@pytest.fixture(autouse=True)
-def _data_now_is_d0(monkeypatch: pytest.MonkeyPatch) -> None:
-    data_now_is_d0(monkeypatch)
+pytestmark = pytest.mark.usefixtures("data_now_is_d0")
 
 
 def test_the_ledger_publishes_the_numbers_statistics_and_scipy_give(project: Path) -> None:

@@ -15,21 +15,11 @@ import pytest
 
 from benchmarks.core.errors import ArchbenchError
 from benchmarks.run.results import current_seeds, merge_seeds
-from tests.published_seeds import (
-    CODE,
-    REAL_DATA_HASH,
-    VALUES,
-    _results,
-    assert_numbers,
-    data_now_is_d0,
-    experiment,
-    write_seed,
-)
+from tests.published_seeds import (CODE, REAL_DATA_HASH, VALUES, _results, assert_numbers, experiment,
+                                   write_seed)
 
 
-@pytest.fixture(autouse=True)
-def _data_now_is_d0(monkeypatch: pytest.MonkeyPatch) -> None:
-    data_now_is_d0(monkeypatch)
+pytestmark = pytest.mark.usefixtures("data_now_is_d0")
 
 
 # --- metrics.json and summary.json -------------------------------------------------------------------------

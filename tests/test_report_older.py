@@ -10,12 +10,10 @@ import pytest
 
 from benchmarks.report.leaderboard import write_report
 from benchmarks.report.ledger import publish
-from tests.published_seeds import VALUES, data_now_is_d0, publishable
+from tests.published_seeds import VALUES, publishable
 
 
-@pytest.fixture(autouse=True)
-def _data_now_is_d0(monkeypatch: pytest.MonkeyPatch) -> None:
-    data_now_is_d0(monkeypatch)
+pytestmark = pytest.mark.usefixtures("data_now_is_d0")
 
 
 def _rows(project: Path, params: dict) -> tuple[str, str]:

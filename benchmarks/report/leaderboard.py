@@ -13,12 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core.files import (
-    atomic_copy,
-    atomic_write_text,
-    check_writable,
-    swapped_in,
-)
+from benchmarks.core.files import atomic_copy, atomic_write_text, check_writable, swapped_in
 from benchmarks.report.current import leave_out_stale
 
 

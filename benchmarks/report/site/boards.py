@@ -12,14 +12,7 @@ from benchmarks.report.compute import cpu_hours, run_compute, total
 from benchmarks.report.model_defaults import UNKNOWN, model_default
 from benchmarks.report.site.board_model import boards, cell, stat_of, unit_of
 from benchmarks.report.site.charts import overlay_chart
-from benchmarks.report.site.html import (
-    chart_div,
-    esc,
-    mean_ci,
-    num,
-    page,
-    settings_tooltip,
-)
+from benchmarks.report.site.html import chart_div, esc, mean_ci, num, page, settings_tooltip
 from benchmarks.report.site.pages import budget_text, run_links, stopped_text
 from benchmarks.report.site.vocab import direction, lookup
 
@@ -111,7 +104,7 @@ def _metric_cell(row: dict[str, Any], column: tuple[str, str]) -> str:
 
 
 def older_text(row: dict[str, Any]) -> str:
-    """What the "older" badge means, for its tooltip and the Markdown twin."""
+    """What the "older" badge means, for its tooltip."""
     return (f"published from an older {row['older']} than params.yaml and the code define now: the number is the "
             f"older recipe's until `archbench train {row['name']}` and `archbench publish {row['name']}` run again")
 

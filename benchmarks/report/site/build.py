@@ -13,21 +13,10 @@ from typing import Any
 from benchmarks.report.current import mark_older_published
 from benchmarks.report.site.assets import write_assets
 from benchmarks.report.site.boards import index_page
-from benchmarks.report.site.collect import (
-    attach_config,
-    entry_from_ledger,
-    load_density,
-    load_experiments,
-)
+from benchmarks.report.site.collect import attach_config, entry_from_ledger, load_density, load_experiments
 from benchmarks.report.site.findings import claims_page, studies_page
-from benchmarks.report.site.findings_data import (
-    baselines_shown,
-    claims_shown,
-    claims_to_note,
-    ledger_compute,
-    studies_shown,
-    tuned_by,
-)
+from benchmarks.report.site.findings_data import (baselines_shown, claims_shown, claims_to_note, ledger_compute,
+                                                  studies_shown, tuned_by)
 from benchmarks.report.site.pages import experiment_page
 from benchmarks.report.site.views import compare_page, density_page
 

@@ -240,6 +240,31 @@ def test_anchor_rows_sit_at_their_rank(project: Path) -> None:
     assert [r["kind"] for r in board["rows"]] == ["anchor", "run", "anchor"]  # 1.47 < 1.60 < 1.88 nats
 
 
+def test_the_tagger_table_holds_udpipe_and_no_other_table_does(project: Path) -> None:
+    from benchmarks.report.site.board_model import boards
+
+    def entry(name: str, model: str, data: str, acc: float) -> dict:
+        return {"name": name, "model": model, "data": data, "source": "results", "budget": {}, "curves": {},
+                "seeds": [{"seed": 0, "metrics": {}, "stopped_by": "max_epochs"}], "settings": {}, "truncated": False,
+                "summary": {"test/acc": {"mean": acc, "ci95": float("nan"), "n": 1}}}
+
+    tables = boards({"ud_tagger": entry("ud_tagger", "tagger", "ud_ewt", 0.95),
+                     "old_tagger": entry("old_tagger", "tagger", "ud_ewt", 0.93),
+                     "tagger_on_frames": entry("tagger_on_frames", "frame_labeller", "ud_ewt", 0.5)}, {}, [])
+    by_kind = {b["kind"]: b for b in tables}
+    upos = by_kind["upos"]
+    assert upos["primary"] == ("test/acc", "fraction")
+    assert [r.get("name", r.get("model")) for r in upos["rows"]] == [
+        "ud_tagger", "UDPipe 1.2 tagger (UD 2.5 English-EWT model)", "old_tagger"]  # 0.95 > 0.944 > 0.93
+    assert upos["rows"][1]["approx"] is True and "gold tokenisation" in upos["rows"][1]["protocol"]
+    assert by_kind["frame_labels"]["anchors"] == []  # same dataset, another task: no UPOS anchor
+    from benchmarks.report.leaderboard import leaderboard_markdown
+
+    md = leaderboard_markdown({"entries": {"ud_tagger": entry("ud_tagger", "tagger", "ud_ewt", 0.95)},
+                               "published": {}, "baselines": []})
+    assert "| *UDPipe 1.2 tagger (UD 2.5 English-EWT model)* (anchor: ufal/udpipe" in md and "| ≈0.944 |" in md
+
+
 def test_report_renders_from_the_ledger_alone(project: Path) -> None:
     _ledger_entry(project)
     assert main(["report"]) == 0

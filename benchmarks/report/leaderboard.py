@@ -65,7 +65,8 @@ def leaderboard_markdown(model: dict[str, Any]) -> str:
             cells = []
             for column in table["columns"]:
                 stat = cell(row, column)
-                cells.append("–" if not stat else mean_ci(stat) if row["kind"] == "run" else num(stat["mean"]))
+                approx = "≈" if row.get("approx") else ""  # an anchor on a nearby protocol
+                cells.append("–" if not stat else mean_ci(stat) if row["kind"] == "run" else approx + num(stat["mean"]))
             recipe = ""
             if row["kind"] == "anchor":
                 name, n, stopped = f"*{row['model']}* (anchor: {row['source']})", "", row["protocol"]

@@ -134,7 +134,7 @@ def boards(entries: dict[str, dict[str, Any]], published: dict[str, dict[str, An
     out = []
     for (kind, data), runs in sorted(tables.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order
                                                                        else len(order), kv[0])):
-        anchors = [a for a in anchors_for(data) if kind in ("char_lm", "translation")]
+        anchors = anchors_for(data, kind)
         base = _baseline_rows(kind, data, runs, baselines)
         columns = _columns(kind, runs + base, anchors)
         primary = _primary(columns, anchors, runs)

@@ -17,20 +17,10 @@ from benchmarks.core.errors import ArchbenchError
 
 def leave_out_stale(model: dict[str, Any], results_dir: Path, params: dict[str, Any] | None) -> list[str]:
     """Drop stale seeds from ``model["entries"]`` (an experiment left with none is dropped); returns what was said."""
-    from benchmarks.core.params import (
-        experiment_from_params,
-        experiment_names,
-        settings,
-    )
+    from benchmarks.core.params import experiment_from_params, experiment_names, settings
     from benchmarks.core.provenance import code_hash
     from benchmarks.report.site.collect import summarise
-    from benchmarks.run.results import (
-        RESULT_FILE,
-        data_hash,
-        load_seed_results,
-        seed_results_dir,
-        stale_reason,
-    )
+    from benchmarks.run.results import RESULT_FILE, data_hash, load_seed_results, seed_results_dir, stale_reason
 
     if not params:
         return []

@@ -62,10 +62,9 @@ def leaderboard_markdown(model: dict[str, Any]) -> str:
         lines += [f"## {table['title']}", "", "| row | model | recipe | n | " + " | ".join(heads) + " | stopped by |",
                   "|---|---|---|---|" + "---|" * len(heads) + "---|"]
         for row in table["rows"]:
-            cells = []
+            cells, approx = [], "≈" if row.get("approx") else ""  # an anchor on a nearby protocol
             for column in table["columns"]:
                 stat = cell(row, column)
-                approx = "≈" if row.get("approx") else ""  # an anchor on a nearby protocol
                 cells.append("–" if not stat else mean_ci(stat) if row["kind"] == "run" else approx + num(stat["mean"]))
             recipe = ""
             if row["kind"] == "anchor":

@@ -18,6 +18,10 @@ from benchmarks.report.tasks import TASKS, binarized, columns_for, task_id, task
 
 
 
+# A model's ``loss_unit`` spelled out, and the vocabulary's short name for the same unit: one table, one spelling.
+SHORT_UNITS = {"nats per character": "nats/char"}
+
+
 def unit_of(key: str, settings: dict[str, Any] | None) -> str:
     """The key's unit from the vocabulary; a ``loss`` key's unit is the model's own ``loss_unit`` setting."""
     found = lookup(key)
@@ -25,7 +29,7 @@ def unit_of(key: str, settings: dict[str, Any] | None) -> str:
     base = key.split("/", 1)[-1].removesuffix("_best")
     if not unit and base.endswith("loss"):
         unit = str((settings or {}).get("loss_unit") or "")
-    return unit
+    return SHORT_UNITS.get(unit, unit)
 
 
 def stat_of(row: dict[str, Any], key: str | None) -> dict[str, Any] | None:

@@ -161,7 +161,22 @@ def test_attention_ignores_padding() -> None:
     torch.testing.assert_close(model(src, src_len, tgt_in)[1:2], alone, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs", [{"attention": "none"}, {"attention": "luong"},
+def test_scaled_attention_is_the_general_score_over_root_hidden() -> None:
+    plain, scaled = _model(attention="luong").eval(), _model(attention="luong_scaled").eval()
+    scaled.load_state_dict(plain.state_dict())  # the same weights: only the score's scale differs
+    src, src_len = _src_batch([7, 4, 2])
+    h = torch.randn(3, 5, 24)  # [batch, T, hidden] decoder outputs
+    memory = plain.net.start(src, src_len).memory
+    w_a = plain.net.attention.w_a.weight  # [hidden, hidden]
+    score = torch.einsum("bth,bsh->bts", h, memory.values @ w_a.T) / 24 ** 0.5  # h_t^T W_a h_s / sqrt(hidden)
+    expected = score.masked_fill(~memory.mask[:, None, :], float("-inf")).softmax(-1)  # [batch, T, S]
+    torch.testing.assert_close(scaled.net.attention(h, memory)[1], expected)
+    assert not torch.allclose(plain.net.attention(h, memory)[1], expected)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        _model(attention="bahdanau")
+
+
+@pytest.mark.parametrize("kwargs", [{"attention": "none"}, {"attention": "luong"}, {"attention": "luong_scaled"},
                                     {"attention": "luong", "input_feeding": True, "cell": "peephole"},
                                     {"attention": "none", "cell": "elman", "reverse_source": False}])
 def test_beam_width_one_is_greedy_and_fast_path_matches_steps(kwargs: dict) -> None:

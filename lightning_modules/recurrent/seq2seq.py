@@ -4,6 +4,7 @@ The encoder reads the (by default reversed, Sutskever et al. 2014 sec. 3.3) sour
 own stacked cells; the decoder is a stacked RNN of the same cell and depth started from the encoder's
 final state of every layer. With ``attention="luong"`` each decoder output h_t attends over the
 encoder states with the "general" score h_t^T W_a h_s (Luong et al. 2015, arXiv:1508.04025, sec. 3.1);
+``"luong_scaled"`` divides it by sqrt(hidden), which keeps seeds from collapsing onto one source position;
 W_a h_s is computed once per sentence, not at every step. The attentional state
 h~_t = tanh(W_c [c_t; h_t]) feeds the output layer, and with ``input_feeding`` the next input too.
 

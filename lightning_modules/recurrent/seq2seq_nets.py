@@ -3,7 +3,7 @@
 The encoder reads the (by default reversed) source with the suite's own stacked cells; the decoder is a
 stacked RNN of the same cell and depth started from the encoder's final state of every layer, with
 optional Luong attention ("general" score, arXiv:1508.04025 sec. 3.1) whose keys W_a h_s are computed
-once per sentence. ``Seq2SeqNet`` offers ``start``/``step``/``reorder`` for the decoders of decoding.py.
+once per sentence; "luong_scaled" divides that score by sqrt(hidden) (Vaswani et al. 2017, sec. 3.2.1). ``Seq2SeqNet`` offers ``start``/``step``/``reorder`` for the decoders of decoding.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from lightning_modules.recurrent.decoding import PAD
 from lightning_modules.recurrent.stack import StackedRNN, reverse_padded
 
-ATTENTIONS = ("none", "luong")
+ATTENTIONS = ("none", "luong", "luong_scaled")
 
 
 class Memory(NamedTuple):
@@ -66,10 +66,16 @@ class Encoder(nn.Module):
 
 
 class LuongAttention(nn.Module):
-    """Global attention, "general" score (Luong et al. 2015 eq. 8) and attentional state (eq. 5)."""
+    """Global attention, "general" score (Luong et al. 2015 eq. 8) and attentional state (eq. 5).
 
-    def __init__(self, hidden_size: int) -> None:
+    scaled: the score h_t^T W_a h_s over sqrt(hidden). Unscaled, a seed whose scores grow early can saturate the
+    softmax onto one fixed source position (weights ~0.99, so almost no gradient reaches the score) and train on
+    as a model without attention; the scale keeps the softmax where it still learns.
+    """
+
+    def __init__(self, hidden_size: int, scaled: bool = False) -> None:
         super().__init__()
+        self.scale = hidden_size ** -0.5 if scaled else 1.0
         self.w_a = nn.Linear(hidden_size, hidden_size, bias=False)
         self.w_c = nn.Linear(2 * hidden_size, hidden_size, bias=False)
 
@@ -78,7 +84,7 @@ class LuongAttention(nn.Module):
 
     def forward(self, h: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
         """h [batch, T, hidden] decoder outputs -> (h~ [batch, T, hidden], weights [batch, T, S])."""
-        scores = torch.bmm(h, memory.keys.transpose(1, 2))  # [batch, T, S]
+        scores = torch.bmm(h, memory.keys.transpose(1, 2)) * self.scale  # [batch, T, S]
         scores = scores.masked_fill(~memory.mask[:, None, :], float("-inf"))  # padding gets weight exactly 0
         weights = scores.softmax(-1)
         context = torch.bmm(weights, memory.values)  # [batch, T, hidden]
@@ -98,7 +104,7 @@ class Seq2SeqNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.decoder = StackedRNN(cell, embed_dim + (hidden_size if input_feeding else 0), hidden_size, num_layers,
                                   dropout=dropout, impl=impl)
-        self.attention = LuongAttention(hidden_size) if attention == "luong" else None
+        self.attention = LuongAttention(hidden_size, scaled=attention == "luong_scaled") if attention != "none" else None
         self.out = nn.Linear(hidden_size, tgt_vocab_size)
 
     def start(self, src: Tensor, src_len: Tensor) -> DecState:

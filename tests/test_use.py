@@ -24,7 +24,7 @@ TINY_USE = {
                                "limit_test_batches": 2}},
     "m30k_tiny": {"model": "seq2seq", "data": "multi30k", "seeds": [0],
                   "model_args": {"embed_dim": 16, "hidden_size": 16, "num_layers": 1, "beam_size": 2,
-                                 "max_decode_len": 12, "sample_count": 0},
+                                 "max_decode_len": 12, "sample_count": 0, "attention": "luong_scaled"},
                   "data_args": {"limit": 96, "batch_size": 32, "min_freq": 1}, "trainer": {"max_epochs": 1}},
     "ud_tiny": {"model": "tagger", "data": "ud_ewt", "seeds": [0],
                 "model_args": {"embed_dim": 16, "hidden_size": 16, "num_layers": 1},
@@ -280,6 +280,13 @@ def test_translate_returns_a_sentence_for_a_german_input(trained: Path, capsys: 
     monkeypatch.setattr("sys.stdin", io.StringIO("Zwei Hunde spielen.\n\nEine Frau liest ein Buch.\n"))
     code, out, _ = archbench(capsys, "translate", "m30k_tiny")
     assert code == 0 and len(out.splitlines()) == 2  # one translation per non-blank line
+    png = trained / "attention.png"
+    code, out, err = archbench(capsys, "translate", "m30k_tiny", "Zwei Hunde spielen.", "Eine Frau liest.",
+                               "--alignment", "--attention-png", str(png))
+    assert code == 0 and len(out.splitlines()) == 2, err  # stdout: still one translation a line
+    lines = [line for line in err.splitlines() if line.startswith("# attention: ")]
+    assert len(lines) == 2 and all("<-" in line for line in lines)  # each target word with a source word
+    assert "# attention over 2 sentences: mean largest weight" in err and png.read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.skipif(not has_data("ud_ewt"), reason="no UD-EWT copy beside the checkout or in ARCHBENCH_DATA_DIR")

@@ -86,16 +86,31 @@ def cmd_translate(args: argparse.Namespace) -> int:
     sentences = _lines(args.text)
     if not sentences:
         raise ArchbenchError("nothing to translate: give a sentence, or lines on stdin")
+    looks = args.alignment or args.attention_png
+    if looks:
+        from benchmarks.use.alignment import align, check_attention, describe, plot, summarise
+
+        check_attention(chosen.model, chosen.experiment)
     try:
         unknown = sorted({t for s in sentences for t in chosen.model.encode_source(s)[1]})
         translations = chosen.model.translate_text(sentences, beam_size=args.beam_size)
+        alignments = align(chosen.model, sentences, args.beam_size) if looks else []
     except ValueError as exc:
         raise ArchbenchError(f"{chosen.experiment}: {exc}") from None
     if unknown:
         print(f"# {len(unknown)} source words not in the vocabulary, read as <unk>: {', '.join(unknown[:12])}",
               file=sys.stderr)
-    for line in translations:
+    for i, line in enumerate(translations):
         print(line)
+        if args.alignment:  # on stderr, so stdout stays one translation per line
+            print(f"# attention: {describe(alignments[i])}", file=sys.stderr)
+    if args.alignment:
+        s = summarise(alignments)
+        print(f"# attention over {s.sentences} sentences: mean largest weight {s.max_weight:.3f}; "
+              f"{s.distinct:.2f} distinct most-attended source positions per sentence of {s.source_length:.2f} "
+              "source tokens (a collapsed attention: a largest weight near 1 on about one position)", file=sys.stderr)
+    if args.attention_png:
+        print(f"# attention heatmaps: {plot(alignments, Path(args.attention_png))}", file=sys.stderr)
     return 0
 
 
@@ -193,6 +208,11 @@ def add_parsers(sub: Any, seed_type: Any) -> None:
     target(p)
     p.add_argument("text", nargs="*", help="source sentences (none or '-': read lines from stdin)")
     p.add_argument("--beam-size", type=int, default=None, help="beam width (default: the model's; 1 is greedy)")
+    p.add_argument("--alignment", action="store_true",
+                   help="attention models: print (stderr) each target word with the source word it weighted most, "
+                        "and a summary that shows a collapsed attention")
+    p.add_argument("--attention-png", metavar="PATH", default=None,
+                   help="attention models: heatmaps of the attention weights of the first 4 sentences, as a PNG")
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("tag", help="tag sentences with a tagger experiment: token/TAG (stdin: one per line)")

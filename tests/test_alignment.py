@@ -77,6 +77,9 @@ def test_summary_tells_a_collapsed_attention_from_a_moving_one(tmp_path: Path) -
     assert (both.sentences, both.distinct, both.source_length) == (2, 2.5, 4.0)
     png = plot([eye, stuck], tmp_path / "attention.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ArchbenchError, match="cannot write it"):  # a file where a folder should be
+        plot([eye], tmp_path / "file" / "attention.png")
 
 
 def test_a_model_without_attention_is_refused_in_one_line() -> None:

@@ -122,7 +122,11 @@ def plot(alignments: list[Alignment], path: Path) -> Path:
         ax.set_xlabel("source")
     axes[0][0].set_ylabel("translation")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise ArchbenchError(f"--attention-png {path}: cannot write it ({exc.strerror}); give a writable path") from None
+    finally:
+        plt.close(fig)
     return path

@@ -65,6 +65,7 @@ def test_alignment_follows_the_beam_translation_and_unknown_words_show() -> None
         found = align(model, sentences, beam)
         printed = model.translate_text(sentences, beam_size=beam)
         assert [detokenize([t for t in a.target if t != "<eos>"]) for a in found] == printed
+        assert [a.text for a in found] == printed
         assert all(torch.allclose(a.weights.sum(-1), torch.ones(len(a.target))) for a in found)
     assert found[2].source == ["ein", "<unk>", ".", "<eos>"]
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.core.errors import ArchbenchError
-from lightning_modules.recurrent.decoding import BOS, EOS, PAD, beam_search, greedy_decode, ids_to_tokens
+from lightning_modules.recurrent.decoding import BOS, EOS, PAD, beam_search, detokenize, greedy_decode, ids_to_tokens
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class Alignment:
     source: list[str]  # source tokens in sentence order (<unk> for unknown words), <eos> last
     target: list[str]  # the translation's tokens, <eos> last
     weights: Tensor  # [len(target), len(source)] attention over the source at each target step; rows sum to 1
+
+    @property
+    def text(self) -> str:
+        """The translation as ``translate_text`` prints it."""
+        return detokenize([t for t in self.target if t != "<eos>"])
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,7 @@ def weights_for(net: Any, src: Tensor, src_len: Tensor, out: Tensor) -> Tensor:
 
 def align(model: Any, sentences: list[str], beam_size: int | None = None) -> list[Alignment]:
     """Translate (as ``model.translate_text`` does) and return each translation with its attention weights."""
-    encoded = [model.encode_source(s) for s in sentences]
-    ids = [e[0] for e in encoded]
+    ids = [model.encode_source(s)[0] for s in sentences]
     src = torch.nn.utils.rnn.pad_sequence([torch.tensor(i) for i in ids], batch_first=True,
                                           padding_value=PAD).to(model.device)  # [batch, S]
     src_len = torch.tensor([len(i) for i in ids], device=model.device)  # [batch]
@@ -90,13 +94,11 @@ def align(model: Any, sentences: list[str], beam_size: int | None = None) -> lis
 
 
 def summarise(alignments: list[Alignment]) -> AttentionSummary:
-    rows = [a for a in alignments if a.weights.numel()]
-    if not rows:
-        raise ArchbenchError("no translation had a target word: nothing to summarise")
-    steps = torch.cat([a.weights.max(-1).values for a in rows])  # [all target steps]
-    distinct = [len(set(a.weights.argmax(-1).tolist())) for a in rows]
-    return AttentionSummary(len(rows), float(steps.mean()), sum(distinct) / len(rows),
-                            sum(len(a.source) for a in rows) / len(rows))
+    # every alignment has at least one step: a decode writes <eos> or a word
+    steps = torch.cat([a.weights.max(-1).values for a in alignments])  # [all target steps]
+    distinct = [len(set(a.weights.argmax(-1).tolist())) for a in alignments]
+    n = len(alignments)
+    return AttentionSummary(n, float(steps.mean()), sum(distinct) / n, sum(len(a.source) for a in alignments) / n)
 
 
 def describe(a: Alignment) -> str:

@@ -89,14 +89,13 @@ def cmd_translate(args: argparse.Namespace) -> int:
     looks = args.alignment or args.attention_png
     if looks:
         from benchmarks.use.alignment import align, check_attention, describe, plot, summarise
-        from lightning_modules.recurrent.decoding import detokenize
 
         check_attention(chosen.model, chosen.experiment)
     try:
         unknown = sorted({t for s in sentences for t in chosen.model.encode_source(s)[1]})
         # with --alignment the translations are the aligned ones (one decode, the same text as translate_text's)
         alignments = align(chosen.model, sentences, args.beam_size) if looks else []
-        translations = ([detokenize([t for t in a.target if t != "<eos>"]) for a in alignments] if looks
+        translations = ([a.text for a in alignments] if looks
                         else chosen.model.translate_text(sentences, beam_size=args.beam_size))
     except ValueError as exc:
         raise ArchbenchError(f"{chosen.experiment}: {exc}") from None
